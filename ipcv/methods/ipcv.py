@@ -1,0 +1,195 @@
+"""The mathematics of IPCV (paper section 3) as pure functions on tensors.
+
+Layout: a call's tokens are *packed*, ``[L, D]``, cut into segments (one per image or video frame,
+the attention segments of the encoder) by their lengths. Nothing here knows transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..config import keep_count
+
+# Largest distance block computed at once by the kNN search (elements of a float32 matrix):
+# 2**24 elements = 64 MiB, so 16,384 patches never need their full R x K matrix.
+KNN_BLOCK_ELEMENTS = 1 << 24
+
+
+def feature_difference_scores(h_lp: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: ``s_i = ||h_{i,lp} - h_{i,lp-1}||_2``.
+
+    Args:
+        h_lp: ``[L, D]`` input of block l_p.  h_prev: ``[L, D]`` input of block l_p - 1.
+    Returns: ``[L]`` float32 scores.
+    """
+    return (h_lp.float() - h_prev.float()).norm(dim=-1)
+
+
+def _uniform(values: Sequence[int]) -> bool:
+    return len(set(values)) <= 1
+
+
+def select_tokens(
+    scores: torch.Tensor,
+    seg_lengths: Sequence[int],
+    keep_ratio: float,
+    scope: str = "segment",
+    protected: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """Eq. 2: indices of the kept tokens, in original order, and the kept count of each segment.
+
+    ``scope="segment"``: each segment keeps ``keep_count(n)`` of its ``n`` unprotected tokens, by
+    top score. ``scope="global"``: one top-K over all unprotected tokens of the call, with
+    ``K = keep_count(total)``. Protected tokens (a CLS token) are always kept and never counted.
+
+    Args:
+        scores: ``[L]``. seg_lengths: lengths summing to L. protected: ``[L]`` bool or None.
+    Returns: ``keep`` ``[K]`` long (sorted), ``counts`` kept tokens per segment (protected included).
+    """
+    L = scores.shape[0]
+    if sum(seg_lengths) != L:
+        raise ValueError(f"segment lengths sum to {sum(seg_lengths)}, but there are {L} scores")
+    scores = scores.float()
+    n_protected = [0] * len(seg_lengths)
+    if protected is not None:
+        scores = scores.masked_fill(protected, float("inf"))
+        n_protected = [int(p.sum()) for p in protected.split(list(seg_lengths))]
+    if scope == "global":
+        budget = keep_count(L - sum(n_protected), keep_ratio) + sum(n_protected)
+        keep = scores.topk(budget).indices.sort().values
+        bounds = torch.tensor(list(seg_lengths), device=scores.device).cumsum(0)
+        seg_of_keep = torch.bucketize(keep, bounds, right=True)  # right=True: a segment's first token is its own
+        counts = torch.bincount(seg_of_keep, minlength=len(seg_lengths)).tolist()
+        return keep, counts
+    if scope != "segment":
+        raise ValueError(f"scope={scope!r} is not allowed: use 'segment' or 'global'")
+    budgets = [keep_count(n - p, keep_ratio) + p for n, p in zip(seg_lengths, n_protected)]
+    if _uniform(seg_lengths) and _uniform(budgets):  # one batched top-k (video frames, ViT batches)
+        n, k = seg_lengths[0], budgets[0]
+        local = scores.view(-1, n).topk(k, dim=1).indices.sort(dim=1).values
+        offsets = torch.arange(0, L, n, device=scores.device).unsqueeze(1)
+        return (local + offsets).flatten(), budgets
+    keeps, start = [], 0
+    for n, k in zip(seg_lengths, budgets):
+        keeps.append(scores[start : start + n].topk(k).indices.sort().values + start)
+        start += n
+    return torch.cat(keeps), budgets
+
+
+def nearest_kept(
+    h_rem: torch.Tensor, h_keep: torch.Tensor, k: int, block_elements: int = KNN_BLOCK_ELEMENTS
+) -> torch.Tensor:
+    """Eq. 3: for each removed token, its ``k`` nearest kept tokens (Euclidean, float32).
+
+    Works on one group or a batch of groups; the distance matrix is built ``block_elements``
+    entries at a time, so memory stays bounded whatever R and K are.
+
+    Args:
+        h_rem: ``[..., R, D]``; h_keep: ``[..., K, D]`` with ``k <= K``.
+    Returns: ``[..., R, k]`` long indices into the K axis, nearest first.
+    """
+    R, K = h_rem.shape[-2], h_keep.shape[-2]
+    batch = h_rem.shape[:-2].numel()
+    rows = max(1, block_elements // max(1, K * batch))
+    keep32 = h_keep.float()
+    out = []
+    for start in range(0, R, rows):
+        d = torch.cdist(h_rem[..., start : start + rows, :].float(), keep32)
+        out.append(d.topk(k, dim=-1, largest=False).indices)
+    if not out:
+        return torch.empty((*h_rem.shape[:-2], 0, k), dtype=torch.long, device=h_rem.device)
+    return torch.cat(out, dim=-2)
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """NGR neighbourhoods of the removed tokens of one call.
+
+    ``index[r, j]`` is a row of the kept sequence (0..K-1), ``weight[r, j]`` is ``1/k_r`` for the
+    ``k_r`` real neighbours of removed token r and 0 for padding (segments with fewer kept tokens
+    than ``neighbors``).
+    """
+
+    index: torch.Tensor  # [R, k] long
+    weight: torch.Tensor  # [R, k] float32
+
+
+def find_neighbors(
+    h_lp: torch.Tensor,
+    keep: torch.Tensor,
+    rem: torch.Tensor,
+    seg_lengths: Sequence[int],
+    keep_counts: Sequence[int],
+    neighbors: int,
+    scope: str = "segment",
+) -> Neighbors:
+    """Eq. 3 for every removed token: neighbours among the kept tokens of its segment (or of the
+    whole call with ``scope="global"``), on the states ``h_lp`` ``[L, D]`` at the pruning block."""
+    device = h_lp.device
+    K, R = keep.numel(), rem.numel()
+    if scope == "global":
+        k = min(neighbors, K)
+        idx = nearest_kept(h_lp[rem], h_lp[keep], k)
+        return Neighbors(idx, torch.full((R, k), 1.0 / k, device=device))
+    rem_counts = [n - c for n, c in zip(seg_lengths, keep_counts)]
+    k_max = min(neighbors, max(keep_counts))
+    if _uniform(seg_lengths) and _uniform(keep_counts):  # batched over segments
+        S, c = len(keep_counts), keep_counts[0]
+        h_keep = h_lp[keep].view(S, c, -1)
+        h_rem = h_lp[rem].view(S, -1, h_lp.shape[-1])
+        local = nearest_kept(h_rem, h_keep, k_max)  # [S, r, k]
+        offsets = torch.arange(0, K, c, device=device).view(S, 1, 1)
+        idx = (local + offsets).reshape(R, k_max)
+        return Neighbors(idx, torch.full((R, k_max), 1.0 / k_max, device=device))
+    idx = torch.zeros((R, k_max), dtype=torch.long, device=device)
+    weight = torch.zeros((R, k_max), dtype=torch.float32, device=device)
+    kstart = rstart = 0
+    for c, r in zip(keep_counts, rem_counts):
+        if r:
+            k = min(neighbors, c)
+            local = nearest_kept(h_lp[rem[rstart : rstart + r]], h_lp[keep[kstart : kstart + c]], k)
+            idx[rstart : rstart + r, :k] = local + kstart
+            weight[rstart : rstart + r, :k] = 1.0 / k
+        kstart += c
+        rstart += r
+    return Neighbors(idx, weight)
+
+
+def ngr(
+    h_rem_lp: torch.Tensor, h_keep_l: torch.Tensor, h_keep_lp: torch.Tensor, nb: Neighbors
+) -> torch.Tensor:
+    """Eq. 4-5 (Algorithm 1): ``h~_{i,l} = h_{i,lp} + mean_{j in N_k(i)} (h_{j,l} - h_{j,lp})``.
+
+    Accumulates one neighbour column at a time in float32, so memory is ``[R, D]``, never
+    ``[R, k, D]``.
+
+    Args:
+        h_rem_lp: ``[R, D]`` removed tokens at l_p. h_keep_l, h_keep_lp: ``[K, D]`` kept tokens at l
+            and at l_p. nb: their neighbourhoods.
+    Returns: ``[R, D]`` in the dtype of ``h_keep_l``.
+    """
+    delta = h_keep_l.float() - h_keep_lp.float()  # eq. 4
+    out = h_rem_lp.float().clone()
+    for j in range(nb.index.shape[1]):
+        out.addcmul_(delta.index_select(0, nb.index[:, j]), nb.weight[:, j : j + 1])
+    return out.to(h_keep_l.dtype)
+
+
+def scatter_tokens(
+    h_keep: torch.Tensor, h_rem: torch.Tensor, keep: torch.Tensor, rem: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 7 / eq. 10: the full ``[L, D]`` sequence with kept and removed rows in their places."""
+    full = h_keep.new_empty((keep.numel() + rem.numel(), h_keep.shape[-1]))
+    full[keep] = h_keep
+    full[rem] = h_rem.to(h_keep.dtype)
+    return full
+
+
+def complement(keep: torch.Tensor, length: int) -> torch.Tensor:
+    """Indices in ``range(length)`` not in ``keep``, sorted."""
+    mask = torch.ones(length, dtype=torch.bool, device=keep.device)
+    mask[keep] = False
+    return mask.nonzero().flatten()

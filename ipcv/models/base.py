@@ -1,0 +1,43 @@
+"""What an adapter tells the public API about a model family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One model family.
+
+    family: short name. classes: names of the accepted model classes (for error messages).
+    locate: the module to patch inside an accepted model (the encoder that owns the block loop),
+        or None if the model is not of this family.
+    depth: number of blocks of that module.
+    forward: replacement ``forward`` of the located module; it reads its settings from
+        ``self._ipcv_vision`` and keeps every per-call value local.
+    """
+
+    family: str
+    classes: tuple[str, ...]
+    locate: Callable[[nn.Module], nn.Module | None]
+    depth: Callable[[nn.Module], int]
+    forward: Callable
+
+
+def pop_output_flags(kwargs: dict, owner: str) -> None:
+    """Drop the output flags a compressed encoder cannot honour; refuse them when set.
+
+    Per-block hidden states and attention maps have a different length after pruning; use
+    ``ipcv.trace(states=True)`` to observe a compressed encoder instead.
+    """
+    for name in ("output_hidden_states", "output_attentions"):
+        if kwargs.pop(name, None):
+            raise ValueError(
+                f"{owner} is compressed by ipcv: {name}=True is not supported (the pruned blocks see fewer "
+                "tokens); use `with ipcv.trace(states=True)` to record the kept tokens per block, or "
+                "ipcv.restore(model) first"
+            )
+    kwargs.pop("return_dict", None)

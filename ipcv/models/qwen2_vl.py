@@ -1,0 +1,117 @@
+"""Adapter for Qwen2-VL's vision tower (``Qwen2VisionTransformerPretrainedModel``).
+
+The only module that knows this tower's internals: packed patches ``[L, 1280]``, attention segments
+from ``cu_seqlens`` (one per image and per video frame), 2D rotary tables ``(cos, sin)`` indexed by
+token, the fused ``qkv`` projection and the 2x2 ``merger`` that follows the last block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
+from transformers.utils.generic import is_flash_attention_requested
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
+
+from ..engine import Plan, run_ipcv
+from ._attention import nonempty_segments, segment_attention
+from .base import Adapter, pop_output_flags
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The tower's 2D rotary embedding (as ``apply_rotary_pos_emb_vision``) for one tensor ``[N, H, d]``."""
+    dtype = x.dtype
+    x = x.float()
+    cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+    return ((x * cos) + (qwen.rotate_half(x) * sin)).to(dtype)
+
+
+class _TowerCall:
+    """How one call of the tower runs its blocks (see :class:`ipcv.engine.BlockOps`)."""
+
+    def __init__(self, tower, cu_seqlens, max_seqlen, position_embeddings, kwargs):
+        self.tower = tower
+        self.blocks = tower.blocks
+        self.cu_seqlens = cu_seqlens
+        self.max_seqlen = max_seqlen
+        self.pe = position_embeddings
+        self.kwargs = kwargs
+        self._kept_inputs = None
+
+    def full(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        return self.blocks[layer](
+            h, cu_seqlens=self.cu_seqlens, max_seqlen=self.max_seqlen, position_embeddings=self.pe, **self.kwargs
+        )
+
+    def _kept(self, plan: Plan):
+        if self._kept_inputs is None:
+            counts = [c for c in plan.keep_counts if c]
+            cu = torch.zeros(len(counts) + 1, dtype=self.cu_seqlens.dtype, device=plan.keep.device)
+            cu[1:] = torch.tensor(counts, dtype=cu.dtype, device=cu.device).cumsum(0)
+            max_len = max(counts) if is_flash_attention_requested(self.tower.config) else None
+            cos, sin = self.pe
+            self._kept_inputs = (cu, max_len, (cos[plan.keep], sin[plan.keep]))
+        return self._kept_inputs
+
+    def kept(self, layer: int, h_keep: torch.Tensor, plan: Plan) -> torch.Tensor:
+        cu, max_len, pe = self._kept(plan)
+        return self.blocks[layer](h_keep, cu_seqlens=cu, max_seqlen=max_len, position_embeddings=pe, **self.kwargs)
+
+    def stabilized(self, layer: int, h_keep: torch.Tensor, h_full: torch.Tensor, plan: Plan) -> torch.Tensor:
+        blk = self.blocks[layer]
+        attn = blk.attn
+        D, H = attn.dim, attn.num_heads
+        q_lengths, kv_lengths, kv_rows = nonempty_segments(plan)
+        cos, sin = self.pe
+        _, _, (cos_q, sin_q) = self._kept(plan)
+        if kv_rows is not None:
+            h_full, cos, sin = h_full[kv_rows], cos[kv_rows], sin[kv_rows]
+        W, b = attn.qkv.weight, attn.qkv.bias
+        # queries for kept rows only (eq. 9); keys/values for every row of the full sequence (eq. 8)
+        q = F.linear(blk.norm1(h_keep), W[:D], None if b is None else b[:D]).view(-1, H, D // H)
+        k, v = F.linear(blk.norm1(h_full), W[D:], None if b is None else b[D:]).view(-1, 2, H, D // H).unbind(1)
+        q, k = _rope(q, cos_q, sin_q), _rope(k, cos, sin)
+        out = segment_attention(
+            attn, self.tower.config, q, k, v, q_lengths, kv_lengths, attn.scaling, qwen.eager_attention_forward
+        )
+        h = h_keep + attn.proj(out.reshape(-1, D))
+        return h + blk.mlp(blk.norm2(h))
+
+
+def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    """Forward of a compressed Qwen2-VL vision tower: same inputs and outputs as the original
+    (``last_hidden_state`` ``[L, embed_dim]`` full length, ``pooler_output`` the merger's output)."""
+    pop_output_flags(kwargs, type(self).__name__)
+    position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size, kwargs=kwargs)
+    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config, kwargs=kwargs)
+    hidden_states = self.patch_embed(hidden_states)
+    position_embeddings = self.rotary_pos_emb(hidden_states, position_ids)
+    call = _TowerCall(self, cu_seqlens, max_seqlen, position_embeddings, kwargs)
+    seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    hidden_states = run_ipcv(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
+    return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
+
+
+def _locate(model: nn.Module) -> nn.Module | None:
+    if isinstance(model, qwen.Qwen2VisionTransformerPretrainedModel):
+        return model
+    if isinstance(model, qwen.Qwen2VLModel):
+        return model.visual
+    if isinstance(model, qwen.Qwen2VLForConditionalGeneration):
+        return model.model.visual
+    return None
+
+
+ADAPTER = Adapter(
+    family="qwen2_vl",
+    classes=(
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2VLModel",
+        "Qwen2VisionTransformerPretrainedModel",
+    ),
+    locate=_locate,
+    depth=lambda tower: len(tower.blocks),
+    forward=tower_forward,
+)

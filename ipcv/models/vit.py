@@ -1,0 +1,154 @@
+"""Adapter for Hugging Face ViT-style encoders: DINOv2, CLIP vision and SigLIP vision.
+
+These encoders take a batch ``[B, N, D]`` of images of equal size; the adapter packs it to
+``[B*N, D]`` with one segment per image and protects the leading CLS token (DINOv2, CLIP; SigLIP
+has none). Position embeddings are added before the first block, so kept tokens need no position
+bookkeeping. Only this file knows the attribute names of their layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.clip import modeling_clip as clip
+from transformers.models.dinov2 import modeling_dinov2 as dinov2
+from transformers.models.siglip import modeling_siglip as siglip
+
+from ..engine import Plan, run_ipcv
+from ._attention import nonempty_segments, segment_attention
+from .base import Adapter, pop_output_flags
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Attribute names of one family's encoder layer."""
+
+    layers: str
+    norm1: str
+    attn: str
+    q: str
+    k: str
+    v: str
+    out: str
+    norm2: str
+    heads: str
+    scaling: str
+    layer_scale1: str | None
+    layer_scale2: str | None
+    prefix_tokens: int
+    eager: object
+
+
+_DINOV2 = _Spec(
+    "layer", "norm1", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "norm2",
+    "num_attention_heads", "scaling", "layer_scale1", "layer_scale2", 1, dinov2.eager_attention_forward,
+)  # fmt: skip
+_CLIP = _Spec(
+    "layers", "layer_norm1", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "layer_norm2",
+    "num_heads", "scale", None, None, 1, clip.eager_attention_forward,
+)  # fmt: skip
+_SIGLIP = _Spec(
+    "layers", "layer_norm1", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "layer_norm2",
+    "num_heads", "scale", None, None, 0, siglip.eager_attention_forward,
+)  # fmt: skip
+
+
+class _EncoderCall:
+    """How one call of the encoder runs its layers (see :class:`ipcv.engine.BlockOps`)."""
+
+    def __init__(self, layers: nn.ModuleList, spec: _Spec, batch: int, tokens: int, kwargs: dict):
+        self.layers, self.spec, self.B, self.N, self.kwargs = layers, spec, batch, tokens, kwargs
+
+    def full(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        return self.layers[layer](h.view(self.B, self.N, -1), None, **self.kwargs).reshape(h.shape)
+
+    def kept(self, layer: int, h_keep: torch.Tensor, plan: Plan) -> torch.Tensor:
+        counts = plan.keep_counts
+        if len(set(counts)) == 1:  # same count in every image: the unmodified layer, batched
+            return self.layers[layer](h_keep.view(self.B, counts[0], -1), None, **self.kwargs).reshape(h_keep.shape)
+        lengths = [c for c in counts if c]
+        return self._layer(layer, h_keep, h_keep, lengths, lengths)
+
+    def stabilized(self, layer: int, h_keep: torch.Tensor, h_full: torch.Tensor, plan: Plan) -> torch.Tensor:
+        q_lengths, kv_lengths, kv_rows = nonempty_segments(plan)
+        return self._layer(layer, h_keep, h_full if kv_rows is None else h_full[kv_rows], q_lengths, kv_lengths)
+
+    def _layer(self, layer: int, h_q, h_kv, q_lengths, kv_lengths) -> torch.Tensor:
+        """One layer with queries (and MLP) for ``h_q`` rows and keys/values from ``h_kv`` rows."""
+        s, blk = self.spec, self.layers[layer]
+        attn = getattr(blk, s.attn)
+        norm1 = getattr(blk, s.norm1)
+        H = getattr(attn, s.heads)
+        x_q = norm1(h_q)
+        x_kv = x_q if h_kv is h_q else norm1(h_kv)
+        q = getattr(attn, s.q)(x_q).view(x_q.shape[0], H, -1)
+        k = getattr(attn, s.k)(x_kv).view(x_kv.shape[0], H, -1)
+        v = getattr(attn, s.v)(x_kv).view(x_kv.shape[0], H, -1)
+        out = segment_attention(attn, attn.config, q, k, v, q_lengths, kv_lengths, getattr(attn, s.scaling), s.eager)
+        out = getattr(attn, s.out)(out.reshape(h_q.shape[0], -1))
+        if s.layer_scale1:
+            out = getattr(blk, s.layer_scale1)(out)
+        h = h_q + out
+        mlp = blk.mlp(getattr(blk, s.norm2)(h))
+        if s.layer_scale2:
+            mlp = getattr(blk, s.layer_scale2)(mlp)
+        return h + mlp
+
+
+def _make_forward(spec: _Spec):
+    def encoder_forward(self, hidden_states=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        """Forward of a compressed ViT encoder: ``[B, N, D]`` in, ``[B, N, D]`` out (full length)."""
+        pop_output_flags(kwargs, type(self).__name__)
+        h = hidden_states if hidden_states is not None else inputs_embeds
+        if attention_mask is not None:
+            raise ValueError(
+                f"{type(self).__name__} is compressed by ipcv: an attention_mask is not supported "
+                "(images of one batch must have the same number of patches)"
+            )
+        B, N, D = h.shape
+        protected = torch.zeros(B, N, dtype=torch.bool, device=h.device)
+        protected[:, : spec.prefix_tokens] = True
+        call = _EncoderCall(getattr(self, spec.layers), spec, B, N, kwargs)
+        depth = len(getattr(self, spec.layers))
+        out = run_ipcv(call, depth, h.reshape(B * N, D), [N] * B, self._ipcv_vision, protected.flatten())
+        return BaseModelOutput(last_hidden_state=out.view(B, N, D))
+
+    return encoder_forward
+
+
+def _locator(model_types: tuple[type, ...], path: tuple[str, ...]):
+    def locate(model: nn.Module) -> nn.Module | None:
+        if not isinstance(model, model_types):
+            return None
+        for name in path:
+            model = getattr(model, name)
+        return model
+
+    return locate
+
+
+def _adapter(family, spec, classes: dict[type, tuple[str, ...]]) -> list[Adapter]:
+    return [
+        Adapter(
+            family=family,
+            classes=(cls.__name__,),
+            locate=_locator((cls,), path),
+            depth=lambda enc, s=spec: len(getattr(enc, s.layers)),
+            forward=_make_forward(spec),
+        )
+        for cls, path in classes.items()
+    ]
+
+
+ADAPTERS: list[Adapter] = [
+    *_adapter("dinov2", _DINOV2, {dinov2.Dinov2Model: ("encoder",)}),
+    *_adapter(
+        "clip",
+        _CLIP,
+        {clip.CLIPVisionModel: ("encoder",), clip.CLIPVisionModelWithProjection: ("vision_model", "encoder")},
+    ),
+    *_adapter("siglip", _SIGLIP, {siglip.SiglipVisionModel: ("encoder",)}),
+]

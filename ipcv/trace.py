@@ -1,0 +1,89 @@
+"""Opt-in observation of compressed forward passes, per thread / per context.
+
+``with ipcv.trace() as t: model(...)`` records, for every compressed encoder call made inside the
+block (in this thread or asyncio context only), what was pruned and, if asked, how long the
+IPCV-specific work took. Nothing is stored on modules: the recorder lives in a ContextVar.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class CallRecord:
+    """What one compressed encoder call did.
+
+    keep / rem: ``[K]`` / ``[R]`` indices into the packed token sequence of the call.
+    neighbors: ``[R, k]`` rows of the kept sequence used by NGR. seg_lengths / keep_counts: per
+    segment (image or frame), protected tokens included. scores: ``[L]`` eq. 1 scores (float32).
+    states: per block index, that block's kept-token output (only with ``trace(states=True)``).
+    """
+
+    seg_lengths: list[int]
+    keep_counts: list[int]
+    keep: torch.Tensor
+    rem: torch.Tensor
+    neighbors: torch.Tensor
+    scores: torch.Tensor
+    states: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    """Records of the compressed calls made inside ``ipcv.trace()``.
+
+    sections: seconds spent per IPCV-specific step ("score", "knn", "ngr", ...), summed over
+    calls; filled only with ``trace(timing=True)`` (it synchronises the device around each step).
+    """
+
+    timing: bool = False
+    states: bool = False
+    calls: list[CallRecord] = field(default_factory=list)
+    sections: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+_current: ContextVar[Trace | None] = ContextVar("ipcv_trace", default=None)
+
+
+@contextmanager
+def trace(*, timing: bool = False, states: bool = False) -> Iterator[Trace]:
+    """Record compressed encoder calls made in this context; see :class:`Trace`."""
+    t = Trace(timing=timing, states=states)
+    token = _current.set(t)
+    try:
+        yield t
+    finally:
+        _current.reset(token)
+
+
+def active() -> Trace | None:
+    return _current.get()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def section(name: str, device: torch.device) -> Iterator[None]:
+    """Time a step into the active trace's ``sections`` (no-op unless ``trace(timing=True)``)."""
+    t = _current.get()
+    if t is None or not t.timing:
+        yield
+        return
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _sync(device)
+        t.sections[name] += time.perf_counter() - start
