@@ -35,9 +35,7 @@ def _find(model: nn.Module) -> tuple[Adapter, nn.Module]:
         target = adapter.locate(model)
         if target is not None:
             return adapter, target
-    raise TypeError(
-        f"ipcv cannot compress a {type(model).__name__}; supported models: {', '.join(supported_models())}"
-    )
+    raise TypeError(f"ipcv cannot compress a {type(model).__name__}; supported models: {', '.join(supported_models())}")
 
 
 def _patched_class(cls: type, forward) -> type:
@@ -59,15 +57,13 @@ def compress(model: nn.Module, vision: IPCV | None = None, language: None = None
     """
     if language is not None:
         raise NotImplementedError(
-            f"language={language!r}: LLM-side pruning methods are not part of this release of ipcv; "
-            "pass language=None"
+            f"language={language!r}: LLM-side pruning methods are not part of this release of ipcv; pass language=None"
         )
     if vision is None:
         raise ValueError("compress: give a vision-side method, e.g. vision=ipcv.IPCV(0.35)")
     if not isinstance(vision, VISION_METHODS):
         raise TypeError(
-            f"vision={vision!r} is not a vision-side method; use one of "
-            f"{', '.join(m.__name__ for m in VISION_METHODS)}"
+            f"vision={vision!r} is not a vision-side method; use one of {', '.join(m.__name__ for m in VISION_METHODS)}"
         )
     adapter, target = _find(model)
     vision.check_depth(adapter.depth(target))

@@ -73,7 +73,5 @@ def reference_ipcv(block, h0, seg, depth, keep_ratio, lp, n_as, k, reintegrate=T
     for layer in range(lp + n_as, depth):
         out = block(layer, torch.stack([state[i] for i in keep]), keep_t)
         state = {i: out[n] for n, i in enumerate(keep)}
-    final = torch.stack(
-        [state[i] if i in state else (ngr(i) if reintegrate else h_lp[i]) for i in range(L)]
-    )  # eq. 10
+    final = torch.stack([state[i] if i in state else (ngr(i) if reintegrate else h_lp[i]) for i in range(L)])  # eq. 10
     return final, keep, counts

@@ -55,7 +55,9 @@ def test_depth_validation_uses_the_model(kwargs, pattern):
 
 
 def test_unsupported_model_names_class_and_supported_ones():
-    with pytest.raises(TypeError, match=r"cannot compress a Linear; supported models: .*Qwen2VLForConditionalGeneration.*Dinov2Model"):
+    with pytest.raises(
+        TypeError, match=r"cannot compress a Linear; supported models: .*Qwen2VLForConditionalGeneration.*Dinov2Model"
+    ):
         ipcv.compress(torch.nn.Linear(2, 2), vision=ipcv.IPCV(0.5))
 
 

@@ -287,3 +287,51 @@ def lm_inputs(grid):
         image_grid_thw=torch.tensor(grid),
         mm_token_type_ids=(ids == image_token).int(),
     )
+
+
+# --- the FlashAttention path, with a CPU stand-in for the varlen kernel ------------------------
+
+
+def _varlen_reference(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, is_causal=None,
+    cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs,
+):  # fmt: skip
+    """What flash_attn_varlen_func computes, on the layout transformers hands a flash kernel."""
+    assert attention_mask is None and not is_causal and query.shape[0] == 1
+    assert cu_seq_lens_q.dtype == torch.int32 and cu_seq_lens_k.dtype == torch.int32
+    assert max_length_q == int(cu_seq_lens_q.diff().max()) and max_length_k == int(cu_seq_lens_k.diff().max())
+    assert int(cu_seq_lens_q[-1]) == query.shape[2] and int(cu_seq_lens_k[-1]) == key.shape[2]
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [L, H, d]
+    seg_q = torch.repeat_interleave(torch.arange(len(cu_seq_lens_q) - 1), cu_seq_lens_q.diff().long())
+    seg_k = torch.repeat_interleave(torch.arange(len(cu_seq_lens_k) - 1), cu_seq_lens_k.diff().long())
+    return masked_attention(q, k, v, seg_q, seg_k, scaling).unsqueeze(0), None
+
+
+@pytest.fixture
+def emulated_flash():
+    from transformers import AttentionInterface
+
+    name = "emulated_flash_varlen"
+    AttentionInterface.register(name, _varlen_reference)
+    return name
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2),
+        ipcv.IPCV(0.05, prune_layer=2, stabilize_layers=2, scope="global"),
+    ],
+    ids=["segment", "global-with-empty-frames"],
+)
+def test_flash_varlen_path_matches_eager(emulated_flash, settings):
+    outs = {}
+    for attn in ("eager", emulated_flash):
+        tower = make_tower("eager")  # transformers checks for a real flash kernel at construction only
+        tower.config._attn_implementation = attn
+        ipcv.compress(tower, vision=settings)
+        with ipcv.trace() as t:
+            outs[attn] = run(tower, MIXED).last_hidden_state
+    if settings.scope == "global":
+        assert 0 in t.calls[0].keep_counts  # a frame lost all its tokens: the empty-segment path ran
+    torch.testing.assert_close(outs[emulated_flash], outs["eager"], rtol=1e-4, atol=1e-4)

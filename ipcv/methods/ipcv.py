@@ -84,24 +84,27 @@ def nearest_kept(
 ) -> torch.Tensor:
     """Eq. 3: for each removed token, its ``k`` nearest kept tokens (Euclidean, float32).
 
-    Works on one group or a batch of groups; the distance matrix is built ``block_elements``
-    entries at a time, so memory stays bounded whatever R and K are.
+    Ranks by ``||b||^2 - 2 a.b``, which orders kept tokens b exactly as ``||a - b||`` does for a
+    fixed removed token a. Works on one group or a batch of groups; the distance matrix is built
+    at most ``block_elements`` entries at a time, so memory stays bounded whatever R and K are.
 
     Args:
         h_rem: ``[..., R, D]``; h_keep: ``[..., K, D]`` with ``k <= K``.
     Returns: ``[..., R, k]`` long indices into the K axis, nearest first.
     """
-    R, K = h_rem.shape[-2], h_keep.shape[-2]
-    batch = h_rem.shape[:-2].numel()
-    rows = max(1, block_elements // max(1, K * batch))
-    keep32 = h_keep.float()
-    out = []
+    batch_shape, R, K = h_rem.shape[:-2], h_rem.shape[-2], h_keep.shape[-2]
+    keep32 = h_keep.float().reshape(-1, K, h_keep.shape[-1])  # [B, K, D]
+    rem32 = h_rem.reshape(-1, R, h_rem.shape[-1])  # [B, R, D]
+    B = keep32.shape[0]
+    keep_sq = keep32.square().sum(-1).unsqueeze(1)  # [B, 1, K]
+    keep_t = keep32.transpose(1, 2)
+    rows = max(1, block_elements // max(1, K * B))
+    out = torch.empty((B, R, k), dtype=torch.long, device=h_rem.device)
     for start in range(0, R, rows):
-        d = torch.cdist(h_rem[..., start : start + rows, :].float(), keep32)
-        out.append(d.topk(k, dim=-1, largest=False).indices)
-    if not out:
-        return torch.empty((*h_rem.shape[:-2], 0, k), dtype=torch.long, device=h_rem.device)
-    return torch.cat(out, dim=-2)
+        a = rem32[:, start : start + rows].float()
+        d = torch.baddbmm(keep_sq, a, keep_t, alpha=-2.0)  # [B, rows, K]
+        out[:, start : start + rows] = d.topk(k, dim=-1, largest=False).indices
+    return out.reshape(*batch_shape, R, k)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def find_neighbors(
     keep_counts: Sequence[int],
     neighbors: int,
     scope: str = "segment",
+    block_elements: int = KNN_BLOCK_ELEMENTS,
 ) -> Neighbors:
     """Eq. 3 for every removed token: neighbours among the kept tokens of its segment (or of the
     whole call with ``scope="global"``), on the states ``h_lp`` ``[L, D]`` at the pruning block."""
@@ -132,7 +136,7 @@ def find_neighbors(
     K, R = keep.numel(), rem.numel()
     if scope == "global":
         k = min(neighbors, K)
-        idx = nearest_kept(h_lp[rem], h_lp[keep], k)
+        idx = nearest_kept(h_lp[rem], h_lp[keep], k, block_elements)
         return Neighbors(idx, torch.full((R, k), 1.0 / k, device=device))
     rem_counts = [n - c for n, c in zip(seg_lengths, keep_counts)]
     k_max = min(neighbors, max(keep_counts))
@@ -140,7 +144,7 @@ def find_neighbors(
         S, c = len(keep_counts), keep_counts[0]
         h_keep = h_lp[keep].view(S, c, -1)
         h_rem = h_lp[rem].view(S, -1, h_lp.shape[-1])
-        local = nearest_kept(h_rem, h_keep, k_max)  # [S, r, k]
+        local = nearest_kept(h_rem, h_keep, k_max, block_elements)  # [S, r, k]
         offsets = torch.arange(0, K, c, device=device).view(S, 1, 1)
         idx = (local + offsets).reshape(R, k_max)
         return Neighbors(idx, torch.full((R, k_max), 1.0 / k_max, device=device))
@@ -150,7 +154,7 @@ def find_neighbors(
     for c, r in zip(keep_counts, rem_counts):
         if r:
             k = min(neighbors, c)
-            local = nearest_kept(h_lp[rem[rstart : rstart + r]], h_lp[keep[kstart : kstart + c]], k)
+            local = nearest_kept(h_lp[rem[rstart : rstart + r]], h_lp[keep[kstart : kstart + c]], k, block_elements)
             idx[rstart : rstart + r, :k] = local + kstart
             weight[rstart : rstart + r, :k] = 1.0 / k
         kstart += c
@@ -158,9 +162,7 @@ def find_neighbors(
     return Neighbors(idx, weight)
 
 
-def ngr(
-    h_rem_lp: torch.Tensor, h_keep_l: torch.Tensor, h_keep_lp: torch.Tensor, nb: Neighbors
-) -> torch.Tensor:
+def ngr(h_rem_lp: torch.Tensor, h_keep_l: torch.Tensor, h_keep_lp: torch.Tensor, nb: Neighbors) -> torch.Tensor:
     """Eq. 4-5 (Algorithm 1): ``h~_{i,l} = h_{i,lp} + mean_{j in N_k(i)} (h_{j,l} - h_{j,lp})``.
 
     Accumulates one neighbour column at a time in float32, so memory is ``[R, D]``, never
@@ -178,9 +180,7 @@ def ngr(
     return out.to(h_keep_l.dtype)
 
 
-def scatter_tokens(
-    h_keep: torch.Tensor, h_rem: torch.Tensor, keep: torch.Tensor, rem: torch.Tensor
-) -> torch.Tensor:
+def scatter_tokens(h_keep: torch.Tensor, h_rem: torch.Tensor, keep: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
     """Eq. 7 / eq. 10: the full ``[L, D]`` sequence with kept and removed rows in their places."""
     full = h_keep.new_empty((keep.numel() + rem.numel(), h_keep.shape[-1]))
     full[keep] = h_keep

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
 from transformers.utils.generic import is_flash_attention_requested
 
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
@@ -22,8 +21,7 @@ def check_attention(config, owner: str) -> None:
     name = attention_name(config)
     if name not in ("eager", "sdpa") and not is_flash_attention_requested(config):
         raise ValueError(
-            f"{owner}: attention implementation {name!r} is not supported by ipcv; "
-            f"use one of {SUPPORTED_ATTENTION}"
+            f"{owner}: attention implementation {name!r} is not supported by ipcv; use one of {SUPPORTED_ATTENTION}"
         )
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..flops import EncoderShape
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -18,6 +20,7 @@ class Adapter:
     depth: number of blocks of that module.
     forward: replacement ``forward`` of the located module; it reads its settings from
         ``self._ipcv_vision`` and keeps every per-call value local.
+    shape: the sizes the analytic FLOP count needs (:class:`ipcv.flops.EncoderShape`).
     """
 
     family: str
@@ -25,6 +28,7 @@ class Adapter:
     locate: Callable[[nn.Module], nn.Module | None]
     depth: Callable[[nn.Module], int]
     forward: Callable
+    shape: Callable[[nn.Module], EncoderShape]
 
 
 def pop_output_flags(kwargs: dict, owner: str) -> None:

@@ -16,6 +16,7 @@ from transformers.utils.generic import is_flash_attention_requested
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
 from ..engine import Plan, run_ipcv
+from ..flops import EncoderShape
 from ._attention import nonempty_segments, segment_attention
 from .base import Adapter, pop_output_flags
 
@@ -104,6 +105,14 @@ def _locate(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def _shape(tower: nn.Module) -> EncoderShape:
+    c = tower.config
+    D, m = c.embed_dim, c.spatial_merge_size**2
+    merger = 2 * (m * D * m * D + m * D * c.hidden_size) // m  # per input patch
+    embed = 2 * c.in_channels * c.temporal_patch_size * c.patch_size**2 * D
+    return EncoderShape(len(tower.blocks), D, int(D * c.mlp_ratio), embed, merger, 0)
+
+
 ADAPTER = Adapter(
     family="qwen2_vl",
     classes=(
@@ -114,4 +123,5 @@ ADAPTER = Adapter(
     locate=_locate,
     depth=lambda tower: len(tower.blocks),
     forward=tower_forward,
+    shape=_shape,
 )

@@ -18,6 +18,7 @@ from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.siglip import modeling_siglip as siglip
 
 from ..engine import Plan, run_ipcv
+from ..flops import EncoderShape
 from ._attention import nonempty_segments, segment_attention
 from .base import Adapter, pop_output_flags
 
@@ -130,6 +131,21 @@ def _locator(model_types: tuple[type, ...], path: tuple[str, ...]):
     return locate
 
 
+def _shaper(spec: _Spec):
+    def shape(enc: nn.Module) -> EncoderShape:
+        c = enc.config
+        D = c.hidden_size
+        if getattr(c, "use_swiglu_ffn", False):  # gate, up and down projections: 3*D*F multiply-adds
+            f = (int(int(D * c.mlp_ratio) * 2 / 3) + 7) // 8 * 8
+            mlp = 3 * f // 2
+        else:
+            mlp = getattr(c, "intermediate_size", None) or int(D * c.mlp_ratio)
+        embed = 2 * c.num_channels * c.patch_size**2 * D
+        return EncoderShape(len(getattr(enc, spec.layers)), D, mlp, embed, 0, spec.prefix_tokens)
+
+    return shape
+
+
 def _adapter(family, spec, classes: dict[type, tuple[str, ...]]) -> list[Adapter]:
     return [
         Adapter(
@@ -138,6 +154,7 @@ def _adapter(family, spec, classes: dict[type, tuple[str, ...]]) -> list[Adapter
             locate=_locator((cls,), path),
             depth=lambda enc, s=spec: len(getattr(enc, s.layers)),
             forward=_make_forward(spec),
+            shape=_shaper(spec),
         )
         for cls, path in classes.items()
     ]

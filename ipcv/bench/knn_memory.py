@@ -1,0 +1,87 @@
+"""Extra memory of IPCV's kNN step (eq. 3) at a given number of patches.
+
+Each measurement runs in a fresh process: on CPU the peak resident memory is reset just before
+the call (``/proc/self/clear_refs``) and its peak above the resident memory at that moment is
+reported; on CUDA, ``max_memory_allocated`` above the memory allocated before the call. The chunked
+search is compared with an unchunked one (the whole R x K distance matrix at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ipcv.config import keep_count
+from ipcv.methods.ipcv import KNN_BLOCK_ELEMENTS, complement, find_neighbors
+
+from .common import environment, write_json
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def measure(patches: int, dim: int, keep: float, k: int, block: int, device: str) -> dict:
+    """Peak extra memory (MiB) of one ``find_neighbors`` call; run in a fresh process."""
+    dev = torch.device(device)
+    g = torch.Generator(device=dev).manual_seed(0)
+    h = torch.randn(patches, dim, device=dev, generator=g)
+    keep_idx = torch.randperm(patches, device=dev, generator=g)[: keep_count(patches, keep)].sort().values
+    rem = complement(keep_idx, patches)
+    counts = [keep_idx.numel()]
+    find_neighbors(
+        h[:256], torch.arange(100, device=dev), torch.arange(100, 256, device=dev), [256], [100], k
+    )  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (VmHWM)
+        base = _status_bytes("VmRSS")
+    nb = find_neighbors(h, keep_idx, rem, [patches], counts, k, block_elements=block)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _status_bytes("VmHWM") - base
+    return {"extra_mib": peak / 2**20, "R": int(rem.numel()), "K": int(keep_idx.numel()), "k": nb.index.shape[1]}
+
+
+def main(args: argparse.Namespace) -> None:
+    rows = []
+    for label, block in (("chunked", KNN_BLOCK_ELEMENTS), ("unchunked", 1 << 62)):
+        cmd = [sys.executable, "-m", "ipcv.bench", "_knn-one", str(args.patches), str(args.dim), str(args.keep),
+               str(args.neighbors), str(block), args.device]  # fmt: skip
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1]) | {"search": label, "block_elements": block}
+        full_matrix = row["R"] * row["K"] * 4 / 2**20
+        row["full_distance_matrix_mib"] = full_matrix
+        rows.append(row)
+        print(f"{label:>9}: extra memory {row['extra_mib']:8.1f} MiB  (R={row['R']}, K={row['K']}, "
+              f"full R x K float32 matrix {full_matrix:.1f} MiB)", flush=True)  # fmt: skip
+    result = {
+        "benchmark": "extra memory of the kNN step",
+        "patches": args.patches, "dim": args.dim, "keep": args.keep, "neighbors": args.neighbors,
+        **environment(torch.device(args.device)), "rows": rows,
+    }  # fmt: skip
+    out = args.out or Path("data/bench") / f"knn_memory_{args.patches}_{args.device.split(':')[0]}.json"
+    write_json(out, result)
+    print(f"written to {out}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patches", type=int, default=16384)
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--keep", type=float, default=0.35)
+    p.add_argument("--neighbors", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None)

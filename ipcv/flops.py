@@ -1,0 +1,94 @@
+"""Analytic FLOPs of a vision encoder, vanilla or under IPCV (a multiply-add counts 2 FLOPs).
+
+Counted: the linear layers, the attention products (QK^T and AV, per segment), patch embedding
+and the encoder's own head (Qwen2-VL's merger), and IPCV's extra work: scoring (eq. 1), the kNN
+distances (eq. 3) and NGR (eq. 4-5, once per stabilized block and once for reintegration).
+Not counted: norms, activations, softmax, rotary embedding, top-k and index copies (each O(L*D) or
+less, the same order as what is counted for IPCV's overhead but not material next to the blocks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import IPCV, keep_count
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What the FLOP count needs to know about an encoder.
+
+    embed_flops_per_token: patch embedding; head_flops_per_token: work after the last block per
+    input token (Qwen2-VL's 2x2 merger), 0 for ViT encoders whose head belongs to the caller.
+    prefix_tokens: protected tokens per segment (CLS).
+    """
+
+    depth: int
+    dim: int
+    mlp_dim: int
+    embed_flops_per_token: int = 0
+    head_flops_per_token: int = 0
+    prefix_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """FLOPs of one encoder call, and the tokens each block processed (queries / keys)."""
+
+    blocks: int
+    overhead: int
+    embed_and_head: int
+    tokens_per_block: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return self.blocks + self.overhead + self.embed_and_head
+
+
+def block_flops(shape: EncoderShape, q_lengths: Sequence[int], kv_lengths: Sequence[int]) -> int:
+    """One block with the given query rows and key/value rows per segment."""
+    D, n_q, n_kv = shape.dim, sum(q_lengths), sum(kv_lengths)
+    linear = 2 * D * D * (2 * n_q + 2 * n_kv) + 2 * 2 * n_q * D * shape.mlp_dim  # q,o + k,v ; fc1+fc2
+    attention = 4 * D * sum(q * k for q, k in zip(q_lengths, kv_lengths))
+    return linear + attention
+
+
+def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings: IPCV | None = None) -> FlopCount:
+    """FLOPs of one call over segments of ``seg_lengths`` tokens (protected prefix included).
+
+    With ``settings`` the per-segment kept counts follow :func:`ipcv.keep_count` exactly as the
+    library selects them (``scope="global"`` is counted as if its budget fell evenly).
+    """
+    seg = [int(n) for n in seg_lengths]
+    L, D = sum(seg), shape.dim
+    fixed = L * (shape.embed_flops_per_token + shape.head_flops_per_token)
+    if settings is None or settings.keep_ratio >= 1.0:
+        per = block_flops(shape, seg, seg)
+        return FlopCount(shape.depth * per, 0, fixed, (L,) * shape.depth)
+    p = shape.prefix_tokens
+    kept = [keep_count(n - p, settings.keep_ratio) + p for n in seg]
+    removed = [n - k for n, k in zip(seg, kept)]
+    lp, n_as = settings.prune_layer, settings.stabilize_layers
+    blocks = lp * block_flops(shape, seg, seg)
+    blocks += n_as * block_flops(shape, kept, seg)
+    blocks += (shape.depth - lp - n_as) * block_flops(shape, kept, kept)
+    k = [min(settings.neighbors, c) for c in kept]
+    score = 3 * L * D
+    knn = sum(2 * D * r * c for r, c in zip(removed, kept))
+    ngr_uses = n_as + (1 if settings.reintegrate else 0)
+    ngr = ngr_uses * (sum(2 * D * r * kk for r, kk in zip(removed, k)) + D * sum(kept))
+    tokens = (L,) * lp + (sum(kept),) * (shape.depth - lp)
+    return FlopCount(blocks, score + knn + ngr, fixed, tokens)
+
+
+def vision_flops(model, seg_lengths: Sequence[int], settings: IPCV | None = None) -> FlopCount:
+    """:func:`encoder_flops` for the vision encoder of any model ``ipcv.compress`` accepts.
+
+    ``seg_lengths``: tokens per image / video frame as the encoder sees them (patches, plus the
+    CLS token for ViT encoders); e.g. ``[1024]`` for one 448x448 image in Qwen2-VL.
+    """
+    from .api import _find
+
+    adapter, target = _find(model)
+    return encoder_flops(adapter.shape(target), seg_lengths, settings)
