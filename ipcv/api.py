@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from torch import nn
 
 from .config import IPCV
+from .engine import VISION_RUNNERS
 from .models import qwen2_vl, vit
 from .models._attention import check_attention
 from .models.base import Adapter
 
 ADAPTERS: list[Adapter] = [qwen2_vl.ADAPTER, *vit.ADAPTERS]
-VISION_METHODS: tuple[type, ...] = (IPCV,)
 
 _SETTINGS = "_ipcv_vision"
 _subclasses: dict[tuple[type, object], type] = {}
@@ -61,9 +61,9 @@ def compress(model: nn.Module, vision: IPCV | None = None, language: None = None
         )
     if vision is None:
         raise ValueError("compress: give a vision-side method, e.g. vision=ipcv.IPCV(0.35)")
-    if not isinstance(vision, VISION_METHODS):
+    if type(vision) not in VISION_RUNNERS:
         raise TypeError(
-            f"vision={vision!r} is not a vision-side method; use one of {', '.join(m.__name__ for m in VISION_METHODS)}"
+            f"vision={vision!r} is not a vision-side method; use one of {', '.join(m.__name__ for m in VISION_RUNNERS)}"
         )
     adapter, target = _find(model)
     vision.check_depth(adapter.depth(target))

@@ -14,7 +14,7 @@ All state of the call lives in local variables and in the :class:`Plan` passed t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,3 +119,20 @@ def run_ipcv(
 def _record_state(record: _trace.Trace | None, layer: int, h_keep: torch.Tensor) -> None:
     if record is not None and record.states:
         record.calls[-1].states[layer] = h_keep.detach().clone()
+
+
+# The registry of vision-side methods: settings class -> the schedule that runs the blocks.
+# Every runner has run_ipcv's signature; adapters call run_vision and never name a method.
+VISION_RUNNERS: dict[type, Callable[..., torch.Tensor]] = {IPCV: run_ipcv}
+
+
+def run_vision(
+    ops: BlockOps,
+    depth: int,
+    h: torch.Tensor,
+    seg_lengths: Sequence[int],
+    settings,
+    protected: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run the blocks of one call under the vision-side method ``settings`` (see VISION_RUNNERS)."""
+    return VISION_RUNNERS[type(settings)](ops, depth, h, seg_lengths, settings, protected)

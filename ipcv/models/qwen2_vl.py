@@ -15,7 +15,7 @@ from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
 from transformers.utils.generic import is_flash_attention_requested
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
-from ..engine import Plan, run_ipcv
+from ..engine import Plan, run_vision
 from ..flops import EncoderShape
 from ._attention import nonempty_segments, segment_attention
 from .base import Adapter, pop_output_flags
@@ -91,7 +91,7 @@ def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **k
     position_embeddings = self.rotary_pos_emb(hidden_states, position_ids)
     call = _TowerCall(self, cu_seqlens, max_seqlen, position_embeddings, kwargs)
     seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    hidden_states = run_ipcv(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
+    hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
     return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
 
 

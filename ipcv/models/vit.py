@@ -17,7 +17,7 @@ from transformers.models.clip import modeling_clip as clip
 from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.siglip import modeling_siglip as siglip
 
-from ..engine import Plan, run_ipcv
+from ..engine import Plan, run_vision
 from ..flops import EncoderShape
 from ._attention import nonempty_segments, segment_attention
 from .base import Adapter, pop_output_flags
@@ -114,7 +114,7 @@ def _make_forward(spec: _Spec):
         protected[:, : spec.prefix_tokens] = True
         call = _EncoderCall(getattr(self, spec.layers), spec, B, N, kwargs)
         depth = len(getattr(self, spec.layers))
-        out = run_ipcv(call, depth, h.reshape(B * N, D), [N] * B, self._ipcv_vision, protected.flatten())
+        out = run_vision(call, depth, h.reshape(B * N, D), [N] * B, self._ipcv_vision, protected.flatten())
         return BaseModelOutput(last_hidden_state=out.view(B, N, D))
 
     return encoder_forward

@@ -1,0 +1,92 @@
+"""What ran where, and printing numbers so that the notebook tests (nbval) can compare them.
+
+Numbers a test compares are printed as plain text with a fixed number of decimals
+(:func:`print_table`, :func:`print_values`): never timings, never DataFrame HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+import transformers
+
+import ipcv
+from ipcv.bench.common import device_name as _device_name
+
+from .encoders import Encoder
+
+RESULTS_ENV = "IPCV_BOOK_RESULTS"
+
+
+def device_name(device: str | torch.device) -> str:
+    """Human name of a device: the GPU model, or the CPU model and its thread count."""
+    return _device_name(torch.device(device))
+
+
+class RunNote:
+    """The reusable "where these numbers come from" note: an admonition in the book (HTML), a
+    plain paragraph elsewhere."""
+
+    def __init__(self, weights: str, device: str, trained: bool):
+        self.weights, self.device, self.trained = weights, device, trained
+
+    def lines(self) -> list[str]:
+        versions = f"ipcv {ipcv.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
+        runs = (
+            "Every cell runs unchanged on a GPU with other weights: set the parameters "
+            '`device="cuda"`, `dtype="bfloat16"` and `model="Qwen/Qwen2-VL-7B-Instruct"` '
+            "(needs the released weights: a model hub or a local copy)."
+        )
+        fidelity = "" if self.trained else " These weights are random: no fidelity or accuracy is reported from them."
+        return [f"Weights: {self.weights}.{fidelity}", f"Device: {self.device}; {versions}.", runs]
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<p>{html.escape(line).replace('`', '')}</p>" for line in self.lines())
+        return f'<div class="admonition note"><p class="admonition-title">Where these numbers come from</p>{body}</div>'
+
+    def __repr__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def run_note(enc: Encoder, device: str | torch.device) -> RunNote:
+    """The note for this notebook's encoder and device; display it near the top."""
+    return RunNote(enc.label, device_name(device), enc.trained)
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number as text with ``digits`` decimals (ints and strings unchanged)."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{float(value):.{digits}f}"
+
+
+def print_values(digits: int = 3, **values) -> None:
+    """``name: value`` lines, floats rounded to ``digits`` decimals."""
+    width = max(map(len, values))
+    for name, value in values.items():
+        print(f"{name:<{width}}  {fmt(value, digits)}")
+
+
+def print_table(df: pd.DataFrame, digits: int = 3) -> None:
+    """A DataFrame as fixed-width text, floats rounded to ``digits`` decimals, no index."""
+    text = df.to_string(index=False, float_format=lambda x: f"{x:.{digits}f}")
+    print(text)
+
+
+def save_summary(name: str, table: pd.DataFrame | Mapping) -> Path | None:
+    """Write ``table`` to ``$IPCV_BOOK_RESULTS/<name>.csv`` when that variable is set (the book
+    build sets it, to show the numbers on its status page); do nothing otherwise."""
+    folder = os.environ.get(RESULTS_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (table if isinstance(table, pd.DataFrame) else pd.DataFrame([dict(table)])).to_csv(path, index=False)
+    return path

@@ -1,0 +1,211 @@
+"""Execute the notebooks and build the book: ``python -m ipcv.book build`` (``make book``).
+
+Where things live:
+
+- ``notebooks/NN_*.ipynb``: the sources, committed without outputs; what you edit and what the
+  Colab buttons open.
+- ``book/notebooks/``: the executed copies the book is built from (papermill, offline defaults;
+  generated, git-ignored, never edited by hand).
+- ``book/_generated/``: tables the status page includes (the notebooks' summaries, FLOPs and
+  benchmark results beside the paper's tables); generated, git-ignored.
+- ``tests/notebooks/``: executed copies in the *smoke* configuration, committed: nbval
+  re-executes them and compares the cells marked ``# NBVAL_CHECK_OUTPUT``. Regenerate them with
+  ``python -m ipcv.book smoke`` after changing a notebook (a test checks they are in sync).
+
+Commands::
+
+    python -m ipcv.book build [-p NAME VALUE]... [--only NN]... [--no-execute]
+    python -m ipcv.book smoke [--only NN]...
+    python -m ipcv.book status        # only regenerate book/_generated/*.csv
+
+``-p NAME VALUE`` overrides a parameter in every notebook that has it (VALUE is read as a Python
+literal when it is one, e.g. ``-p keep_ratios "[0.5, 0.2]"``, else as a string). Executed copies
+carry no papermill timing metadata; papermill's injected-parameters cell is tagged
+``remove-cell`` so the book hides it. A notebook that fails stops the run with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "notebooks"
+EXECUTED = ROOT / "book" / "notebooks"
+GENERATED = ROOT / "book" / "_generated"
+SMOKE_DIR = ROOT / "tests" / "notebooks"
+KERNEL = "python3"
+
+# Parameters of the smoke configuration (applied to the notebooks that have them): one small
+# image, few settings, so that nbval re-executes every notebook in well under five minutes.
+SMOKE: dict[str, object] = {
+    "images": ["astronaut"],
+    "image_size": 112,
+    "keep_ratios": [0.5, 0.2],
+    "stabilize_depths": [0, 3, 9],
+    "prune_layers": [2, 3, 6],
+    "neighbor_counts": [1, 10],
+    "example_tokens": 2,
+}
+
+
+def notebooks(only: Sequence[str] = ()) -> list[Path]:
+    """Source notebooks in book order; ``only``: prefixes (``"03"``) or names to keep."""
+    found = sorted(SOURCES.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.stem == o or p.stem.startswith(o) for o in only)]
+        if not found:
+            raise SystemExit(f"no notebook in {SOURCES} matches {list(only)}")
+    return found
+
+
+def parse_value(text: str) -> object:
+    """A command-line parameter value: a Python literal if it is one, else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(pairs: Iterable[Sequence[str]]) -> dict[str, object]:
+    return {name: parse_value(value) for name, value in pairs}
+
+
+def parameters_of(path: Path) -> set[str]:
+    """Names defined in the notebook's ``parameters`` cell."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def clean(nb) -> None:
+    """Drop papermill's timing and path metadata; hide the injected-parameters cell in the book.
+
+    Keeps ``metadata.papermill.parameters`` (what was injected) and nothing else of papermill's.
+    """
+    pm = nb.metadata.get("papermill")
+    if pm is not None:
+        nb.metadata["papermill"] = {"parameters": pm.get("parameters", {})}
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+
+
+def execute(src: Path, dst: Path, parameters: dict[str, object], env: dict[str, str] | None = None) -> float:
+    """Run ``src`` with papermill into ``dst`` (cleaned); returns seconds. Raises on a failed cell."""
+    import nbformat
+    import papermill
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(src), str(dst), parameters=parameters, kernel_name=KERNEL, progress_bar=True,
+            cwd=str(src.parent), request_save_on_cell_execute=False,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no kernel start-up chatter in the progress display
+        )  # fmt: skip
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if dst.exists():
+            nb = nbformat.read(dst, as_version=4)
+            clean(nb)
+            nbformat.write(nb, dst)
+    return time.perf_counter() - start
+
+
+def run_all(
+    paths: Sequence[Path], out_dir: Path, overrides: dict[str, object], env: dict[str, str] | None = None
+) -> None:
+    """Execute every notebook (stops at the first failure, printing its error); shows progress."""
+    import papermill
+
+    known = set().union(*(parameters_of(p) for p in paths)) if paths else set()
+    unknown = set(overrides) - known
+    if unknown:
+        raise SystemExit(f"unknown parameter(s) {sorted(unknown)}; the notebooks have {sorted(known)}")
+    total = time.perf_counter()
+    for i, src in enumerate(paths, 1):
+        params = {k: v for k, v in overrides.items() if k in parameters_of(src)}
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
+        print(f"[{i}/{len(paths)}] {src.relative_to(ROOT)} ({shown})", flush=True)
+        dst = out_dir / src.name
+        try:
+            seconds = execute(src, dst, params, env)
+        except papermill.PapermillExecutionError as e:
+            print(f"\nFAILED: {src.relative_to(ROOT)}, cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
+            print("".join(e.traceback) if isinstance(e.traceback, list) else e.traceback, file=sys.stderr)
+            print(f"the executed copy with the error is {dst.relative_to(ROOT)}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"      done in {seconds:.0f} s -> {dst.relative_to(ROOT)}", flush=True)
+    print(f"executed {len(paths)} notebook(s) in {time.perf_counter() - total:.0f} s", flush=True)
+
+
+def write_status_tables(results: Path = GENERATED / "results", out: Path = GENERATED) -> None:
+    """The CSV tables ``book/status.md`` includes: the paper's numbers beside the book's."""
+    from .analysis import status
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in status.tables(results).items():
+        table.to_csv(out / f"{name}.csv", index=False)
+
+
+def jupyter_book(args: Sequence[str]) -> None:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", *args]
+    print("$ " + " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd, cwd=ROOT)
+    if rc:
+        raise SystemExit(f"jupyter-book failed (exit {rc}); with -W every Sphinx warning is an error")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ipcv.book", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="execute every notebook (offline defaults) and build _build/html")
+    b.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    b.add_argument("--only", action="append", default=[], help="execute only these notebooks (prefix, e.g. 03)")
+    b.add_argument("--no-execute", action="store_true", help="build from the executed copies already there")
+    s = sub.add_parser("smoke", help="regenerate tests/notebooks/ (smoke configuration) for nbval")
+    s.add_argument("--only", action="append", default=[])
+    sub.add_parser("status", help="regenerate book/_generated/*.csv from the last build's results")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    if args.command == "smoke":
+        paths = notebooks(args.only)
+        smoke = {k: v for k, v in SMOKE.items() if any(k in parameters_of(p) for p in paths)}
+        run_all(paths, SMOKE_DIR, smoke, env={})
+        return
+    if args.command == "status":
+        write_status_tables()
+        return
+    if not args.no_execute:
+        results = GENERATED / "results"
+        if not args.only and results.exists():
+            shutil.rmtree(results)
+        run_all(
+            notebooks(args.only), EXECUTED, parse_overrides(args.parameter), env={"IPCV_BOOK_RESULTS": str(results)}
+        )
+    missing = [p.name for p in notebooks() if not (EXECUTED / p.name).exists()]
+    if missing:
+        raise SystemExit(f"not executed yet: {missing}; run `python -m ipcv.book build` without --no-execute")
+    write_status_tables()
+    jupyter_book(["build", ".", "--all", "-W", "-n", "--keep-going"])
+    print(f"book built in {time.perf_counter() - start:.0f} s: {(ROOT / '_build' / 'html' / 'index.html')}")
+
+
+if __name__ == "__main__":
+    main()
