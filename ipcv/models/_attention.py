@@ -52,46 +52,29 @@ def segment_attention(
             no zero-length query segment.
     Returns: ``[Lq, H, d]``.
     """
-    name = attention_name(config)
-    fn = ALL_ATTENTION_FUNCTIONS.get_interface(name, eager)
+    fn = ALL_ATTENTION_FUNCTIONS.get_interface(attention_name(config), eager)
     Lq, H, d = q.shape
-    if is_flash_attention_requested(config):
-        out, _ = fn(
-            module,
-            q.transpose(0, 1).unsqueeze(0),
-            k.transpose(0, 1).unsqueeze(0),
-            v.transpose(0, 1).unsqueeze(0),
-            attention_mask=None,
-            scaling=scaling,
-            dropout=0.0,
-            is_causal=False,
-            cu_seq_lens_q=cumulative(q_lengths, q.device),
-            cu_seq_lens_k=cumulative(kv_lengths, q.device),
-            max_length_q=max(q_lengths),
-            max_length_k=max(kv_lengths),
-        )
+
+    def attend(qb, kb, vb, **extra):  # [B, H, l, d] in, [B, l, H, d] out
+        out, _ = fn(module, qb, kb, vb, attention_mask=None, scaling=scaling, dropout=0.0, is_causal=False, **extra)
+        return out
+
+    def one(x):  # [L, H, d] -> [1, H, L, d]
+        return x.transpose(0, 1).unsqueeze(0)
+
+    if is_flash_attention_requested(config):  # one varlen call with separate query / key boundaries
+        out = attend(
+            one(q), one(k), one(v),
+            cu_seq_lens_q=cumulative(q_lengths, q.device), cu_seq_lens_k=cumulative(kv_lengths, q.device),
+            max_length_q=max(q_lengths), max_length_k=max(kv_lengths),
+        )  # fmt: skip
         return out.reshape(Lq, H, d)
     if len(set(q_lengths)) == 1 and len(set(kv_lengths)) == 1:  # all segments alike: one batched call
         S = len(q_lengths)
-        qb = q.view(S, -1, H, d).transpose(1, 2)
-        kb = k.view(S, -1, H, d).transpose(1, 2)
-        vb = v.view(S, -1, H, d).transpose(1, 2)
-        out, _ = fn(module, qb, kb, vb, attention_mask=None, scaling=scaling, dropout=0.0, is_causal=False)
-        return out.reshape(Lq, H, d)
-    outs = []
-    for qs, ks, vs in zip(q.split(list(q_lengths)), k.split(list(kv_lengths)), v.split(list(kv_lengths))):
-        o, _ = fn(
-            module,
-            qs.transpose(0, 1).unsqueeze(0),
-            ks.transpose(0, 1).unsqueeze(0),
-            vs.transpose(0, 1).unsqueeze(0),
-            attention_mask=None,
-            scaling=scaling,
-            dropout=0.0,
-            is_causal=False,
-        )
-        outs.append(o[0])
-    return torch.cat(outs, dim=0)
+        qb, kb, vb = (x.view(S, -1, H, d).transpose(1, 2) for x in (q, k, v))
+        return attend(qb, kb, vb).reshape(Lq, H, d)
+    splits = zip(q.split(list(q_lengths)), k.split(list(kv_lengths)), v.split(list(kv_lengths)))
+    return torch.cat([attend(one(qs), one(ks), one(vs))[0] for qs, ks, vs in splits], dim=0)
 
 
 def nonempty_segments(plan) -> tuple[list[int], list[int], torch.Tensor | None]:
