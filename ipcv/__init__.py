@@ -7,13 +7,16 @@ model classes.
 """
 
 from .api import compress, compressed, restore, settings, supported_models
-from .config import IPCV, keep_count
+from .config import IPCV, DARTViT, ToFu, ToMe, keep_count
 from .trace import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IPCV",
+    "DARTViT",
+    "ToFu",
+    "ToMe",
     "compress",
     "compressed",
     "keep_count",

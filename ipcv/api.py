@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from . import schedules  # noqa: F401  (registers ToMe, ToFu, DARTViT in VISION_RUNNERS)
 from .config import IPCV
 from .engine import VISION_RUNNERS
 from .models import qwen2_vl, vit
@@ -52,7 +53,9 @@ def compress(model: nn.Module, vision: IPCV | None = None, language: None = None
     :func:`supported_models`; anything else raises TypeError.
 
     Args:
-        vision: the vision-side method (``ipcv.IPCV(...)``).
+        vision: the vision-side method: ``ipcv.IPCV(...)`` or a baseline (``ipcv.ToMe``,
+            ``ipcv.ToFu``, ``ipcv.DARTViT``); any settings class registered in
+            :data:`ipcv.engine.VISION_RUNNERS`.
         language: LLM-side method; none is available in this release (must be None).
     """
     if language is not None:

@@ -96,3 +96,123 @@ class IPCV:
                 f"[0, {depth - self.prune_layer}] for prune_layer={self.prune_layer} and depth {depth} "
                 "(prune_layer + stabilize_layers must be <= depth)"
             )
+
+
+def _check_bool(owner: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ToMe:
+    """Settings of ToMe (token merging, Bolya et al. 2023) inside a vision encoder, the IPCV paper's
+    ViT baseline (Appendix A.2, C).
+
+    In every block, between attention and MLP, bipartite soft matching on the attention keys
+    (averaged over heads) merges tokens of the same image / frame by size-weighted average; the
+    number merged per block is spread evenly so each segment ends with ``keep_count(n, keep_ratio)``
+    tokens after the last block (:func:`ipcv.methods.tome.merge_schedule`). The output is full
+    length: each merged token is copied back to all of its source positions.
+
+    Args:
+        keep_ratio: share of each segment's patches left after the last block, in (0, 1].
+        proportional_attention: add ``log(size)`` of each key to the attention logits (ToMe's
+            proportional attention), so a merged token weighs as much as the tokens it stands for.
+    """
+
+    keep_ratio: float
+    proportional_attention: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_ratio", _check_keep_ratio("ToMe", self.keep_ratio))
+        _check_bool("ToMe", "proportional_attention", self.proportional_attention)
+
+    def check_depth(self, depth: int) -> None:
+        """Any depth fits (the schedule spreads the reduction over all blocks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToFu:
+    """Settings of ToFu (Token Fusion, Kim et al. 2024) inside a vision encoder (paper Appendix A.2, C).
+
+    Same matching and per-block schedule as :class:`ToMe`; blocks ``0 .. prune_layers - 1`` *prune*
+    (the matched token is dropped, its match is kept unchanged) and later blocks merge with MLERP
+    (mean direction rescaled to the largest norm). No official code exists; the split is ours.
+    ToFu's argument is that early blocks react non-linearly to interpolated (averaged) inputs, so
+    merging there shifts the features, while later blocks are close to linear; the paper gives no
+    block number for the switch. The default ``prune_layers = depth // 3`` (Qwen2-VL: 10 of 32,
+    CLIP ViT-L: 8 of 24) is our choice: the early third, where a ViT's tokens change most per
+    block, prunes. ``prune_layers=0`` is ToMe with MLERP merging; ``prune_layers=depth`` prunes
+    everywhere.
+
+    Args:
+        keep_ratio: share of each segment's patches left after the last block, in (0, 1].
+        prune_layers: number of leading blocks that prune, ``0 <= prune_layers <= depth``;
+            None: ``depth // 3``.
+        proportional_attention: as in :class:`ToMe`.
+    """
+
+    keep_ratio: float
+    prune_layers: int | None = None
+    proportional_attention: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_ratio", _check_keep_ratio("ToFu", self.keep_ratio))
+        if self.prune_layers is not None:
+            _check_int("ToFu", "prune_layers", self.prune_layers)
+            if self.prune_layers < 0:
+                raise ValueError(f"ToFu: prune_layers={self.prune_layers} is not allowed: it must be >= 0")
+        _check_bool("ToFu", "proportional_attention", self.proportional_attention)
+
+    def pruning_blocks(self, depth: int) -> int:
+        """Number of leading blocks that prune in an encoder of ``depth`` blocks."""
+        return depth // 3 if self.prune_layers is None else self.prune_layers
+
+    def check_depth(self, depth: int) -> None:
+        """Raise ValueError if ``prune_layers`` exceeds the encoder depth."""
+        if self.pruning_blocks(depth) > depth:
+            raise ValueError(
+                f"ToFu: prune_layers={self.prune_layers} is outside the allowed range [0, {depth}] "
+                f"for this encoder (depth {depth})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class DARTViT:
+    """Settings of DART's duplication-aware selection applied inside a vision encoder.
+
+    At the input of block ``prune_layer`` each image / frame keeps ``keep_count(n, keep_ratio)``
+    patches: ``pivots`` pivots (largest L1 norm of that block's attention keys) and, for each
+    pivot, the patches least cosine-similar to it (:func:`ipcv.methods.dart.dart_keep`). Blocks
+    ``prune_layer ..`` run on the kept patches only; after the last block each pruned patch gets a
+    copy of its closest kept patch (Euclidean, on the states at ``prune_layer``).
+
+    Args:
+        keep_ratio: share of each segment's patches kept, in (0, 1].
+        prune_layer: 0-based block whose input is pruned, ``0 <= prune_layer < depth``.
+        pivots: pivots per segment, ``>= 1`` (DART: 8 = 4 image + 4 text; a vision tower has
+            no text, so all 8 are image tokens).
+    """
+
+    keep_ratio: float
+    prune_layer: int = 3
+    pivots: int = 8
+
+    def __post_init__(self) -> None:
+        name = "DARTViT"
+        object.__setattr__(self, "keep_ratio", _check_keep_ratio(name, self.keep_ratio))
+        _check_int(name, "prune_layer", self.prune_layer)
+        _check_int(name, "pivots", self.pivots)
+        if self.prune_layer < 0:
+            raise ValueError(f"{name}: prune_layer={self.prune_layer} is not allowed: it must be >= 0")
+        if self.pivots < 1:
+            raise ValueError(f"{name}: pivots={self.pivots} is not allowed: it must be >= 1")
+
+    def check_depth(self, depth: int) -> None:
+        """Raise ValueError if ``prune_layer`` is not a block of an encoder of ``depth`` blocks."""
+        if not 0 <= self.prune_layer < depth:
+            raise ValueError(
+                f"DARTViT: prune_layer={self.prune_layer} is outside the allowed range [0, {depth - 1}] "
+                f"for this encoder (depth {depth})"
+            )

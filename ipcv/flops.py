@@ -1,4 +1,5 @@
-"""Analytic FLOPs of a vision encoder, vanilla or under IPCV (a multiply-add counts 2 FLOPs).
+"""Analytic FLOPs of a vision encoder, vanilla, under IPCV or under a vision-side baseline (ToMe,
+ToFu, DARTViT; their counts come from :mod:`ipcv.schedules`). A multiply-add counts 2 FLOPs.
 
 Counted: the linear layers, the attention products (QK^T and AV, per segment), patch embedding
 and the encoder's own head (Qwen2-VL's merger), and IPCV's extra work: scoring (eq. 1), the kNN
@@ -21,7 +22,8 @@ class EncoderShape:
 
     embed_flops_per_token: patch embedding; head_flops_per_token: work after the last block per
     input token (Qwen2-VL's 2x2 merger), 0 for ViT encoders whose head belongs to the caller.
-    prefix_tokens: protected tokens per segment (CLS).
+    prefix_tokens: protected tokens per segment (CLS). heads: attention heads (the baselines'
+    similarity metrics work on one head's width).
     """
 
     depth: int
@@ -30,6 +32,7 @@ class EncoderShape:
     embed_flops_per_token: int = 0
     head_flops_per_token: int = 0
     prefix_tokens: int = 0
+    heads: int = 1
 
 
 @dataclass(frozen=True)
@@ -46,19 +49,26 @@ class FlopCount:
         return self.blocks + self.overhead + self.embed_and_head
 
 
-def block_flops(shape: EncoderShape, q_lengths: Sequence[int], kv_lengths: Sequence[int]) -> int:
-    """One block with the given query rows and key/value rows per segment."""
+def block_flops(
+    shape: EncoderShape, q_lengths: Sequence[int], kv_lengths: Sequence[int], mlp_tokens: int | None = None
+) -> int:
+    """One block with the given query rows and key/value rows per segment; the MLP runs on
+    ``mlp_tokens`` rows (default: the query rows; fewer when tokens merge after attention)."""
     D, n_q, n_kv = shape.dim, sum(q_lengths), sum(kv_lengths)
-    linear = 2 * D * D * (2 * n_q + 2 * n_kv) + 2 * 2 * n_q * D * shape.mlp_dim  # q,o + k,v ; fc1+fc2
+    n_mlp = n_q if mlp_tokens is None else mlp_tokens
+    linear = 2 * D * D * (2 * n_q + 2 * n_kv) + 2 * 2 * n_mlp * D * shape.mlp_dim  # q,o + k,v ; fc1+fc2
     attention = 4 * D * sum(q * k for q, k in zip(q_lengths, kv_lengths))
     return linear + attention
 
 
-def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings: IPCV | None = None) -> FlopCount:
+def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None) -> FlopCount:
     """FLOPs of one call over segments of ``seg_lengths`` tokens (protected prefix included).
 
-    With ``settings`` the per-segment kept counts follow :func:`ipcv.keep_count` exactly as the
-    library selects them (``scope="global"`` is counted as if its budget fell evenly).
+    ``settings``: None (vanilla), :class:`ipcv.IPCV`, or any other registered vision-side method
+    (ToMe, ToFu, DARTViT), whose per-block token counts come from the same schedule functions
+    that run it (:data:`ipcv.schedules.COUNTS`). For IPCV the per-segment kept counts follow
+    :func:`ipcv.keep_count` exactly as the library selects them (``scope="global"`` is counted as
+    if its budget fell evenly). ``tokens_per_block``: query tokens entering each block.
     """
     seg = [int(n) for n in seg_lengths]
     L, D = sum(seg), shape.dim
@@ -66,6 +76,16 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings: IPC
     if settings is None or settings.keep_ratio >= 1.0:
         per = block_flops(shape, seg, seg)
         return FlopCount(shape.depth * per, 0, fixed, (L,) * shape.depth)
+    if not isinstance(settings, IPCV):
+        from .schedules import COUNTS
+
+        if type(settings) not in COUNTS:
+            raise TypeError(f"settings={settings!r} is not a vision-side method with an analytic count")
+        blocks, overhead = COUNTS[type(settings)](
+            settings, seg, shape.prefix_tokens, shape.depth, shape.dim, shape.heads
+        )
+        total = sum(block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths)) for b in blocks)
+        return FlopCount(total, overhead, fixed, tuple(sum(b.q_lengths) for b in blocks))
     p = shape.prefix_tokens
     kept = [keep_count(n - p, settings.keep_ratio) + p for n in seg]
     removed = [n - k for n, k in zip(seg, kept)]
@@ -82,7 +102,7 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings: IPC
     return FlopCount(blocks, score + knn + ngr, fixed, tokens)
 
 
-def vision_flops(model, seg_lengths: Sequence[int], settings: IPCV | None = None) -> FlopCount:
+def vision_flops(model, seg_lengths: Sequence[int], settings=None) -> FlopCount:
     """:func:`encoder_flops` for the vision encoder of any model ``ipcv.compress`` accepts.
 
     ``seg_lengths``: tokens per image / video frame as the encoder sees them (patches, plus the

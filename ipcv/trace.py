@@ -37,6 +37,23 @@ class CallRecord:
 
 
 @dataclass
+class ReductionRecord:
+    """What one encoder call did under a baseline (``ToMe``, ``ToFu``, ``DARTViT``).
+
+    method: the settings class name. seg_lengths / keep_counts: tokens per segment before the first
+    block / after the last one (protected tokens included). tokens_per_block: per block, the
+    tokens per segment that entered it. source: ``[L]`` for each position of the full-length
+    output, the packed position of the token whose final state it holds (itself if it survived).
+    """
+
+    method: str
+    seg_lengths: list[int]
+    keep_counts: list[int]
+    tokens_per_block: list[list[int]]
+    source: torch.Tensor
+
+
+@dataclass
 class Trace:
     """Records of the compressed calls made inside ``ipcv.trace()``.
 
@@ -46,7 +63,7 @@ class Trace:
 
     timing: bool = False
     states: bool = False
-    calls: list[CallRecord] = field(default_factory=list)
+    calls: list[CallRecord | ReductionRecord] = field(default_factory=list)
     sections: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 

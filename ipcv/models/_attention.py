@@ -42,6 +42,7 @@ def segment_attention(
     kv_lengths: Sequence[int],
     scaling: float,
     eager: Callable,
+    key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bidirectional attention of packed queries on packed keys/values, segment by segment.
 
@@ -50,19 +51,29 @@ def segment_attention(
         eager: the model family's own ``eager_attention_forward``.
         q: ``[Lq, H, d]``; k, v: ``[Lk, H, d]``; q_lengths / kv_lengths: per segment (same count),
             no zero-length query segment.
+        key_bias: ``[Lk]`` added to the logits of every query on that key (ToMe's proportional
+            attention, ``log(size)``), passed as an additive float mask ``[B, 1, 1, l]``. Flash
+            attention takes no such mask: with a bias, a flash-configured model runs this attention
+            with sdpa (same result, no varlen kernel).
     Returns: ``[Lq, H, d]``.
     """
-    fn = ALL_ATTENTION_FUNCTIONS.get_interface(attention_name(config), eager)
+    flash = is_flash_attention_requested(config) and key_bias is None
+    name = "sdpa" if key_bias is not None and is_flash_attention_requested(config) else attention_name(config)
+    fn = ALL_ATTENTION_FUNCTIONS.get_interface(name, eager)
     Lq, H, d = q.shape
+    bias = None if key_bias is None else key_bias.to(q.dtype)
 
-    def attend(qb, kb, vb, **extra):  # [B, H, l, d] in, [B, l, H, d] out
-        out, _ = fn(module, qb, kb, vb, attention_mask=None, scaling=scaling, dropout=0.0, is_causal=False, **extra)
+    def attend(qb, kb, vb, mask=None, **extra):  # [B, H, l, d] in, [B, l, H, d] out
+        out, _ = fn(module, qb, kb, vb, attention_mask=mask, scaling=scaling, dropout=0.0, is_causal=False, **extra)
         return out
 
     def one(x):  # [L, H, d] -> [1, H, L, d]
         return x.transpose(0, 1).unsqueeze(0)
 
-    if is_flash_attention_requested(config):  # one varlen call with separate query / key boundaries
+    def mask_of(b, batch=1):  # [batch * l] -> [batch, 1, 1, l]
+        return None if b is None else b.view(batch, 1, 1, -1)
+
+    if flash:  # one varlen call with separate query / key boundaries
         out = attend(
             one(q), one(k), one(v),
             cu_seq_lens_q=cumulative(q_lengths, q.device), cu_seq_lens_k=cumulative(kv_lengths, q.device),
@@ -72,9 +83,10 @@ def segment_attention(
     if len(set(q_lengths)) == 1 and len(set(kv_lengths)) == 1:  # all segments alike: one batched call
         S = len(q_lengths)
         qb, kb, vb = (x.view(S, -1, H, d).transpose(1, 2) for x in (q, k, v))
-        return attend(qb, kb, vb).reshape(Lq, H, d)
-    splits = zip(q.split(list(q_lengths)), k.split(list(kv_lengths)), v.split(list(kv_lengths)))
-    return torch.cat([attend(one(qs), one(ks), one(vs))[0] for qs, ks, vs in splits], dim=0)
+        return attend(qb, kb, vb, mask_of(bias, S)).reshape(Lq, H, d)
+    biases = [None] * len(q_lengths) if bias is None else bias.split(list(kv_lengths))
+    splits = zip(q.split(list(q_lengths)), k.split(list(kv_lengths)), v.split(list(kv_lengths)), biases)
+    return torch.cat([attend(one(qs), one(ks), one(vs), mask_of(bs))[0] for qs, ks, vs, bs in splits], dim=0)
 
 
 def nonempty_segments(plan) -> tuple[list[int], list[int], torch.Tensor | None]:

@@ -80,6 +80,51 @@ class _TowerCall:
         h = h_keep + attn.proj(out.reshape(-1, D))
         return h + blk.mlp(blk.norm2(h))
 
+    # --- token merging (ToMe / ToFu) and DART-ViT: a block split at the residual after attention ---
+
+    def keys(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Keys of block ``layer``'s attention for ``h`` ``[N, D]``, before rotary: ``[N, H, d]``."""
+        attn = self.blocks[layer].attn
+        D, H = attn.dim, attn.num_heads
+        W, b = attn.qkv.weight[D : 2 * D], None if attn.qkv.bias is None else attn.qkv.bias[D : 2 * D]
+        return F.linear(self.blocks[layer].norm1(h), W, b).view(-1, H, D // H)
+
+    def attention_part(
+        self,
+        layer: int,
+        h: torch.Tensor,
+        rows: torch.Tensor,
+        seg_lengths: list[int],
+        log_size: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h + attn(norm1(h))`` of block ``layer`` for the (possibly merged) tokens ``h`` ``[M, D]``.
+
+        rows: ``[M]`` packed position of each token in the full sequence; its rotary angles are that
+            position's (a merged token keeps the position of the token it was merged into).
+        seg_lengths: tokens per segment (attention never crosses segments).
+        log_size: ``[M]`` additive logit bias per key (proportional attention), or None.
+        Returns: the residual stream after attention ``[M, D]`` and the keys averaged over heads,
+            before rotary, ``[M, d]`` (ToMe's similarity metric).
+        """
+        blk = self.blocks[layer]
+        attn = blk.attn
+        D, H = attn.dim, attn.num_heads
+        q, k, v = attn.qkv(blk.norm1(h)).view(-1, 3, H, D // H).unbind(1)
+        metric = k.mean(1)
+        cos, sin = self.pe
+        cos, sin = cos[rows], sin[rows]
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        out = segment_attention(
+            attn, self.tower.config, q, k, v, seg_lengths, seg_lengths, attn.scaling, qwen.eager_attention_forward,
+            key_bias=log_size,
+        )  # fmt: skip
+        return h + attn.proj(out.reshape(-1, D)), metric
+
+    def mlp_part(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """``h + mlp(norm2(h))`` of block ``layer``, ``[M, D]``."""
+        blk = self.blocks[layer]
+        return h + blk.mlp(blk.norm2(h))
+
 
 def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
     """Forward of a compressed Qwen2-VL vision tower: same inputs and outputs as the original
@@ -110,7 +155,7 @@ def _shape(tower: nn.Module) -> EncoderShape:
     D, m = c.embed_dim, c.spatial_merge_size**2
     merger = 2 * (m * D * m * D + m * D * c.hidden_size) // m  # per input patch
     embed = 2 * c.in_channels * c.temporal_patch_size * c.patch_size**2 * D
-    return EncoderShape(len(tower.blocks), D, int(D * c.mlp_ratio), embed, merger, 0)
+    return EncoderShape(len(tower.blocks), D, int(D * c.mlp_ratio), embed, merger, 0, c.num_heads)
 
 
 ADAPTER = Adapter(

@@ -79,6 +79,11 @@ class _EncoderCall:
 
     def _layer(self, layer: int, h_q, h_kv, q_lengths, kv_lengths) -> torch.Tensor:
         """One layer with queries (and MLP) for ``h_q`` rows and keys/values from ``h_kv`` rows."""
+        h, _ = self._attend(layer, h_q, h_kv, q_lengths, kv_lengths)
+        return self.mlp_part(layer, h)
+
+    def _attend(self, layer: int, h_q, h_kv, q_lengths, kv_lengths, key_bias=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h_q + attn`` with keys/values from ``h_kv``; also returns the keys ``[Lk, H, d]``."""
         s, blk = self.spec, self.layers[layer]
         attn = getattr(blk, s.attn)
         norm1 = getattr(blk, s.norm1)
@@ -88,11 +93,39 @@ class _EncoderCall:
         q = getattr(attn, s.q)(x_q).view(x_q.shape[0], H, -1)
         k = getattr(attn, s.k)(x_kv).view(x_kv.shape[0], H, -1)
         v = getattr(attn, s.v)(x_kv).view(x_kv.shape[0], H, -1)
-        out = segment_attention(attn, attn.config, q, k, v, q_lengths, kv_lengths, getattr(attn, s.scaling), s.eager)
+        scaling = getattr(attn, s.scaling)
+        out = segment_attention(attn, attn.config, q, k, v, q_lengths, kv_lengths, scaling, s.eager, key_bias)
         out = getattr(attn, s.out)(out.reshape(h_q.shape[0], -1))
         if s.layer_scale1:
             out = getattr(blk, s.layer_scale1)(out)
-        h = h_q + out
+        return h_q + out, k
+
+    # --- token merging (ToMe / ToFu) and DART-ViT: a layer split at the residual after attention ---
+
+    def keys(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Keys of layer ``layer``'s attention for ``h`` ``[N, D]``: ``[N, H, d]``."""
+        s, blk = self.spec, self.layers[layer]
+        attn = getattr(blk, s.attn)
+        return getattr(attn, s.k)(getattr(blk, s.norm1)(h)).view(h.shape[0], getattr(attn, s.heads), -1)
+
+    def attention_part(
+        self,
+        layer: int,
+        h: torch.Tensor,
+        rows: torch.Tensor,
+        seg_lengths: list[int],
+        log_size: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h + attn(norm1(h))`` of layer ``layer`` for tokens ``h`` ``[M, D]`` in segments of
+        ``seg_lengths``; ``rows`` is unused (positions were added before the first layer);
+        ``log_size`` ``[M]`` is an additive logit bias per key. Returns the residual stream ``[M, D]``
+        and the keys averaged over heads ``[M, d]``."""
+        out, k = self._attend(layer, h, h, seg_lengths, seg_lengths, log_size)
+        return out, k.mean(1)
+
+    def mlp_part(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """``h + mlp(norm2(h))`` (with LayerScale where the family has it), ``[M, D]``."""
+        s, blk = self.spec, self.layers[layer]
         mlp = blk.mlp(getattr(blk, s.norm2)(h))
         if s.layer_scale2:
             mlp = getattr(blk, s.layer_scale2)(mlp)
@@ -141,7 +174,7 @@ def _shaper(spec: _Spec):
         else:
             mlp = getattr(c, "intermediate_size", None) or int(D * c.mlp_ratio)
         embed = 2 * c.num_channels * c.patch_size**2 * D
-        return EncoderShape(len(getattr(enc, spec.layers)), D, mlp, embed, 0, spec.prefix_tokens)
+        return EncoderShape(len(getattr(enc, spec.layers)), D, mlp, embed, 0, spec.prefix_tokens, c.num_attention_heads)
 
     return shape
 

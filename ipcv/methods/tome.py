@@ -1,0 +1,159 @@
+"""Token merging (ToMe, Bolya et al. 2023) and Token Fusion (ToFu, Kim et al. 2024) as pure
+functions on tensors: bipartite soft matching, size-weighted merging, MLERP merging, pruning, and
+the per-block reduction schedule of the IPCV paper's baselines (Appendix C).
+
+Layout: a batch of groups ``[B, N, ...]`` (one group = the unprotected tokens of one image or video
+frame; groups of one batch have the same length). A reduction is described by a :class:`Matching`
+of index tensors; ``merge_*`` apply it, :func:`unmerge` copies the result back to every source
+position. Nothing here knows transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Matching:
+    """One reduction of ``N`` tokens to ``N - r`` in every group of a batch.
+
+    into: ``[B, N]`` long, the token (index in ``0..N-1``) each token is merged into; a surviving
+        token is merged into itself.
+    keep: ``[B, N - r]`` long, the surviving tokens, increasing (original order is kept).
+    out_index: ``[B, N]`` long, the output row (``0..N-r-1``) that each token ends in.
+    """
+
+    into: torch.Tensor
+    keep: torch.Tensor
+    out_index: torch.Tensor
+
+    @property
+    def r(self) -> int:
+        return self.into.shape[1] - self.keep.shape[1]
+
+
+def identity_matching(batch: int, n: int, device: torch.device) -> Matching:
+    """The matching that reduces nothing (``r = 0``)."""
+    idx = torch.arange(n, device=device).expand(batch, n)
+    return Matching(idx, idx, idx)
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Matching:
+    """ToMe's bipartite soft matching (ToMe paper, section 3).
+
+    Tokens at even positions form set A, odd positions set B. Each A token is linked to its most
+    cosine-similar B token; the ``r`` A tokens with the most similar links are merged into their B
+    token (ties: lower A position first). ``r`` is capped at ``|A| = ceil(N / 2)``.
+
+    Args:
+        metric: ``[B, N, C]`` similarity features (ToMe: attention keys averaged over heads).
+        r: tokens to remove from every group.
+    Returns: the :class:`Matching` (``min(r, |A|)`` tokens removed; none if ``N < 2``).
+    """
+    B, N, _ = metric.shape
+    device = metric.device
+    r = min(r, (N + 1) // 2) if N >= 2 else 0
+    if r <= 0:
+        return identity_matching(B, N, device)
+    m = metric.float()
+    m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    a, b = m[:, 0::2], m[:, 1::2]  # [B, Na, C], [B, Nb, C]
+    best, best_b = (a @ b.transpose(1, 2)).max(dim=-1)  # [B, Na]
+    order = best.argsort(dim=-1, descending=True, stable=True)
+    src_a = order[:, :r]  # [B, r] positions in A
+    src = 2 * src_a  # token indices of A position i: 2i; of B position j: 2j + 1
+    dst = 2 * best_b.gather(1, src_a) + 1
+    into = torch.arange(N, device=device).repeat(B, 1)
+    into.scatter_(1, src, dst)
+    survives = into == torch.arange(N, device=device)
+    keep = survives.nonzero()[:, 1].view(B, N - r)
+    rank = survives.long().cumsum(1) - 1  # output row of each surviving token
+    return Matching(into, keep, rank.gather(1, into))
+
+
+def merge_average(x: torch.Tensor, size: torch.Tensor, m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe's size-weighted average: ``x_t = sum_i s_i x_i / sum_i s_i`` over the tokens merged into t.
+
+    Args:
+        x: ``[B, N, D]`` tokens. size: ``[B, N]`` source positions each token stands for (>= 1).
+    Returns: ``[B, N - r, D]`` merged tokens (dtype of ``x``; summed in float32) and their sizes
+        ``[B, N - r]``.
+    """
+    if m.r == 0:
+        return x, size
+    s = size.float()
+    num = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    num.scatter_add_(1, m.into.unsqueeze(-1).expand(x.shape), x.float() * s.unsqueeze(-1))
+    den = torch.zeros_like(s).scatter_add_(1, m.into, s)
+    keep = m.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    return (num.gather(1, keep) / den.gather(1, m.keep).unsqueeze(-1)).to(x.dtype), den.gather(1, m.keep)
+
+
+def merge_mlerp(x: torch.Tensor, size: torch.Tensor, m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToFu's MLERP merge: the (size-weighted) mean direction of the merged tokens, rescaled to the
+    largest norm among them: ``x_t = mean / ||mean|| * max_i ||x_i||``. A token that absorbs nothing
+    is returned unchanged.
+
+    Args / returns: as :func:`merge_average`.
+    """
+    if m.r == 0:
+        return x, size
+    mean, new_size = merge_average(x, size, m)
+    norms = x.float().norm(dim=-1)  # [B, N]
+    max_norm = torch.zeros_like(norms).scatter_reduce_(1, m.into, norms, reduce="amax", include_self=False)
+    max_norm = max_norm.gather(1, m.keep)
+    mean32 = mean.float()
+    out = mean32 / mean32.norm(dim=-1, keepdim=True).clamp_min(1e-12) * max_norm.unsqueeze(-1)
+    absorbed = new_size != size.float().gather(1, m.keep)  # groups with more than the token itself
+    kept = x.gather(1, m.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return torch.where(absorbed.unsqueeze(-1), out.to(x.dtype), kept), new_size
+
+
+def merge_prune(x: torch.Tensor, size: torch.Tensor, m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToFu's pruning step: the matched A tokens are dropped and their B token is kept unchanged; it
+    still stands for their positions (its size grows), so :func:`unmerge` copies it there.
+
+    Args / returns: as :func:`merge_average`.
+    """
+    if m.r == 0:
+        return x, size
+    s = size.float()
+    den = torch.zeros_like(s).scatter_add_(1, m.into, s)
+    return x.gather(1, m.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])), den.gather(1, m.keep)
+
+
+def unmerge(y: torch.Tensor, m: Matching) -> torch.Tensor:
+    """``[B, N - r, D]`` -> ``[B, N, D]``: every source position gets a copy of the token it ended in."""
+    return y.gather(1, m.out_index.unsqueeze(-1).expand(-1, -1, y.shape[-1]))
+
+
+def compose(first: Matching, second: Matching) -> Matching:
+    """The matching of ``first`` followed by ``second`` (``second`` acts on ``first``'s output)."""
+    out_index = second.out_index.gather(1, first.out_index)
+    keep = first.keep.gather(1, second.keep)
+    into = keep.gather(1, out_index)
+    return Matching(into, keep, out_index)
+
+
+def merge_schedule(n: int, k: int, depth: int) -> list[int]:
+    """Tokens each block removes so that ``n`` tokens become ``k`` after ``depth`` blocks, spread
+    evenly ("reduced proportionally across layers until the target is reached", paper Appendix C):
+    block l removes ``floor(R (l+1) / depth) - floor(R l / depth)`` with ``R = n - k``, so every
+    block removes ``floor(R / depth)`` or one more, and the total is exactly R.
+    """
+    R = n - k
+    return [R * (layer + 1) // depth - R * layer // depth for layer in range(depth)]
+
+
+def merge_rounds(n: int, r: int) -> list[int]:
+    """How a block removes ``r`` of ``n`` tokens: one bipartite round removes at most ``ceil(n / 2)``
+    (every A token merged), so a larger ``r`` (only for extreme ratios on shallow encoders) takes
+    several rounds, each on the previous round's output. Returns r per round."""
+    rounds = []
+    while r > 0 and n >= 2:
+        step = min(r, (n + 1) // 2)
+        rounds.append(step)
+        n, r = n - step, r - step
+    return rounds

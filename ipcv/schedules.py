@@ -1,0 +1,307 @@
+"""Block schedules of the vision-side baselines (paper Appendix A.2, C), independent of any model family.
+
+    ToMe     every block: attention, merge (bipartite matching, size-weighted average), MLP
+    ToFu     the same; blocks < prune_layers prune instead of merging, later ones merge with MLERP
+    DARTViT  blocks < lp full; at lp DART's duplication-aware selection; blocks lp.. kept tokens only
+
+Each runner has :func:`ipcv.engine.run_ipcv`'s signature, talks to the model only through the
+per-call ops object of an adapter (``full``, ``kept``, ``keys``, ``attention_part``,
+``mlp_part``) and registers itself in :data:`ipcv.engine.VISION_RUNNERS`. Every image / video
+frame (segment) ends with ``keep_count(n, keep_ratio)`` of its ``n`` unprotected tokens; matching
+and merging never cross segments; protected tokens (CLS) are never merged, pruned nor counted. The
+output is full length, in original order: every merged or pruned position gets a copy of the
+token that stands for it.
+
+The same schedule functions give the analytic FLOP count (:data:`COUNTS`, used by
+:func:`ipcv.flops.encoder_flops`), so what is counted is what runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import trace as _trace
+from .config import DARTViT, ToFu, ToMe, keep_count
+from .engine import VISION_RUNNERS, BlockOps, Plan
+from .methods.dart import dart_keep, pivot_scores
+from .methods.ipcv import complement, find_neighbors, scatter_tokens
+from .methods.tome import (
+    bipartite_soft_matching,
+    compose,
+    identity_matching,
+    merge_average,
+    merge_mlerp,
+    merge_prune,
+    merge_rounds,
+    merge_schedule,
+)
+
+# --- shared helpers ------------------------------------------------------------------------------
+
+
+def _protected_counts(seg_lengths: Sequence[int], protected: torch.Tensor | None) -> list[int]:
+    if protected is None:
+        return [0] * len(seg_lengths)
+    return [int(p.sum()) for p in protected.split(list(seg_lengths))]
+
+
+def _record(method: str, seg_lengths, keep_counts, tokens_per_block, source: torch.Tensor) -> None:
+    record = _trace.active()
+    if record is not None:
+        record.calls.append(
+            _trace.ReductionRecord(method, list(seg_lengths), list(keep_counts), tokens_per_block, source)
+        )
+
+
+# --- ToMe / ToFu ---------------------------------------------------------------------------------
+
+
+def merge_plan(
+    seg_lengths: Sequence[int], n_protected: Sequence[int], keep_ratio: float, depth: int
+) -> list[list[int]]:
+    """``r[layer][segment]``: unprotected tokens each block removes from each segment
+    (:func:`ipcv.methods.tome.merge_schedule` per segment, to ``keep_count(n - p, keep_ratio)``)."""
+    per_segment = [
+        merge_schedule(n - p, keep_count(n - p, keep_ratio), depth) for n, p in zip(seg_lengths, n_protected)
+    ]
+    return [[r[layer] for r in per_segment] for layer in range(depth)]
+
+
+def _merge_fn(settings: ToMe | ToFu, layer: int, depth: int) -> Callable:
+    if isinstance(settings, ToFu):
+        return merge_prune if layer < settings.pruning_blocks(depth) else merge_mlerp
+    return merge_average
+
+
+@dataclass
+class _Merged:
+    """The token set of one call under merging.
+
+    h: ``[M, D]`` current tokens, grouped by segment, each segment in original order.
+    rows: ``[M]`` packed position of each token (the original token it was merged into survives
+        there; its rotary angles are used). size: ``[M]`` float32 source positions per token.
+    protected: ``[M]`` bool. counts: tokens per segment (protected included).
+    assign: ``[L]`` current row of each original token (the unmerge map).
+    """
+
+    h: torch.Tensor
+    rows: torch.Tensor
+    size: torch.Tensor
+    protected: torch.Tensor
+    counts: list[int]
+    assign: torch.Tensor
+    merged: bool = False
+
+    def free_rows(self, segment: int, start: int) -> torch.Tensor:
+        """Rows of the segment's unprotected tokens, increasing."""
+        c = self.counts[segment]
+        return (~self.protected[start : start + c]).nonzero().flatten() + start
+
+    def reduce(self, h: torch.Tensor, metric: torch.Tensor, r: Sequence[int], merge: Callable) -> _Merged:
+        """Remove ``r[s]`` unprotected tokens of every segment s of ``h`` (the residual stream after
+        attention) by bipartite matching on ``metric`` ``[M, C]``, combining them with ``merge``.
+        Segments with the same (free tokens, r) are matched as one batch."""
+        M = h.shape[0]
+        starts = [0]
+        for c in self.counts[:-1]:
+            starts.append(starts[-1] + c)
+        groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+        for s, (start, rs) in enumerate(zip(starts, r)):
+            if rs:
+                free = self.free_rows(s, start)
+                groups.setdefault((free.numel(), rs), []).append(free)
+        into = torch.arange(M, device=h.device)
+        new_h, new_size = h.clone(), self.size.clone()
+        for (n_free, rs), frees in groups.items():
+            idx = torch.stack(frees)  # [G, n_free] packed rows
+            x, size, met = h[idx], self.size[idx], metric[idx]
+            total = identity_matching(idx.shape[0], n_free, h.device)
+            for step in merge_rounds(n_free, rs):
+                m = bipartite_soft_matching(met, step)
+                met, _ = merge_average(met, size, m)
+                x, size = merge(x, size, m)
+                total = compose(total, m)
+            survivors = idx.gather(1, total.keep)  # [G, n_free - rs]
+            into[idx.flatten()] = survivors.gather(1, total.out_index).flatten()
+            new_h[survivors.flatten()] = x.flatten(0, 1)
+            new_size[survivors.flatten()] = size.flatten()
+        survive = into == torch.arange(M, device=h.device)
+        new_row = survive.long().cumsum(0) - 1
+        return _Merged(
+            h=new_h[survive],
+            rows=self.rows[survive],
+            size=new_size[survive],
+            protected=self.protected[survive],
+            counts=[c - rs for c, rs in zip(self.counts, r)],
+            assign=new_row[into[self.assign]],
+            merged=True,
+        )
+
+
+def run_merging(
+    ops: BlockOps,
+    depth: int,
+    h: torch.Tensor,
+    seg_lengths: Sequence[int],
+    settings: ToMe | ToFu,
+    protected: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run all ``depth`` blocks of one call under ToMe or ToFu.
+
+    A block in which nothing has been merged yet and nothing is merged runs unmodified
+    (``ops.full``); so does every block at ``keep_ratio`` 1.0. Otherwise: ``ops.attention_part``
+    (with ``log(size)`` logit bias once tokens have merged, if ``proportional_attention``), the
+    merge of this block, ``ops.mlp_part``.
+
+    Args: as :func:`ipcv.engine.run_ipcv`. Returns: ``[L, D]`` full length, original order.
+    """
+    seg = [int(n) for n in seg_lengths]
+    L = h.shape[0]
+    prot = torch.zeros(L, dtype=torch.bool, device=h.device) if protected is None else protected
+    plan = merge_plan(seg, _protected_counts(seg, protected), settings.keep_ratio, depth)
+    rows = torch.arange(L, device=h.device)
+    state = _Merged(h, rows, torch.ones(L, device=h.device), prot, list(seg), rows)
+    tokens_per_block = []
+    for layer in range(depth):
+        r = plan[layer]
+        tokens_per_block.append(list(state.counts))
+        if not state.merged and not any(r):
+            state.h = ops.full(layer, state.h)
+            continue
+        bias = state.size.log() if settings.proportional_attention and state.merged else None
+        h_mid, metric = ops.attention_part(layer, state.h, state.rows, state.counts, bias)
+        if any(r):
+            state = state.reduce(h_mid, metric, r, _merge_fn(settings, layer, depth))
+            h_mid = state.h
+        state.h = ops.mlp_part(layer, h_mid)
+    _record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
+    return state.h[state.assign]
+
+
+# --- DART inside the vision tower ------------------------------------------------------------------
+
+
+def dart_select(
+    h: torch.Tensor,
+    scores: torch.Tensor,
+    seg_lengths: Sequence[int],
+    protected: torch.Tensor | None,
+    keep_ratio: float,
+    pivots: int,
+) -> tuple[torch.Tensor, list[int]]:
+    """Kept rows (sorted) and kept count per segment (protected included) of DART-ViT: every
+    segment keeps its protected tokens and ``keep_count(n - p)`` others by :func:`dart_keep`.
+
+    Args: h ``[L, D]`` states at the pruning block; scores ``[L]`` pivot scores.
+    """
+    keeps, counts, start = [], [], 0
+    for n in seg_lengths:
+        prot = torch.zeros(n, dtype=torch.bool, device=h.device) if protected is None else protected[start : start + n]
+        free = (~prot).nonzero().flatten() + start
+        local = dart_keep(h[free], scores[free], keep_count(free.numel(), keep_ratio), pivots)
+        kept = torch.cat([prot.nonzero().flatten() + start, free[local]]).sort().values
+        keeps.append(kept)
+        counts.append(kept.numel())
+        start += n
+    return torch.cat(keeps), counts
+
+
+def run_dart_vit(
+    ops: BlockOps,
+    depth: int,
+    h: torch.Tensor,
+    seg_lengths: Sequence[int],
+    settings: DARTViT,
+    protected: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run all ``depth`` blocks of one call under DART-ViT.
+
+    Blocks ``0 .. lp-1`` full; at the input of block lp: pivots = largest L1 norm of block lp's keys
+    (before rotary in Qwen2-VL), selection by :func:`dart_select`; blocks ``lp ..`` on the kept
+    tokens (``ops.kept``); finally every pruned token gets a copy of its closest kept token of the
+    same segment (Euclidean on the states at lp).
+
+    Args: as :func:`ipcv.engine.run_ipcv`. Returns: ``[L, D]`` full length, original order.
+    """
+    seg = [int(n) for n in seg_lengths]
+    lp = settings.prune_layer
+    n_prot = _protected_counts(seg, protected)
+    if all(keep_count(n - p, settings.keep_ratio) == n - p for n, p in zip(seg, n_prot)):
+        for layer in range(depth):  # nothing pruned: the plain blocks
+            h = ops.full(layer, h)
+        return h
+    for layer in range(lp):
+        h = ops.full(layer, h)
+    keep, counts = dart_select(h, pivot_scores(ops.keys(lp, h)), seg, protected, settings.keep_ratio, settings.pivots)
+    rem = complement(keep, h.shape[0])
+    nearest = find_neighbors(h, keep, rem, seg, counts, neighbors=1)
+    plan = Plan(keep, rem, seg, counts, nearest)
+    h_keep = h[keep]
+    for layer in range(lp, depth):
+        h_keep = ops.kept(layer, h_keep, plan)
+    copy_of = nearest.index[:, 0]  # [R] rows of the kept sequence
+    source = torch.arange(h.shape[0], device=h.device)
+    source[rem] = keep[copy_of]
+    _record("DARTViT", seg, counts, [seg] * lp + [counts] * (depth - lp), source)
+    return scatter_tokens(h_keep, h_keep[copy_of], keep, rem)
+
+
+# --- analytic counts (see ipcv.flops) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockCount:
+    """What one block computes: queries, keys/values and MLP rows per segment."""
+
+    q_lengths: list[int]
+    kv_lengths: list[int]
+    mlp_lengths: list[int]
+
+
+def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
+    """Per-block token counts and method overhead (FLOPs) of ToMe / ToFu.
+
+    Overhead per matching round on ``n`` free tokens: the similarity matrix ``2 d |A| |B|``
+    (``d = dim / heads``, keys averaged over heads), plus ``2 D n`` for a merge (average or MLERP);
+    pruning rounds copy. Not counted: key averaging, norms, argmax/sort, index copies.
+    """
+    seg = [int(n) for n in seg_lengths]
+    plan = merge_plan(seg, [prefix] * len(seg), settings.keep_ratio, depth)
+    d = dim // heads
+    counts, blocks, overhead = list(seg), [], 0
+    for layer in range(depth):
+        r = plan[layer]
+        after = [c - rs for c, rs in zip(counts, r)]
+        blocks.append(BlockCount(list(counts), list(counts), after))
+        prunes = isinstance(settings, ToFu) and layer < settings.pruning_blocks(depth)
+        for c, rs in zip(counts, r):
+            n = c - prefix
+            for step in merge_rounds(n, rs):
+                overhead += 2 * d * ((n + 1) // 2) * (n // 2) + (0 if prunes else 2 * dim * n)
+                n -= step
+        counts = after
+    return blocks, overhead
+
+
+def count_dart_vit(settings: DARTViT, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
+    """Per-block token counts and overhead of DART-ViT: the keys of block lp (``2 D^2 L``), the
+    pivot/candidate cosine similarities (``2 D P n`` per segment) and the closest-kept search
+    (``2 D R K`` per segment, as IPCV's kNN)."""
+    seg = [int(n) for n in seg_lengths]
+    lp = settings.prune_layer
+    kept = [keep_count(n - prefix, settings.keep_ratio) + prefix for n in seg]
+    blocks = [BlockCount(seg, seg, seg)] * lp + [BlockCount(kept, kept, kept)] * (depth - lp)
+    overhead = 2 * dim * dim * sum(seg)
+    for n, k in zip(seg, kept):
+        free, pivots = n - prefix, min(settings.pivots, k - prefix)
+        overhead += 2 * dim * pivots * free + 2 * dim * (n - k) * k
+    return blocks, overhead
+
+
+# Analytic counts of the methods registered here: settings class -> count function.
+COUNTS: dict[type, Callable] = {ToMe: count_merging, ToFu: count_merging, DARTViT: count_dart_vit}
+
+VISION_RUNNERS.update({ToMe: run_merging, ToFu: run_merging, DARTViT: run_dart_vit})
