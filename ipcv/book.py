@@ -42,6 +42,7 @@ EXECUTED = ROOT / "book" / "notebooks"
 GENERATED = ROOT / "book" / "_generated"
 SMOKE_DIR = ROOT / "tests" / "notebooks"
 KERNEL = "python3"
+RESULTS_ENV = "IPCV_BOOK_RESULTS"  # where the notebooks save their summaries (ipcv.analysis.report)
 
 # Parameters of the smoke configuration (applied to the notebooks that have them): one small
 # image, few settings, so that nbval re-executes every notebook in well under five minutes.
@@ -53,6 +54,7 @@ SMOKE: dict[str, object] = {
     "prune_layers": [2, 3, 6],
     "neighbor_counts": [1, 10],
     "example_tokens": 2,
+    "baseline_ratios": [0.5, 0.2],
 }
 
 
@@ -85,30 +87,50 @@ def parameters_of(path: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(path)))
 
 
-def clean(nb) -> None:
+CHECKED = "# NBVAL_CHECK_OUTPUT"
+
+
+def clean(nb, checked_outputs_only: bool = False) -> None:
     """Drop papermill's timing and path metadata; hide the injected-parameters cell in the book.
 
-    Keeps ``metadata.papermill.parameters`` (what was injected) and nothing else of papermill's.
+    Keeps ``metadata.papermill.parameters`` (what was injected) and nothing else of papermill's;
+    drops the trailing newline papermill leaves in the injected cell (ruff format removes it).
+    ``checked_outputs_only`` (the smoke copies): keep the outputs of the cells nbval compares
+    only, so that the committed files hold no figures and change only when a checked number does.
     """
     pm = nb.metadata.get("papermill")
     if pm is not None:
         nb.metadata["papermill"] = {"parameters": pm.get("parameters", {})}
     for cell in nb.cells:
+        if checked_outputs_only and cell.cell_type == "code" and not cell.source.startswith(CHECKED):
+            cell.outputs = []
+            cell.execution_count = None
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            cell.metadata["tags"] = [*tags, "remove-cell"]
+        if "injected-parameters" in tags:
+            cell.source = cell.source.rstrip("\n")  # as ruff format writes it
+            if "remove-cell" not in tags:
+                cell.metadata["tags"] = [*tags, "remove-cell"]
 
 
-def execute(src: Path, dst: Path, parameters: dict[str, object], env: dict[str, str] | None = None) -> float:
-    """Run ``src`` with papermill into ``dst`` (cleaned); returns seconds. Raises on a failed cell."""
+def execute(
+    src: Path, dst: Path, parameters: dict[str, object], env: dict[str, str | None] | None = None, smoke: bool = False
+) -> float:
+    """Run ``src`` with papermill into ``dst`` (cleaned); returns seconds. Raises on a failed cell.
+
+    env: variables set for the kernel (None: unset).
+    """
     import nbformat
     import papermill
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     saved = dict(os.environ)
-    os.environ.update(env or {})
+    for name, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -121,13 +143,17 @@ def execute(src: Path, dst: Path, parameters: dict[str, object], env: dict[str, 
         os.environ.update(saved)
         if dst.exists():
             nb = nbformat.read(dst, as_version=4)
-            clean(nb)
+            clean(nb, checked_outputs_only=smoke)
             nbformat.write(nb, dst)
     return time.perf_counter() - start
 
 
 def run_all(
-    paths: Sequence[Path], out_dir: Path, overrides: dict[str, object], env: dict[str, str] | None = None
+    paths: Sequence[Path],
+    out_dir: Path,
+    overrides: dict[str, object],
+    env: dict[str, str | None] | None = None,
+    smoke: bool = False,
 ) -> None:
     """Execute every notebook (stops at the first failure, printing its error); shows progress."""
     import papermill
@@ -143,7 +169,7 @@ def run_all(
         print(f"[{i}/{len(paths)}] {src.relative_to(ROOT)} ({shown})", flush=True)
         dst = out_dir / src.name
         try:
-            seconds = execute(src, dst, params, env)
+            seconds = execute(src, dst, params, env, smoke)
         except papermill.PapermillExecutionError as e:
             print(f"\nFAILED: {src.relative_to(ROOT)}, cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
             print("".join(e.traceback) if isinstance(e.traceback, list) else e.traceback, file=sys.stderr)
@@ -187,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "smoke":
         paths = notebooks(args.only)
         smoke = {k: v for k, v in SMOKE.items() if any(k in parameters_of(p) for p in paths)}
-        run_all(paths, SMOKE_DIR, smoke, env={})
+        run_all(paths, SMOKE_DIR, smoke, env={RESULTS_ENV: None}, smoke=True)
         return
     if args.command == "status":
         write_status_tables()
@@ -196,9 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = GENERATED / "results"
         if not args.only and results.exists():
             shutil.rmtree(results)
-        run_all(
-            notebooks(args.only), EXECUTED, parse_overrides(args.parameter), env={"IPCV_BOOK_RESULTS": str(results)}
-        )
+        run_all(notebooks(args.only), EXECUTED, parse_overrides(args.parameter), env={RESULTS_ENV: str(results)})
     missing = [p.name for p in notebooks() if not (EXECUTED / p.name).exists()]
     if missing:
         raise SystemExit(f"not executed yet: {missing}; run `python -m ipcv.book build` without --no-execute")

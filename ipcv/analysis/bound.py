@@ -46,7 +46,8 @@ def appendix_e(un: Unpruned, c: Compressed, batch: Batch) -> tuple[pd.DataFrame,
         per_image: image, B, d_H, L_proof, L_matched, bound (``2B(L_proof + 1)``), max_error,
             within (all errors <= bound), identity_residual (max abs, the sketch's identity).
         per_token: image, error ``||h~_i - h_i||``, lemma (the data-dependent Lemma E.3 bound
-            ``mean_r ||h_i - h_r|| + L_proof d_H``), bound.
+            ``mean_r ||h_i - h_r|| + L_proof d_H``), bound, norm ``||h_i||`` (the unpruned final
+            state: a bound above it is weaker than the error of predicting zero).
     """
     lp = c.settings.prune_layer
     h_lp, f_x, f_y = un.states[lp].double(), un.final.double(), c.final.double()
@@ -87,5 +88,8 @@ def appendix_e(un: Unpruned, c: Compressed, batch: Batch) -> tuple[pd.DataFrame,
                 identity_residual=float(identity.abs().max()),
             )  # fmt: skip
         )
-        tokens.append(pd.DataFrame(dict(image=name, error=err.numpy(), lemma=lemma.numpy(), bound=bound)))
+        norm = f_x[rem].norm(dim=-1)
+        tokens.append(
+            pd.DataFrame(dict(image=name, error=err.numpy(), lemma=lemma.numpy(), bound=bound, norm=norm.numpy()))
+        )
     return pd.DataFrame(images), pd.concat(tokens, ignore_index=True)

@@ -66,6 +66,15 @@ class Batch:
             for i, name in enumerate(self.names)
         }
 
+    def position(self, row: int) -> tuple[str, int, int] | tuple[str, None, None]:
+        """``(image name, grid row, grid column)`` of a packed row (row and column None for CLS)."""
+        image = int(np.searchsorted(np.cumsum(self.seg_lengths), row, side="right"))
+        j = row - self.starts[image] - self.prefix_tokens
+        if j < 0:
+            return self.names[image], None, None
+        r, c = divmod(int(self.rasters[image][j]), self.grids[image][1])
+        return self.names[image], r, c
+
     def is_prefix(self) -> torch.Tensor:
         """``[L]`` bool: protected prefix tokens (CLS)."""
         out = torch.zeros(self.length, dtype=torch.bool)

@@ -197,16 +197,16 @@ def ngr_on_unpruned(un: Unpruned, c: Compressed) -> torch.Tensor:
 def fidelity_row(un: Unpruned, c: Compressed, prefix: torch.Tensor | None = None) -> dict[str, float]:
     """Summary of one compressed run against the unpruned one.
 
-    all_cosine: mean cosine of the downstream tokens (``enc.finish``: DINOv2's normed tokens,
-    Qwen2-VL's merged LLM tokens). removed_cosine / kept_cosine: mean cosine of the final states
+    all_cos: mean cosine of the downstream tokens (``enc.finish``: DINOv2's normed tokens,
+    Qwen2-VL's merged LLM tokens). removed_cos / kept_cos: mean cosine of the final states
     of removed / kept tokens (prefix rows such as CLS left out of kept). saliency_mae: mean
     absolute difference of the saliency maps (NaN without a saliency head).
     """
     kept = c.keep if prefix is None else c.keep[~prefix[c.keep]]
     return dict(
-        all_cosine=float(row_cosine(c.output, un.output).mean()),
-        removed_cosine=float(row_cosine(c.final[c.rem], un.final[c.rem]).mean()),
-        kept_cosine=float(row_cosine(c.final[kept], un.final[kept]).mean()),
+        all_cos=float(row_cosine(c.output, un.output).mean()),
+        removed_cos=float(row_cosine(c.final[c.rem], un.final[c.rem]).mean()),
+        kept_cos=float(row_cosine(c.final[kept], un.final[kept]).mean()),
         saliency_mae=saliency_error(c.saliency, un.saliency) if c.saliency is not None else float("nan"),
     )
 
@@ -215,7 +215,7 @@ def downstream_rows(enc, batch: Batch, un: Unpruned, c: Compressed) -> pd.DataFr
     """Per method (NGR, copy, frozen): the full final sequence with that method's removed tokens,
     passed through the encoder's own final norm / merger / saliency head, against the unpruned run.
 
-    Columns: keep_ratio, method, all_cosine, saliency_mae.
+    Columns: keep_ratio, method, all_cos, saliency_mae.
     """
     from .hidden import downstream
 
@@ -226,8 +226,17 @@ def downstream_rows(enc, batch: Batch, un: Unpruned, c: Compressed) -> pd.DataFr
             dict(
                 keep_ratio=c.settings.keep_ratio,
                 method=method,
-                all_cosine=float(row_cosine(out, un.output).mean()),
+                all_cos=float(row_cosine(out, un.output).mean()),
                 saliency_mae=saliency_error(sal, un.saliency) if sal is not None else float("nan"),
             )  # fmt: skip
         )
     return pd.DataFrame(rows)
+
+
+def output_fidelity(un: Unpruned, out) -> dict[str, float]:
+    """All-token cosine and saliency error of any method's :class:`~ipcv.analysis.hidden.Output`
+    (or :class:`~ipcv.analysis.hidden.Compressed`) against the unpruned run."""
+    return dict(
+        all_cos=float(row_cosine(out.output, un.output).mean()),
+        saliency_mae=saliency_error(out.saliency, un.saliency) if out.saliency is not None else float("nan"),
+    )

@@ -156,3 +156,30 @@ def run_compressed(enc: Encoder, batch: Batch, settings: ipcv.IPCV, states: bool
 def run_settings(enc: Encoder, batch: Batch, settings: Iterable[ipcv.IPCV], states: bool = False) -> list[Compressed]:
     """:func:`run_compressed` for each settings object, in order."""
     return [run_compressed(enc, batch, s, states) for s in settings]
+
+
+@dataclass
+class Output:
+    """The encoder's output under any vision-side method (IPCV, ToMe, ToFu, DART-ViT ...).
+
+    final: ``[L, D]`` full-length sequence after the last block; output / saliency: as for
+    :class:`Unpruned`.
+    """
+
+    settings: object
+    final: torch.Tensor
+    output: torch.Tensor
+    saliency: torch.Tensor | None
+
+
+def run_method(enc: Encoder, batch: Batch, settings) -> Output:
+    """The encoder under ``ipcv.compressed(model, vision=settings)`` for any vision-side method."""
+    final = _FinalHook(enc.encoder)
+    try:
+        with ipcv.compressed(enc.model, vision=settings), torch.inference_mode():
+            enc.model(**batch.kwargs)
+    finally:
+        final.remove()
+    full = final.value.reshape(-1, final.value.shape[-1])
+    out, sal = _downstream(enc, batch, full)
+    return Output(settings, _cpu(full), out, sal)

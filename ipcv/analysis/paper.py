@@ -80,15 +80,29 @@ def bench_results() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
 
-def latency_vs_table4() -> pd.DataFrame:
+def latency_vs_table4() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Measured vision-tower latency ratios (``data/bench/vision_*.json``) beside Table 4's
-    end-to-end GPU latency of IPCV at the same ViT keep ratio. Empty if nothing was measured."""
+    end-to-end GPU latency of IPCV at the same ViT keep ratio, and where each file was measured.
+
+    Returns ``(ratios, sources)``; both empty if nothing was measured.
+    """
     t4 = paper_table("table4")
     ipcv_rows = t4[t4.method == "IPCV"].assign(keep=lambda d: d.setting.map(vit_keep))
-    rows = []
+    rows, sources = [], []
     for name, payload in bench_results().items():
         if not name.startswith("vision_"):
             continue
+        sources.append(
+            {
+                "file": f"data/bench/{name}.json",
+                "device": payload["device"],
+                "dtype": payload["dtype"],
+                "attention": payload.get("attention", ""),
+                "weights": "random at the real size (speed only)",
+                "torch": payload.get("torch", ""),
+                "date": payload.get("date", ""),
+            }
+        )
         for r in payload["rows"]:
             if r["setting"] == "vanilla":
                 continue
@@ -99,10 +113,8 @@ def latency_vs_table4() -> pd.DataFrame:
                     "ViT keep": r["keep"],
                     "tower time ratio (measured)": round(r["time_ratio"], 3),
                     "tower FLOP ratio": round(r["flop_ratio"], 3),
-                    "paper latency % (end to end)": float(paper.latency_pct.iloc[0]) if len(paper) else float("nan"),
-                    "device": payload["device"],
-                    "dtype": payload["dtype"],
-                    "weights": "random (speed only)",
+                    "paper latency % (end to end)": float(paper.latency_pct.iloc[0]) if len(paper) else "—",
+                    "file": f"{name}.json",
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), pd.DataFrame(sources)

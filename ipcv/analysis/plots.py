@@ -1,4 +1,8 @@
-"""Figures for the notebooks (seaborn on matplotlib); every axis says what it shows and in which unit."""
+"""Figures for the notebooks (seaborn on matplotlib); every axis says what it shows and in which unit.
+
+Figures are at most 8 inches wide (the width of the book's text column at 100 dpi) and stack
+panels vertically, so that their text stays legible on the page.
+"""
 
 from __future__ import annotations
 
@@ -11,127 +15,88 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 PALETTE = "colorblind"
+WIDTH = 8.0  # inches
 
 
 def setup() -> None:
     """The book's figure style."""
     sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE, font_scale=0.9)
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "figure.autolayout": False})
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "legend.fontsize": 8, "legend.title_fontsize": 8})
+
+
+def _stack(n: int, height: float = 3.2) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(n, 1, figsize=(WIDTH * 0.85, height * n), squeeze=False)
+    return fig, axes[:, 0]
+
+
+# --------------------------------------------------------------------------- images and patches
 
 
 def _dim_removed(image: np.ndarray, kept: np.ndarray, patch: int) -> np.ndarray:
-    """Removed patches drawn grey and faded, kept patches in colour. kept: ``[h, w]`` bool."""
+    """Removed patches drawn pale grey, kept patches in their own colours. kept: ``[h, w]`` bool."""
     mask = np.kron(kept, np.ones((patch, patch), dtype=bool))[: image.shape[0], : image.shape[1]]
     grey = image.mean(axis=2, keepdims=True).repeat(3, axis=2)
-    faded = 0.35 * grey + 0.65 * 235
+    faded = 0.2 * grey + 0.8 * 245
     return np.where(mask[..., None], image, faded).astype(np.uint8)
 
 
 def kept_patches(
     images: Mapping[str, np.ndarray], kept: Mapping[str, Mapping[float, np.ndarray]], patch: int
 ) -> Figure:
-    """The paper's Figure 6: which patches IPCV keeps, one row per image, one column per keep ratio.
+    """The paper's Figure 6: which patches are kept, one row per image, one column per keep ratio.
 
     images: ``{name: [S, S, 3] uint8}`` as the encoder sees them. kept: ``{name: {ratio: [h, w] bool}}``.
     """
     names = list(images)
     ratios = list(next(iter(kept.values())))
-    fig, axes = plt.subplots(len(names), len(ratios) + 1, figsize=(2.3 * (len(ratios) + 1), 2.3 * len(names)))
-    axes = np.atleast_2d(axes)
+    side = WIDTH / (len(ratios) + 1)
+    fig, axes = plt.subplots(len(names), len(ratios) + 1, figsize=(WIDTH, side * 1.1 * len(names)), squeeze=False)
     for row, name in enumerate(names):
         axes[row, 0].imshow(images[name])
-        axes[row, 0].set_ylabel(name)
+        axes[row, 0].set_ylabel(name, fontsize=8)
         for col, ratio in enumerate(ratios, start=1):
             m = kept[name][ratio]
             axes[row, col].imshow(_dim_removed(images[name], m, patch))
+            axes[row, col].set_xlabel(f"{int(m.sum())} of {m.size} patches", fontsize=7, labelpad=2)
             if row == 0:
-                axes[row, col].set_title(f"keep {100 * ratio:g}%")
-            axes[row, col].set_xlabel(f"{int(m.sum())} of {m.size} patches", fontsize=8)
+                axes[row, col].set_title(f"keep {100 * ratio:g}%", fontsize=9)
         if row == 0:
-            axes[row, 0].set_title("input")
+            axes[row, 0].set_title("input", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=0.6, w_pad=0.3)
     return fig
 
 
 def score_maps(images: Mapping[str, np.ndarray], scores: Mapping[str, np.ndarray], layer: int) -> Figure:
-    """Each image beside its eq. 1 score map ``[h, w]`` (a colour bar in hidden-state units)."""
+    """Eq. 1 scores ``[h, w]`` drawn over each image, one colour scale for all (hidden-state units)."""
     names = list(images)
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.6 * 2 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, WIDTH / cols * rows + 0.6), squeeze=False)
+    lo = min(float(s.min()) for s in scores.values())
+    hi = max(float(s.max()) for s in scores.values())
     for ax in axes.flat:
         ax.axis("off")
-    for i, name in enumerate(names):
-        r, c = divmod(i, cols)
-        axes[r, 2 * c].imshow(images[name])
-        axes[r, 2 * c].set_title(name, fontsize=9)
-        im = axes[r, 2 * c + 1].imshow(scores[name], cmap="magma")
-        axes[r, 2 * c + 1].set_title(f"score s_i, block {layer}", fontsize=9)
-        cb = fig.colorbar(im, ax=axes[r, 2 * c + 1], fraction=0.046, pad=0.03)
-        cb.set_label(f"||h(l={layer}) - h(l={layer - 1})||₂", fontsize=7)
-        cb.ax.tick_params(labelsize=7)
-    fig.tight_layout()
+    for ax, name in zip(axes.flat, names, strict=False):
+        img = images[name]
+        ax.imshow(img.mean(axis=2), cmap="gray")
+        im = ax.imshow(scores[name], cmap="magma", alpha=0.7, vmin=lo, vmax=hi,
+                       extent=(0, img.shape[1], img.shape[0], 0), interpolation="nearest")  # fmt: skip
+        ax.set_title(name, fontsize=9)
+    cb = fig.colorbar(im, ax=list(axes.flat), orientation="horizontal", fraction=0.05, pad=0.04, aspect=40)
+    cb.set_label(f"score s_i = ||h(l={layer}) − h(l={layer - 1})||₂ (hidden-state units)", fontsize=8)
     return fig
-
-
-def trajectories(examples: Sequence[tuple[np.ndarray, np.ndarray]], first_layer: int, titles: Sequence[str]) -> Figure:
-    """The paper's Figure 2a: PCA paths ``[T, 2]`` of a removed token and of the mean of its
-    neighbours, block ``first_layer`` to the final output, arrows in the direction of depth."""
-    fig, axes = plt.subplots(1, len(examples), figsize=(4.2 * len(examples), 3.8), squeeze=False)
-    colors = sns.color_palette(PALETTE, 2)
-    for ax, (tok, nbr), title in zip(axes[0], examples, titles, strict=True):
-        for path, color, label in ((tok, colors[0], "removed token"), (nbr, colors[1], "mean of its k neighbours")):
-            ax.plot(path[:, 0], path[:, 1], "o-", color=color, ms=3, lw=1, label=label)
-            for a, b in zip(path[:-1], path[1:], strict=True):
-                ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle="->", color=color, lw=1.2))
-            ax.annotate(f"l={first_layer}", path[0], fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.annotate("out", path[-1], fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("principal component 1 (hidden-state units)")
-        ax.set_ylabel("principal component 2 (hidden-state units)")
-    axes[0, 0].legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def distributions(df: pd.DataFrame, value: str, hue: str, xlabel: str, title: str, ax=None) -> plt.Axes:
-    """Histograms (density) of ``value`` per ``hue`` with a dashed line at each median."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.6))
-    order = list(dict.fromkeys(df[hue]))
-    colors = dict(zip(order, sns.color_palette(PALETTE, len(order)), strict=True))
-    sns.histplot(df, x=value, hue=hue, hue_order=order, palette=colors, stat="density", common_norm=False,
-                 element="step", bins=40, ax=ax)  # fmt: skip
-    for name in order:
-        ax.axvline(df.loc[df[hue] == name, value].median(), color=colors[name], ls="--", lw=1.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title, fontsize=10)
-    return ax
-
-
-def lines(
-    df: pd.DataFrame, x: str, y: str, hue: str | None, xlabel: str, ylabel: str, title: str, ax=None, **kw
-) -> plt.Axes:
-    """``sns.lineplot`` with markers and labelled axes."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.6))
-    sns.lineplot(df, x=x, y=y, hue=hue, marker="o", palette=PALETTE if hue else None, ax=ax, **kw)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    return ax
 
 
 def saliency_panels(
     image: np.ndarray, maps: Mapping[str, np.ndarray], errors: Mapping[str, float] | None = None
 ) -> Figure:
     """An image and saliency maps ``[H, W]`` in [0, 1] from several token sets, side by side."""
-    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.5 * (len(maps) + 1), 2.9))
+    n = len(maps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(WIDTH, WIDTH / n + 0.9))
     axes[0].imshow(image)
     axes[0].set_title("input", fontsize=9)
     for ax, (name, m) in zip(axes[1:], maps.items(), strict=True):
@@ -140,6 +105,158 @@ def saliency_panels(
         ax.set_title(f"{name}{sub}", fontsize=9)
     for ax in axes:
         ax.axis("off")
-    cb = fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.02)
+    cb = fig.colorbar(im, ax=list(axes), orientation="horizontal", fraction=0.06, pad=0.05, aspect=40)
     cb.set_label("saliency (probability)", fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- generic panels
+
+
+def lines(
+    df: pd.DataFrame, x: str, y: str, hue: str | None, xlabel: str, ylabel: str, title: str, ax=None, **kw
+) -> plt.Axes:
+    """``sns.lineplot`` with markers and labelled axes (mean and 95% CI when x repeats)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(WIDTH * 0.85, 3.4))
+    palette = sns.color_palette(PALETTE, df[hue].nunique()) if hue else None
+    if "markers" not in kw:
+        kw["marker"] = "o"
+    sns.lineplot(df, x=x, y=y, hue=hue, palette=palette, ax=ax, **kw)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
+def distributions(df: pd.DataFrame, value: str, hue: str, xlabel: str, title: str, ax=None, bins: int = 40) -> plt.Axes:
+    """Histograms (density) of ``value`` per ``hue`` with a dashed line at each median."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(WIDTH * 0.85, 3.4))
+    order = list(dict.fromkeys(df[hue]))
+    colors = dict(zip(order, sns.color_palette(PALETTE, len(order)), strict=True))
+    sns.histplot(df, x=value, hue=hue, hue_order=order, palette=colors, stat="density", common_norm=False,
+                 element="step", bins=bins, ax=ax)  # fmt: skip
+    for name in order:
+        ax.axvline(df.loc[df[hue] == name, value].median(), color=colors[name], ls="--", lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
+# --------------------------------------------------------------------------- one figure per section
+
+
+def share_of_saliency(share: pd.DataFrame) -> Figure:
+    """Share of the saliency mass on kept patches against the keep ratio, with the diagonal."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.6, 3.6))
+    lines(share, "keep_ratio", "share", None, "keep ratio (share of patches kept)",
+          "saliency mass on kept patches", "Kept patches vs saliency (mean, 95% CI)", ax=ax)  # fmt: skip
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="content-blind choice")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    return fig
+
+
+def trajectories(examples: Sequence[tuple[np.ndarray, np.ndarray]], first_layer: int, titles: Sequence[str]) -> Figure:
+    """The paper's Figure 2a: PCA paths ``[T, 2]`` of a removed token and of the mean of its
+    neighbours, block ``first_layer`` to the final output, arrows in the direction of depth."""
+    cols = min(2, len(examples))
+    rows = -(-len(examples) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 3.6 * rows), squeeze=False)
+    colors = sns.color_palette(PALETTE, 2)
+    for ax in axes.flat[len(examples) :]:
+        ax.axis("off")
+    for ax, (tok, nbr), title in zip(axes.flat, examples, titles, strict=False):
+        for path, color, label in ((tok, colors[0], "removed token"), (nbr, colors[1], "mean of its k neighbours")):
+            ax.plot(path[:, 0], path[:, 1], "o", color=color, ms=3, label=label)
+            for a, b in zip(path[:-1], path[1:], strict=True):
+                ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle="->", color=color, lw=1.2))
+        ax.annotate(f"block {first_layer}", tok[0], fontsize=7, xytext=(4, -10), textcoords="offset points")
+        ax.annotate("output", tok[-1], fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("PC 1 (hidden-state units)", fontsize=8)
+        ax.set_ylabel("PC 2 (hidden-state units)", fontsize=8)
+    axes[0, 0].legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def change_distributions(final: pd.DataFrame) -> Figure:
+    """The paper's Figure 2b-c: L1 distance and cosine between changes, per comparison."""
+    fig, axes = _stack(2)
+    distributions(final, "l1", "comparison", "L1 distance between changes (hidden-state units)",
+                  "(b) L1 distance between the changes, block l_p to output", ax=axes[0])  # fmt: skip
+    distributions(final, "cosine", "comparison", "cosine similarity between changes",
+                  "(c) cosine similarity between the changes, block l_p to output", ax=axes[1])  # fmt: skip
+    axes[1].get_legend().remove()
+    fig.tight_layout()
+    return fig
+
+
+def change_by_layer(by_layer: pd.DataFrame) -> Figure:
+    """Median cosine and L1 between changes, per layer after the pruning block."""
+    fig, axes = _stack(2, 3.0)
+    xlabel = "layer l (input of block l; the last is the output)"
+    lines(by_layer, "layer", "cosine", "comparison", xlabel, "median cosine", "Cosine of the changes since block l_p",
+          ax=axes[0])  # fmt: skip
+    lines(by_layer, "layer", "l1", "comparison", xlabel, "median L1 (hidden-state units)",
+          "L1 distance of the changes since block l_p", ax=axes[1])  # fmt: skip
+    axes[1].get_legend().remove()
+    fig.tight_layout()
+    return fig
+
+
+def stabilization(drift: pd.DataFrame) -> Figure:
+    """Kept tokens' final error and removed tokens' final cosine against the AS depth."""
+    fig, axes = _stack(2, 3.0)
+    xlabel = "AS depth Δl_max (blocks)"
+    lines(drift, "stabilize_layers", "kept_rel_error", "keep_ratio", xlabel, "relative error",
+          "Kept tokens against the unpruned run (final output)", ax=axes[0])  # fmt: skip
+    lines(drift, "stabilize_layers", "removed_cos", "keep_ratio", xlabel, "cosine",
+          "Removed tokens after reintegration (final output)", ax=axes[1])  # fmt: skip
+    for ax in axes:
+        ax.legend(title="keep ratio", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(sweeps: pd.DataFrame, labels: Mapping[str, str]) -> Figure:
+    """The paper's Figure 5 as fidelity: one panel per sweep, IPCV and the copy restore (left
+    axis) and the Qwen2-VL-7B tower's FLOP ratio (right axis, grey)."""
+    fig, axes = _stack(len(labels), 2.9)
+    names = {"all_cos": "IPCV (NGR)", "copy_all_cos": "copy nearest kept (ToMe-style)"}
+    for ax, (sweep, xlabel) in zip(axes, labels.items(), strict=True):
+        part = sweeps[sweeps.sweep == sweep]
+        long = part.melt(["value"], list(names), "restore", "cosine").assign(restore=lambda d: d.restore.map(names))
+        lines(long, "value", "cosine", "restore", xlabel, "cosine to unpruned", sweep, ax=ax)
+        twin = ax.twinx()
+        twin.plot(part.value, part.flop_ratio, ls="--", color="grey", marker=".", label="FLOP ratio")
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("FLOP ratio (Qwen2-VL-7B)", color="grey", fontsize=8)
+        twin.grid(False)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def pareto(df: pd.DataFrame, cost: str, cost_label: str) -> Figure:
+    """Fidelity against cost, one line per method, each point labelled with its keep ratio
+    (columns: method, keep_ratio, all_cos, saliency_mae and ``cost``)."""
+    fig, axes = _stack(2, 3.3)
+    has_saliency = df["saliency_mae"].notna().any()
+    panels = [("all_cos", "mean cosine of output tokens", "Output tokens vs the unpruned encoder")]
+    if has_saliency:
+        panels.append(("saliency_mae", "saliency mean |diff| (probability)", "Saliency map vs the unpruned one"))
+    else:
+        axes[1].axis("off")
+    for ax, (y, ylabel, title) in zip(axes, panels, strict=False):
+        lines(df, cost, y, "method", cost_label, ylabel, title, ax=ax, sort=False, style="method", markers=True,
+              dashes=False)  # fmt: skip
+        for _, r in df.iterrows():
+            ax.annotate(f"{r.keep_ratio:g}", (r[cost], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.legend(loc="best")
+    fig.tight_layout()
     return fig

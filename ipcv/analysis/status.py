@@ -12,6 +12,7 @@ import pandas as pd
 
 from .paper import latency_vs_table4, paper_table, table4_vs_vit_flops, vit_keep
 
+NOT_IN_PAPER = "—"  # a setting the paper's table does not have
 NOT_MEASURED = pd.DataFrame([{"note": "not measured in this build (run `python -m ipcv.book build`)"}])
 
 # ablation variants of the notebooks -> rows of the paper's Table 6
@@ -43,10 +44,9 @@ def ablation_vs_table6(results: Path) -> pd.DataFrame:
                 "variant": r["variant"],
                 "paper avg. acc. %": paper["avg_acc_pct"],
                 "paper rel. latency %": paper["rel_latency_pct"],
-                "book: all-token cosine": round(r["all_cosine"], 4),
-                "book: removed-token cosine": round(r["removed_cosine"], 4),
+                "book: all-token cosine": round(r["all_cos"], 4),
+                "book: removed-token cosine": round(r["removed_cos"], 4),
                 "book: saliency MAE": round(r["saliency_mae"], 4) if pd.notna(r.get("saliency_mae")) else None,
-                "book: keep": r["keep_ratio"],
             }
         )
     return pd.DataFrame(rows)
@@ -67,8 +67,8 @@ def restore_vs_table1(results: Path) -> pd.DataFrame:
         rows.append(
             {
                 "ViT keep": keep,
-                "paper IPCV avg. acc. %": paper.avg_acc_pct.get("IPCV", float("nan")),
-                "paper ToMe avg. acc. %": paper.avg_acc_pct.get("ToMe", float("nan")),
+                "paper IPCV avg. acc. %": paper.avg_acc_pct.get("IPCV", NOT_IN_PAPER),
+                "paper ToMe avg. acc. %": paper.avg_acc_pct.get("ToMe", NOT_IN_PAPER),
                 "book NGR cosine": round(mine.loc["NGR", "cosine"], 4),
                 "book copy cosine": round(mine.loc["copy", "cosine"], 4),
                 "book frozen cosine": round(mine.loc["frozen", "cosine"], 4),
@@ -79,14 +79,16 @@ def restore_vs_table1(results: Path) -> pd.DataFrame:
 
 def tables(results: Path) -> dict[str, pd.DataFrame]:
     """``{file stem: table}`` for ``book/_generated/``."""
-    latency = latency_vs_table4()
+    latency, sources = latency_vs_table4()
+    none = pd.DataFrame([{"note": "no data/bench/vision_*.json yet (run `python -m ipcv.bench vision`)"}])
     out = {
         "table4_vs_vit_flops": table4_vs_vit_flops(),
-        "latency_vs_table4": latency if len(latency) else pd.DataFrame([{"note": "no data/bench/vision_*.json yet"}]),
+        "latency_vs_table4": latency if len(latency) else none,
+        "latency_sources": sources if len(sources) else none,
         "ablation_vs_table6": ablation_vs_table6(results),
         "restore_vs_table1": restore_vs_table1(results),
     }
-    for name in ("ngr_premise", "attention_stabilization", "bound", "sensitivity", "token_pruning"):
+    for name in ("ngr_premise", "attention_stabilization", "bound", "sensitivity", "token_pruning", "vit_baselines"):
         table = _read(results, name)
         out[f"measured_{name}"] = NOT_MEASURED if table is None else table.round(4)
     return out

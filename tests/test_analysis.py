@@ -1,0 +1,306 @@
+"""ipcv.analysis on tiny random models and hand-made tensors; numbers checked against values
+computed by hand or by an independent route (the model's own output_hidden_states)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_tower
+from transformers import Dinov2Config, Dinov2Model
+
+import ipcv
+from ipcv.analysis import bound, costs, encoders, fidelity, hidden, paper, pruning, report, status
+from ipcv.analysis import images as imgs
+from ipcv.flops import EncoderShape
+
+SIZE, PATCH = 56, 8  # 7 x 7 patches + CLS
+
+
+def tiny_dinov2() -> Dinov2Model:
+    torch.manual_seed(0)
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, image_size=SIZE, patch_size=PATCH,
+                       mlp_ratio=2)  # fmt: skip
+    model = Dinov2Model(cfg).eval()
+    with torch.no_grad():  # random init barely moves the residual stream: make blocks matter
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+            elif "lambda1" in name:
+                p.fill_(0.5)
+    return model
+
+
+def photos(n: int = 2, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (60, 70, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def vit():
+    enc = encoders.vit_encoder(tiny_dinov2(), "tiny random DINOv2", trained=False)
+    batch = enc.prepare(photos(), ["a", "b"], SIZE)
+    settings = ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=2, neighbors=3)
+    return enc, batch, hidden.run_unpruned(enc, batch), hidden.run_compressed(enc, batch, settings)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_to_rgb_conversions():
+    grey = np.array([[0, 128], [255, 7]], dtype=np.uint8)
+    assert imgs.to_rgb(grey).shape == (2, 2, 3) and (imgs.to_rgb(grey)[..., 2] == grey).all()
+    assert imgs.to_rgb(np.array([[True, False]])).tolist() == [[[255] * 3, [0] * 3]]
+    rgba = np.zeros((1, 1, 4), dtype=np.uint8) + np.array([1, 2, 3, 4], dtype=np.uint8)
+    assert imgs.to_rgb(rgba).tolist() == [[[1, 2, 3]]]
+    assert imgs.to_rgb(np.array([[0.5]])).tolist() == [[[128, 128, 128]]]
+
+
+def test_image_sets_and_errors():
+    assert imgs.image_names("smoke") == ["astronaut"]
+    assert imgs.image_names(["coins", "page"]) == ["coins", "page"]
+    loaded = imgs.load_images(["camera"])
+    assert loaded["camera"].shape == (512, 512, 3) and loaded["camera"].dtype == np.uint8
+    with pytest.raises(ValueError, match="no image 'nope'"):
+        imgs.load_images(["nope"])
+
+
+def test_qwen2vl_raster_is_the_processors_patch_order():
+    # hand-written: 2x2 windows of a 4x4 grid, row-major windows, row-major inside a window
+    assert encoders.qwen2vl_raster(4, 4).tolist() == [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]
+    # and what the real image processor does: each patch painted with its grid index
+    img = np.zeros((56, 56, 3), dtype=np.uint8)
+    for r in range(4):
+        for c in range(4):
+            img[14 * r : 14 * (r + 1), 14 * c : 14 * (c + 1)] = 10 * (4 * r + c) + 5
+    enc = encoders.qwen2vl_encoder(make_tower(), "tiny", trained=False)
+    batch = enc.prepare([img], ["grid"], 56)
+    x = batch.kwargs["hidden_states"][:, : 2 * 14 * 14].mean(1)  # channel 0 of every patch
+    painted = ((x * 0.26862954 + 0.48145466) * 255 - 5) / 10
+    assert painted.round().long().tolist() == batch.rasters[0].tolist()
+
+
+def test_to_grid_places_values_by_raster():
+    raster = encoders.qwen2vl_raster(2, 4)  # [0, 1, 4, 5, 2, 3, 6, 7]
+    grid = imgs.to_grid(np.arange(8), raster, (2, 4))
+    assert grid.tolist() == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
+# --------------------------------------------------------------------------- hidden states
+
+
+def test_unpruned_states_match_output_hidden_states(vit):
+    enc, batch, un, _ = vit
+    with torch.no_grad():
+        ref = enc.model(**batch.kwargs, output_hidden_states=True)
+    expected = torch.stack(ref.hidden_states).reshape(enc.depth + 1, -1, 32)
+    assert un.states.shape == (7, 2 * 50, 32)
+    torch.testing.assert_close(un.states, expected, rtol=0, atol=0)
+    torch.testing.assert_close(un.output, ref.last_hidden_state.reshape(-1, 32))
+
+
+def test_batch_layout(vit):
+    _, batch, _, _ = vit
+    assert batch.seg_lengths == [50, 50] and batch.starts == [0, 50] and batch.patch_rows(1) == slice(51, 100)
+    assert batch.is_prefix().nonzero().flatten().tolist() == [0, 50]
+    values = torch.arange(100.0)
+    assert batch.grid_values(values)["b"][0, :3].tolist() == [51.0, 52.0, 53.0]
+
+
+def test_compressed_run_matches_trace_and_frozen_baseline(vit):
+    enc, batch, un, c = vit
+    assert len(c.keep) + len(c.rem) == batch.length and c.neighbors.shape == (len(c.rem), 3)
+    assert sorted(c.states) == [2, 3, 4, 5]
+    # block l_p is stabilized with the exact removed states: its kept output is the unpruned one
+    torch.testing.assert_close(c.states[2], un.states[3][c.keep], rtol=1e-5, atol=1e-5)
+    off = hidden.run_compressed(enc, batch, ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=2, neighbors=3,
+                                                      reintegrate=False))  # fmt: skip
+    frozen = fidelity.removed_estimates(un, c)["frozen"]
+    assert torch.equal(off.final[off.rem], frozen)
+    assert torch.equal(off.final[off.keep], c.final[c.keep])
+
+
+def test_qwen2vl_tower_runs(tmp_path):
+    tower = make_tower()
+    enc = encoders.qwen2vl_encoder(tower, "tiny", trained=False)
+    batch = enc.prepare(photos(2), ["a", "b"], 56)
+    assert batch.seg_lengths == [16, 16] and batch.prefix_tokens == 0
+    un = hidden.run_unpruned(enc, batch)
+    with torch.no_grad():
+        ref = tower(**batch.kwargs)
+    torch.testing.assert_close(un.final, ref.last_hidden_state)
+    assert un.output.shape == (8, 48)  # 2x2 merger: [L / 4, hidden_size]
+    c = hidden.run_compressed(enc, batch, ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=1, neighbors=2))
+    assert c.output.shape == un.output.shape and c.keep_counts == [8, 8]
+
+
+def test_random_weights_refuse_fidelity(vit):
+    with pytest.raises(RuntimeError, match="random weights"):
+        vit[0].require_trained()
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def test_row_measures_by_hand():
+    a = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    b = torch.tensor([[1.0, 1.0], [3.0, 4.0]])
+    torch.testing.assert_close(fidelity.row_cosine(a, b), torch.tensor([1 / math.sqrt(2), 1.0]))
+    torch.testing.assert_close(fidelity.relative_error(a, b), torch.tensor([1 / math.sqrt(2), 0.0]))
+
+
+def test_copy_baseline_by_hand():
+    final = torch.arange(10.0).view(5, 2)
+    keep = torch.tensor([0, 2, 3])
+    neighbors = torch.tensor([[2, 0], [1, 2]])  # rows of the kept sequence, nearest first
+    assert fidelity.copy_baseline(final, keep, neighbors).tolist() == [[6.0, 7.0], [4.0, 5.0]]
+
+
+def _hand_run(states: torch.Tensor, keep, rem, neighbors, lp: int):
+    un = hidden.Unpruned(states, states[-1], None)
+    L = states.shape[1]
+    settings = ipcv.IPCV(0.5, prune_layer=lp, stabilize_layers=0, neighbors=1)
+    c = hidden.Compressed(
+        settings, torch.tensor(keep), torch.tensor(rem), torch.tensor(neighbors), torch.zeros(L), {}, [L],
+        [len(keep)], states[-1].clone(), states[-1], None,
+    )  # fmt: skip
+    batch = encoders.Batch({}, ["x"], 0, [(1, L)], [L], 0, [np.arange(L)])
+    return un, c, batch
+
+
+def test_delta_agreement_by_hand():
+    h0 = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [6.0, 5.0]])
+    delta = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # token 0 changes like token 1
+    states = torch.stack([h0, h0, h0 + delta])  # lp = 1, depth = 2
+    un, c, batch = _hand_run(states, [1, 2, 3], [0], [[0]], lp=1)
+    df = fidelity.delta_agreement(un, c, batch)
+    ngr_row = df[df.comparison.str.startswith("NGR")].iloc[0]
+    assert ngr_row.layer == 2 and ngr_row.l1 == 0.0 and ngr_row.cosine == pytest.approx(1.0)
+    other = df[df.comparison == "one random kept token"].iloc[0]
+    assert (other.l1, other.cosine) in [(0.0, pytest.approx(1.0)), (3.0, pytest.approx(0.0))]
+
+
+def test_ngr_on_unpruned_by_hand():
+    h0 = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    states = torch.stack([h0, h0, h0 + torch.tensor([[9.0, 9.0], [1.0, 2.0], [3.0, 4.0]])])
+    un, c, _ = _hand_run(states, [1, 2], [0], [[0, 1]], lp=1)
+    # eq. 5: h_0 + mean of the neighbours' changes = (0, 0) + ((1, 2) + (3, 4)) / 2
+    assert fidelity.ngr_on_unpruned(un, c).tolist() == [[2.0, 3.0]]
+
+
+def test_fidelity_rows_agree(vit):
+    enc, batch, un, c = vit
+    row = fidelity.fidelity_row(un, c, batch.is_prefix())
+    down = fidelity.downstream_rows(enc, batch, un, c).set_index("method")
+    assert down.loc["NGR", "all_cos"] == pytest.approx(row["all_cos"], abs=1e-6)
+    assert set(down.index) == set(fidelity.METHODS) and 0 < row["removed_cos"] <= 1
+    rows = fidelity.restoration_rows(un, c, batch)
+    assert len(rows) == 3 * len(c.rem) and set(rows.image) == {"a", "b"}
+    drift = fidelity.kept_drift(un, c, batch.is_prefix())
+    assert drift.block.tolist() == [2, 3, 4, 5] and drift.rel_error.iloc[0] < 1e-5
+
+
+def test_quantile_picks_and_pca():
+    assert fidelity.quantile_picks(torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0]), 3) == [3, 2, 4]
+    line = torch.stack([torch.arange(4.0), 2 * torch.arange(4.0), torch.zeros(4)], dim=1)  # points on a line
+    (proj,) = fidelity.pca_2d(line)
+    assert np.allclose(np.abs(proj[:, 0]), np.abs(np.arange(4) - 1.5) * math.sqrt(5)) and np.allclose(proj[:, 1], 0)
+
+
+# --------------------------------------------------------------------------- Appendix E
+
+
+def test_hausdorff_to_subset_by_hand():
+    x = torch.tensor([[0.0], [1.0], [5.0], [10.0]])
+    assert bound.hausdorff_to_subset(x, torch.tensor([True, False, False, True])) == 5.0
+    assert bound.hausdorff_to_subset(x, torch.tensor([True, True, True, True])) == 0.0
+
+
+def test_appendix_e_by_brute_force(vit):
+    _, batch, un, c = vit
+    per_image, per_token = bound.appendix_e(un, c, batch)
+    assert per_image.within.all() and (per_image.identity_residual < 1e-4).all()
+    seg = batch.segment_ids()
+    lp = c.settings.prune_layer
+    for s, row in per_image.iterrows():
+        rows = (seg == s).nonzero().flatten().tolist()
+        kept = [i for i in rows if i in set(c.keep.tolist())]
+        removed = [i for i in rows if i not in set(kept)]
+        h = un.states[lp].double()
+        B = max(float(h[i].norm()) for i in rows)
+        d_h = max(min(float((h[i] - h[j]).norm()) for j in kept) for i in removed)
+        ratio = 0.0
+        for pos, i in enumerate(c.rem.tolist()):
+            if i in removed:
+                for r in c.neighbor_rows[pos].tolist():
+                    ratio = max(ratio, float((un.final[i].double() - c.final[r].double()).norm()) / d_h)
+        assert row.B == pytest.approx(B) and row.d_H == pytest.approx(d_h) and row.L_proof == pytest.approx(ratio)
+        assert row.bound == pytest.approx(2 * B * (ratio + 1))
+    assert (per_token.error <= per_token.lemma + 1e-6).all()
+
+
+# --------------------------------------------------------------------------- costs, paper, status, report
+
+
+def test_stabilized_block_flops_by_hand():
+    shape = EncoderShape(depth=1, dim=4, mlp_dim=8)
+    # kept queries: linear 2*16*(2*4 + 2*10) + 2*2*4*4*8 = 1408, attention 4*4*(4*10) = 640
+    assert costs.stabilized_block_flops(shape, [10], [4], "kept") == 2048
+    # all queries: full block 2*16*40 + 4*10*4*8 + 4*4*100 = 4160, minus the MLP of 6 removed rows (768)
+    assert costs.stabilized_block_flops(shape, [10], [4], "all") == 3392
+    with pytest.raises(ValueError):
+        costs.stabilized_block_flops(shape, [10], [4], "some")
+
+
+def test_qwen2vl_7b_on_meta():
+    tower = costs.qwen2vl_7b_tower()
+    assert next(tower.parameters()).is_meta
+    assert round(sum(p.numel() for p in tower.parameters()) / 1e6, 1) == 675.8
+    table = costs.flop_table(tower, [1024], {"vanilla": None, "ipcv": ipcv.IPCV(0.35)})
+    assert table.ratio.iloc[0] == 1.0 and 0.3 < table.ratio.iloc[1] < 0.6
+
+
+def test_budgets_by_hand():
+    table = pruning.budgets([10, 7, 65], [0.5], prefix=0)
+    assert table["keep 0.5"].tolist() == [5, 4, 33]  # round half up
+    assert pruning.budgets([65], [0.5], prefix=1)["keep 0.5"].tolist() == [33]  # 64 patches -> 32, + CLS
+    assert pruning.qwen2vl_segments([(1, 4, 4), (3, 2, 2)]) == [16, 4, 4, 4]
+
+
+def test_selection_table(vit):
+    _, batch, un, c = vit
+    scores = (un.states[2] - un.states[1]).norm(dim=-1)
+    table = pruning.selection_table(batch, scores, {0.5: c})
+    assert table.top_k.all() and (table.kept == table.budget).all() and table.kept.tolist() == [25, 25]
+    assert (table.score_kept > table.score_removed).all()
+
+
+def test_paper_tables_and_flops():
+    t4 = paper.paper_table("table4")
+    assert {"setting", "method", "tflops"} <= set(t4.columns) and (t4.method == "IPCV").sum() == 4
+    assert paper.vit_keep("vit35_llm35") == 0.35 and paper.vit_keep("vanilla") == 1.0
+    table = paper.table4_vs_vit_flops()
+    assert table["ViT ratio (ipcv.flops)"].iloc[0] == 1.0
+    assert table["ViT ratio (ipcv.flops)"].is_monotonic_decreasing
+
+
+def test_status_tables(tmp_path):
+    assert status.ablation_vs_table6(tmp_path).equals(status.NOT_MEASURED)
+    pd.DataFrame([dict(variant="w/o AS", keep_ratio=0.35, all_cos=0.9, removed_cos=0.8, kept_cos=0.95,
+                       saliency_mae=0.01)]).to_csv(tmp_path / "ablation.csv", index=False)  # fmt: skip
+    table = status.ablation_vs_table6(tmp_path)
+    assert table["paper avg. acc. %"].tolist() == [94.1] and table["book: all-token cosine"].tolist() == [0.9]
+
+
+def test_report(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv(report.RESULTS_ENV, raising=False)
+    assert report.save_summary("x", {"a": 1}) is None
+    monkeypatch.setenv(report.RESULTS_ENV, str(tmp_path))
+    assert report.save_summary("x", {"a": 1}).read_text() == "a\n1\n"
+    report.print_table(pd.DataFrame(dict(method=["NGR"], cosine=[0.98765])), digits=3)
+    report.print_values(k=10, cosine=0.5)
+    assert capsys.readouterr().out == "method  cosine\n   NGR   0.988\nk       10\ncosine  0.500\n"
+    assert "weights are random" in repr(report.RunNote("w", "cpu", trained=False))

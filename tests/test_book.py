@@ -1,0 +1,108 @@
+"""The notebooks, their smoke copies for nbval and the book runner (fast: no notebook is executed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+yaml = pytest.importorskip("yaml")
+pytest.importorskip("papermill")
+
+from ipcv import book  # noqa: E402
+
+SOURCES = book.notebooks()
+
+
+def _code(nb, skip_injected: bool = True) -> list[str]:
+    return [
+        c.source
+        for c in nb.cells
+        if c.cell_type == "code" and not (skip_injected and "injected-parameters" in c.metadata.get("tags", []))
+    ]
+
+
+def test_there_are_notebooks():
+    assert [p.stem[:2] for p in SOURCES] == ["01", "02", "03", "04", "05", "06"]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_source_notebook_shape(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert "paper" in nb.cells[0].source.splitlines()[0], "the title names the paper section"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged `parameters`"
+    assert {"model", "device", "dtype", "images", "image_size"} <= book.parameters_of(path)
+    assert any(c.cell_type == "markdown" and c.source.startswith("## What we saw") for c in nb.cells)
+    assert any(c.source.startswith("# NBVAL_CHECK_OUTPUT") for c in nb.cells if c.cell_type == "code")
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), (
+        "sources are committed without outputs"
+    )
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_smoke_copy_is_in_sync(path):
+    smoke = book.SMOKE_DIR / path.name
+    assert smoke.exists(), f"missing {smoke}: run `python -m ipcv.book smoke`"
+    source, copy = nbformat.read(path, as_version=4), nbformat.read(smoke, as_version=4)
+    assert _code(copy) == _code(source), (
+        f"{smoke.name} is stale: run `python -m ipcv.book smoke --only {path.stem[:2]}`"
+    )
+    injected = [c for c in copy.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    expected = {k: v for k, v in book.SMOKE.items() if k in book.parameters_of(path)}
+    assert copy.metadata.papermill["parameters"] == expected and len(injected) == 1
+    text = smoke.read_text()
+    assert '"duration"' not in text and '"start_time"' not in text and str(book.ROOT) not in text
+
+
+def test_parse_value():
+    assert book.parse_value("[0.5, 0.2]") == [0.5, 0.2]
+    assert book.parse_value("448") == 448 and book.parse_value("None") is None
+    assert book.parse_value("cuda") == "cuda"
+    assert book.parse_value("Qwen/Qwen2-VL-7B-Instruct") == "Qwen/Qwen2-VL-7B-Instruct"
+
+
+def test_results_variable_matches_report():
+    from ipcv.analysis import report
+
+    assert book.RESULTS_ENV == report.RESULTS_ENV
+
+
+def test_clean_keeps_checked_outputs_only_for_smoke():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"),
+                                         nbformat.v4.new_code_cell("plot()")])  # fmt: skip
+    for cell in nb.cells:
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+        cell.execution_count = 1
+    book.clean(nb, checked_outputs_only=True)
+    assert len(nb.cells[0].outputs) == 1 and nb.cells[1].outputs == [] and nb.cells[1].execution_count is None
+
+
+def test_clean_strips_papermill_metadata():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("x = 2")])
+    nb.metadata["papermill"] = {"duration": 3.2, "input_path": "/a", "parameters": {"x": 2}}
+    nb.cells[1].metadata.update(tags=["injected-parameters"], papermill={"duration": 0.1}, execution={"a": 1})
+    book.clean(nb)
+    assert nb.metadata.papermill == {"parameters": {"x": 2}}
+    assert nb.cells[1].metadata == {"tags": ["injected-parameters", "remove-cell"]}
+    assert "duration" not in json.dumps(nb)
+
+
+def test_toc_pages_exist():
+    toc = yaml.safe_load((book.ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
+    for f in files:
+        if f.startswith("book/notebooks/"):
+            assert (book.SOURCES / (f.split("/")[-1] + ".ipynb")).exists(), f
+        else:
+            assert (book.ROOT / f"{f}.md").exists(), f
+    assert sorted(f.split("/")[-1] for f in files if f.startswith("book/notebooks/")) == [p.stem for p in SOURCES]
+
+
+def test_status_page_includes_existing_paper_tables():
+    text = (book.ROOT / "book" / "status.md").read_text()
+    for line in text.splitlines():
+        if line.startswith(":file: ../data/"):
+            assert (book.ROOT / "book" / line.split(":file: ")[1]).resolve().exists(), line
