@@ -3,25 +3,33 @@ model classes.
 
     import ipcv
     ipcv.compress(model, vision=ipcv.IPCV(0.35))   # patch in place
+    ipcv.compress(model, vision=ipcv.IPCV(0.35), language=ipcv.DART(0.35))   # both sides
     ipcv.restore(model)                            # bit-exact undo
 """
 
-from .api import compress, compressed, restore, settings, supported_models
-from .config import IPCV, DARTViT, ToFu, ToMe, keep_count
+from .api import compress, compressed, restore, settings, stats, supported_models
+from .config import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop, keep_count
+from .flops import costs
 from .trace import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DART",
     "IPCV",
     "DARTViT",
+    "FastV",
+    "SparseVLM",
+    "V2Drop",
     "ToFu",
     "ToMe",
     "compress",
     "compressed",
+    "costs",
     "keep_count",
     "restore",
     "settings",
+    "stats",
     "supported_models",
     "trace",
 ]

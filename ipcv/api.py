@@ -1,9 +1,11 @@
-"""The public surface: ``compress``, ``restore``, ``compressed``, and the registry of model families.
+"""The public surface: ``compress``, ``restore``, ``compressed``, ``stats`` and the registry of model families.
 
 Patching follows ToMe's pattern: the encoder module that owns the block loop gets its class swapped
 for a subclass whose ``forward`` runs the compressed schedule; its settings live in one attribute,
-``_ipcv_vision``. No weight is copied or changed, so ``restore`` (swapping the class back) gives a
-model that computes exactly what it computed before.
+``_ipcv_vision``. The LLM side does the same to the decoder (settings in ``_ipcv_language``) and to
+the module above it that knows where the visual tokens are. No weight is copied or changed, so
+``restore`` (swapping the classes back) gives a model that computes exactly what it computed before.
+``stats`` counts the tokens each block and layer processes, for :func:`ipcv.costs`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from contextlib import contextmanager
 from torch import nn
 
 from . import schedules  # noqa: F401  (registers ToMe, ToFu, DARTViT in VISION_RUNNERS)
-from .config import IPCV
+from . import trace as _trace
 from .engine import VISION_RUNNERS
+from .language import LANGUAGE_RUNNERS
 from .models import qwen2_vl, vit
 from .models._attention import check_attention
 from .models.base import Adapter
@@ -23,6 +26,7 @@ from .models.base import Adapter
 ADAPTERS: list[Adapter] = [qwen2_vl.ADAPTER, *vit.ADAPTERS]
 
 _SETTINGS = "_ipcv_vision"
+_LANGUAGE = "_ipcv_language"
 _subclasses: dict[tuple[type, object], type] = {}
 
 
@@ -46,63 +50,142 @@ def _patched_class(cls: type, forward) -> type:
     return _subclasses[key]
 
 
-def compress(model: nn.Module, vision: IPCV | None = None, language: None = None) -> nn.Module:
-    """Patch ``model`` in place so its vision encoder runs compressed; returns ``model``.
+def _language_targets(model: nn.Module, adapter: Adapter, language) -> tuple[nn.Module, nn.Module]:
+    found = adapter.language.locate(model) if adapter.language is not None else None
+    if found is None:
+        raise TypeError(
+            f"language={language!r}: a {type(model).__name__} has no language decoder; pass the whole model "
+            f"(e.g. Qwen2VLForConditionalGeneration) or use vision= only"
+        )
+    return found
 
-    Calling it again replaces the previous settings. Accepted models: see
-    :func:`supported_models`; anything else raises TypeError.
+
+def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
+    """Patch ``model`` in place so it runs compressed; returns ``model``.
+
+    Calling it again replaces the previous settings of both sides (a side given as None runs
+    uncompressed). Accepted models: see :func:`supported_models`; anything else raises TypeError.
 
     Args:
         vision: the vision-side method: ``ipcv.IPCV(...)`` or a baseline (``ipcv.ToMe``,
             ``ipcv.ToFu``, ``ipcv.DARTViT``); any settings class registered in
             :data:`ipcv.engine.VISION_RUNNERS`.
-        language: LLM-side method; none is available in this release (must be None).
+        language: the LLM-side method, pruning visual tokens inside the language decoder at
+            prefill: ``ipcv.DART``, ``ipcv.FastV``, ``ipcv.V2Drop``, ``ipcv.SparseVLM`` (any class
+            registered in :data:`ipcv.language.LANGUAGE_RUNNERS`). Needs a model with a decoder;
+            ``language=`` alone is the paper's "ViT retain 100%" setting.
     """
-    if language is not None:
-        raise NotImplementedError(
-            f"language={language!r}: LLM-side pruning methods are not part of this release of ipcv; pass language=None"
+    if vision is None and language is None:
+        raise ValueError(
+            "compress: give a vision-side method (vision=ipcv.IPCV(0.35)) and/or a language-side one "
+            "(language=ipcv.DART(0.35))"
         )
-    if vision is None:
-        raise ValueError("compress: give a vision-side method, e.g. vision=ipcv.IPCV(0.35)")
-    if type(vision) not in VISION_RUNNERS:
+    if vision is not None and type(vision) not in VISION_RUNNERS:
         raise TypeError(
             f"vision={vision!r} is not a vision-side method; use one of {', '.join(m.__name__ for m in VISION_RUNNERS)}"
         )
+    if language is not None and type(language) not in LANGUAGE_RUNNERS:
+        raise TypeError(
+            f"language={language!r} is not a language-side method; use one of "
+            f"{', '.join(m.__name__ for m in LANGUAGE_RUNNERS)}"
+        )
     adapter, target = _find(model)
-    vision.check_depth(adapter.depth(target))
-    check_attention(target.config, type(model).__name__)
-    base = getattr(type(target), "_ipcv_base", type(target))
-    target.__class__ = _patched_class(base, adapter.forward)
-    setattr(target, _SETTINGS, vision)
+    if vision is not None:
+        vision.check_depth(adapter.depth(target))
+        check_attention(target.config, type(model).__name__)
+    if language is not None:
+        outer, decoder = _language_targets(model, adapter, language)
+        language.check_depth(len(decoder.layers))
+        check_attention(decoder.config, type(model).__name__)
+        if "sliding_attention" in getattr(decoder.config, "layer_types", ()):
+            raise ValueError(f"language={language!r}: sliding-window decoder layers are not supported")
+    restore(model)
+    if vision is not None:
+        target.__class__ = _patched_class(type(target), adapter.forward)
+        setattr(target, _SETTINGS, vision)
+    if language is not None:
+        outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
+        decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
+        setattr(decoder, _LANGUAGE, language)
     return model
+
+
+def _unpatch(module: nn.Module, attribute: str | None = None) -> None:
+    base = getattr(type(module), "_ipcv_base", None)
+    if base is not None:
+        module.__class__ = base
+    if attribute is not None:
+        module.__dict__.pop(attribute, None)
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Remove every patch ``compress`` made; the model computes exactly what it did before."""
-    _, target = _find(model)
-    base = getattr(type(target), "_ipcv_base", None)
-    if base is not None:
-        target.__class__ = base
-    target.__dict__.pop(_SETTINGS, None)
+    """Remove every patch ``compress`` made (both sides); the model computes exactly what it did before."""
+    adapter, target = _find(model)
+    _unpatch(target, _SETTINGS)
+    found = adapter.language.locate(model) if adapter.language is not None else None
+    if found is not None:
+        _unpatch(found[0])
+        _unpatch(found[1], _LANGUAGE)
     return model
 
 
-def settings(model: nn.Module) -> IPCV | None:
-    """The vision-side settings ``model`` is compressed with, or None."""
-    _, target = _find(model)
-    return getattr(target, _SETTINGS, None)
+def settings(model: nn.Module, side: str = "vision"):
+    """The settings ``model`` is compressed with on ``side`` ("vision" or "language"), or None."""
+    adapter, target = _find(model)
+    if side == "vision":
+        return getattr(target, _SETTINGS, None)
+    if side == "language":
+        found = adapter.language.locate(model) if adapter.language is not None else None
+        return None if found is None else getattr(found[1], _LANGUAGE, None)
+    raise ValueError(f"settings: side={side!r} is not allowed: use 'vision' or 'language'")
 
 
 @contextmanager
-def compressed(model: nn.Module, vision: IPCV | None = None, language: None = None) -> Iterator[nn.Module]:
-    """``with ipcv.compressed(model, vision=ipcv.IPCV(0.35)):`` compress inside the block only;
-    on exit the model is back to what it was (uncompressed, or its earlier settings)."""
-    previous = settings(model)
+def compressed(model: nn.Module, vision=None, language=None) -> Iterator[nn.Module]:
+    """``with ipcv.compressed(model, vision=ipcv.IPCV(0.35), language=ipcv.DART(0.35)):`` compress
+    inside the block only; on exit both sides are back to what they were (uncompressed, or their
+    earlier settings)."""
+    previous = settings(model, "vision"), settings(model, "language")
     compress(model, vision=vision, language=language)
     try:
         yield model
     finally:
-        if previous is None:
-            restore(model)
-        else:
-            compress(model, vision=previous)
+        restore(model)
+        if previous != (None, None):
+            compress(model, vision=previous[0], language=previous[1])
+
+
+@contextmanager
+def stats(model: nn.Module) -> Iterator[_trace.Trace]:
+    """``with ipcv.stats(model) as s: model(...)``: count the tokens every vision block and decoder
+    layer of ``model`` processes inside the block, compressed or not (this thread / context only).
+
+    ``s.vision``: one :class:`ipcv.trace.VisionCall` per encoder call (tokens per segment and the
+    settings it ran with; ``ipcv.flops.encoder_flops(...).tokens_per_block`` gives the tokens per
+    block from the same schedule that runs); ``s.decoder``: one
+    :class:`ipcv.trace.DecoderRecord` per decoder call (tokens per layer and sample, visual
+    tokens, KV-cache length). :func:`ipcv.costs` turns them into Table 4's FLOPs and KV cache.
+    Observation uses forward hooks that exist only inside the block and record only for the
+    context that opened it.
+    """
+    adapter, target = _find(model)
+    found = adapter.language.locate(model) if adapter.language is not None else None
+    with _trace.trace() as record:
+
+        def on_vision(module, args, kwargs):
+            if _trace.active() is record and adapter.segments is not None:
+                segs = adapter.segments(module, args, kwargs)
+                record.vision.append(_trace.VisionCall(segs, getattr(module, _SETTINGS, None)))
+
+        def on_decoder(module, args, kwargs, output):
+            if _trace.active() is record and getattr(module, _LANGUAGE, None) is None:
+                adapter.language.record_plain(module, args, kwargs, output)
+
+        handles = [target.register_forward_pre_hook(on_vision, with_kwargs=True)]
+        if found is not None:
+            handles.append(found[1].register_forward_hook(on_decoder, with_kwargs=True))
+        try:
+            yield record
+        finally:
+            for h in handles:
+                h.remove()

@@ -112,3 +112,120 @@ def vision_flops(model, seg_lengths: Sequence[int], settings=None) -> FlopCount:
 
     adapter, target = _find(model)
     return encoder_flops(adapter.shape(target), seg_lengths, settings)
+
+
+# --- the language decoder (LLM-side methods) and the whole model ----------------------------------
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """What the decoder FLOP / KV-cache count needs to know (grouped-query attention, gated MLP)."""
+
+    layers: int
+    dim: int
+    mlp_dim: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    mlp_matrices: int = 3
+
+
+def decoder_layer_flops(shape: DecoderShape, queries: int, cache: int) -> int:
+    """One decoder layer for ``queries`` new tokens of one sample whose cache holds ``cache`` tokens
+    after the call: q/o and k/v projections, the gated MLP, and the causal attention products
+    (query j of the call attends to ``cache - queries + j + 1`` keys)."""
+    D, hd = shape.dim, shape.head_dim
+    linear = (
+        2 * queries * (2 * D * shape.heads * hd + 2 * D * shape.kv_heads * hd + shape.mlp_matrices * D * shape.mlp_dim)
+    )
+    pairs = queries * (cache - queries) + queries * (queries + 1) // 2
+    return linear + 4 * shape.heads * hd * pairs
+
+
+def decoder_overhead(shape: DecoderShape, record) -> int:
+    """The LLM-side method's own work at its pruning layers (key / query projections it recomputes,
+    the scores, DART's cosine similarities, SparseVLM's clustering); norms, softmax and top-k are not
+    counted. From a :class:`ipcv.trace.DecoderRecord`."""
+    if not record.kept:
+        return 0
+    D, kv = shape.dim, shape.kv_heads * shape.head_dim
+    total = 0
+    for layer in record.stages:
+        before = layer - 1
+        for b, n in enumerate(record.tokens[before]):
+            vis = record.visual[before][b]
+            text = n - vis
+            if record.method == "DART":
+                total += 2 * n * D * kv + 2 * D * 8 * vis
+            elif record.method == "FastV":
+                total += 2 * n * D * kv + 2 * D * D + 2 * n * shape.heads * shape.head_dim
+            elif record.method == "V2Drop":
+                total += 3 * vis * D
+            elif record.method == "SparseVLM":
+                deleted = vis - record.visual[layer][b]
+                total += 2 * n * D * kv + 2 * text * D * D + 2 * text * n * D + 2 * deleted**2 * D
+    return total
+
+
+def decoder_flops(shape: DecoderShape, record, lm_head_tokens: int = 1) -> int:
+    """FLOPs of one decoder call from its :class:`ipcv.trace.DecoderRecord`: every layer for every
+    sample, the method's overhead, and the LM head for ``lm_head_tokens`` tokens per sample
+    (generate computes logits for the last token only)."""
+    total = 0
+    for tokens, cache in zip(record.tokens, record.cache):
+        total += sum(decoder_layer_flops(shape, q, c) for q, c in zip(tokens, cache))
+    samples = len(record.tokens[0]) if record.tokens else 0
+    return total + decoder_overhead(shape, record) + 2 * shape.dim * shape.vocab * lm_head_tokens * samples
+
+
+def kv_cache_mb(shape: DecoderShape, record, bytes_per_value: int = 2) -> float:
+    """KV-cache size after the call, in MB (1e6 bytes): keys and values of every cached token of
+    every layer and sample (filler and padding slots excluded), ``bytes_per_value`` 2 as float16 /
+    bfloat16 (Table 4)."""
+    tokens = sum(sum(layer) for layer in record.cache)
+    return tokens * 2 * shape.kv_heads * shape.head_dim * bytes_per_value / 1e6
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Analytic cost of the calls recorded by :func:`ipcv.stats` (Table 4's FLOPs and KV cache).
+
+    vision / decoder: FLOPs of all vision-encoder calls / all decoder calls; kv_cache_mb: after
+    the last decoder call. vision_tokens_per_block / decoder_tokens_per_layer: tokens (queries)
+    entering each block / layer, summed over calls and samples.
+    """
+
+    vision: int
+    decoder: int
+    kv_cache_mb: float
+    vision_tokens_per_block: tuple[int, ...]
+    decoder_tokens_per_layer: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.decoder
+
+
+def costs(model, stats, bytes_per_value: int = 2) -> Costs:
+    """FLOPs and KV cache of everything ``stats`` (from ``with ipcv.stats(model) as stats``) recorded
+    for ``model``: vision calls counted by :func:`encoder_flops` under the settings they ran with,
+    decoder calls by :func:`decoder_flops`, the KV cache by :func:`kv_cache_mb`."""
+    from .api import _find
+
+    adapter, tower = _find(model)
+    shape = adapter.shape(tower)
+    vision, per_block = 0, [0] * shape.depth
+    for call in stats.vision:
+        count = encoder_flops(shape, call.seg_lengths, call.settings)
+        vision += count.total
+        per_block = [a + b for a, b in zip(per_block, count.tokens_per_block)]
+    decoder, kv, per_layer = 0, 0.0, []
+    if adapter.language is not None and stats.decoder:
+        dshape = adapter.language.shape(adapter.language.locate(model)[1])
+        per_layer = [0] * dshape.layers
+        for record in stats.decoder:
+            decoder += decoder_flops(dshape, record)
+            per_layer = [a + sum(t) for a, t in zip(per_layer, record.tokens)]
+        kv = kv_cache_mb(dshape, stats.decoder[-1], bytes_per_value)
+    return Costs(vision, decoder, kv, tuple(per_block), tuple(per_layer))

@@ -54,9 +54,41 @@ class ReductionRecord:
 
 
 @dataclass
+class VisionCall:
+    """One vision-encoder call seen by :func:`ipcv.stats`: tokens per segment (image / frame) entering
+    block 0, and the vision-side settings it ran under (None: uncompressed)."""
+
+    seg_lengths: list[int]
+    settings: object = None
+
+
+@dataclass
+class DecoderRecord:
+    """What one call of a language decoder processed (recorded by LLM-side methods, and by
+    :func:`ipcv.stats` for an uncompressed decoder).
+
+    method: the settings class name, or "vanilla". tokens: ``[layer][sample]`` tokens entering each
+    layer (its queries; padding and filler slots excluded). visual: ``[layer][sample]`` visual
+    tokens among them. cache: ``[layer][sample]`` tokens in that layer's KV cache after the call
+    (the keys the call's last query attends to), padding and filler slots excluded. kept:
+    ``[stage][sample][span]`` tokens of each visual span after each pruning stage. stages: the
+    pruning layers (0-based; their inputs were pruned).
+    """
+
+    method: str
+    tokens: list[list[int]]
+    visual: list[list[int]]
+    cache: list[list[int]]
+    kept: list[list[list[int]]] = field(default_factory=list)
+    stages: list[int] = field(default_factory=list)
+
+
+@dataclass
 class Trace:
     """Records of the compressed calls made inside ``ipcv.trace()``.
 
+    vision / decoder: token counts per encoder call / decoder call; ``vision`` is filled by
+    :func:`ipcv.stats` only, ``decoder`` by LLM-side methods and by :func:`ipcv.stats`.
     sections: seconds spent per IPCV-specific step ("score", "knn", "ngr", ...), summed over
     calls; filled only with ``trace(timing=True)`` (it synchronises the device around each step).
     """
@@ -65,6 +97,8 @@ class Trace:
     states: bool = False
     calls: list[CallRecord | ReductionRecord] = field(default_factory=list)
     sections: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    vision: list[VisionCall] = field(default_factory=list)
+    decoder: list[DecoderRecord] = field(default_factory=list)
 
 
 _current: ContextVar[Trace | None] = ContextVar("ipcv_trace", default=None)

@@ -50,10 +50,10 @@ def tower():
     return make_tower()
 
 
-def tiny_qwen2vl(attn: str = "eager") -> Qwen2VLForConditionalGeneration:
+def tiny_qwen2vl(attn: str = "eager", layers: int = 2) -> Qwen2VLForConditionalGeneration:
     cfg = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
         ),

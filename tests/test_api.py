@@ -67,7 +67,7 @@ def test_bad_method_arguments():
         ipcv.compress(tower, vision=0.5)
     with pytest.raises(ValueError, match="give a vision-side method"):
         ipcv.compress(tower)
-    with pytest.raises(NotImplementedError, match="language="):
+    with pytest.raises(TypeError, match="language='DART' is not a language-side method"):
         ipcv.compress(tower, vision=ipcv.IPCV(0.5, stabilize_layers=2), language="DART")
 
 

@@ -1,4 +1,4 @@
-"""``python -m ipcv.bench {vision,knn-memory} [options]`` (also installed as ``ipcv-bench``)."""
+"""``python -m ipcv.bench {vision,knn-memory,prefill} [options]`` (also installed as ``ipcv-bench``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import knn_memory, vision
+from . import knn_memory, prefill, vision
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     vision.add_arguments(sub.add_parser("vision", help="Qwen2-VL-7B vision tower latency, vanilla vs IPCV"))
     knn_memory.add_arguments(sub.add_parser("knn-memory", help="extra memory of the kNN step"))
+    prefill.add_arguments(sub.add_parser("prefill", help="Qwen2-VL-2B prefill time, FLOPs, KV cache: paper settings"))
     args = parser.parse_args(argv)
-    {"vision": vision.main, "knn-memory": knn_memory.main}[args.command](args)
+    {"vision": vision.main, "knn-memory": knn_memory.main, "prefill": prefill.main}[args.command](args)
 
 
 if __name__ == "__main__":

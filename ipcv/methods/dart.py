@@ -59,13 +59,18 @@ def select_least_duplicated(candidates: torch.Tensor, pivots: torch.Tensor, budg
     return torch.cat(chosen)
 
 
-def dart_keep(tokens: torch.Tensor, scores: torch.Tensor, keep: int, n_pivots: int) -> torch.Tensor:
+def dart_keep(
+    tokens: torch.Tensor, scores: torch.Tensor, keep: int, n_pivots: int, guides: torch.Tensor | None = None
+) -> torch.Tensor:
     """The ``keep`` tokens DART keeps out of one group: the ``min(n_pivots, keep)`` top-scoring pivots
     plus :func:`select_least_duplicated` for the rest.
 
     Args:
         tokens: ``[N, D]`` states compared by cosine similarity; scores: ``[N]`` pivot scores
             (:func:`pivot_scores`); ``1 <= keep <= N``.
+        guides: ``[T, D]`` extra pivots from outside the group (LLM-side DART: the text pivots), or
+            None. They take their share of the per-pivot budget, steering the choice away from
+            their duplicates, but are not part of the result.
     Returns: ``[keep]`` long indices into ``tokens``, sorted.
     """
     N = tokens.shape[0]
@@ -76,5 +81,6 @@ def dart_keep(tokens: torch.Tensor, scores: torch.Tensor, keep: int, n_pivots: i
     rest = torch.ones(N, dtype=torch.bool, device=tokens.device)
     rest[pivots] = False
     pool = rest.nonzero().flatten()
-    picked = pool[select_least_duplicated(tokens[pool], tokens[pivots], pivot_budgets(keep - P, P))]
+    steer = tokens[pivots] if guides is None else torch.cat([tokens[pivots], guides.to(tokens.dtype)])
+    picked = pool[select_least_duplicated(tokens[pool], steer, pivot_budgets(keep - P, steer.shape[0]))]
     return torch.cat([pivots, picked]).sort().values

@@ -7,7 +7,27 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..flops import EncoderShape
+from ..flops import DecoderShape, EncoderShape
+
+
+@dataclass(frozen=True)
+class LanguageAdapter:
+    """The language decoder of one model family (LLM-side methods).
+
+    locate: ``(outer, decoder)`` of an accepted model: the module that knows where the visual tokens
+        are (its forward is swapped for ``outer_forward``) and the module that owns the decoder
+        layer loop (swapped for ``decoder_forward``, which reads ``self._ipcv_language``); None if
+        the model has no decoder.
+    shape: the sizes the analytic FLOP / KV-cache count needs (:class:`ipcv.flops.DecoderShape`).
+    record_plain: ``(decoder, args, kwargs, output)`` records the token counts of an uncompressed
+        decoder call into the active trace (a forward hook of :func:`ipcv.stats`).
+    """
+
+    locate: Callable[[nn.Module], tuple[nn.Module, nn.Module] | None]
+    outer_forward: Callable
+    decoder_forward: Callable
+    shape: Callable[[nn.Module], DecoderShape]
+    record_plain: Callable
 
 
 @dataclass(frozen=True)
@@ -21,6 +41,9 @@ class Adapter:
     forward: replacement ``forward`` of the located module; it reads its settings from
         ``self._ipcv_vision`` and keeps every per-call value local.
     shape: the sizes the analytic FLOP count needs (:class:`ipcv.flops.EncoderShape`).
+    language: the family's language decoder, or None (vision encoders alone).
+    segments: ``(encoder, args, kwargs) -> tokens per segment`` of one encoder call (for
+        :func:`ipcv.stats`), or None.
     """
 
     family: str
@@ -29,6 +52,8 @@ class Adapter:
     depth: Callable[[nn.Module], int]
     forward: Callable
     shape: Callable[[nn.Module], EncoderShape]
+    language: LanguageAdapter | None = None
+    segments: Callable | None = None
 
 
 def pop_output_flags(kwargs: dict, owner: str) -> None:
