@@ -184,6 +184,7 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
         handles = [target.register_forward_pre_hook(on_vision, with_kwargs=True)]
         if found is not None:
             handles.append(found[1].register_forward_hook(on_decoder, with_kwargs=True))
+            handles += adapter.language.observe_outer(found[0])
         try:
             yield record
         finally:

@@ -161,6 +161,7 @@ def test_token_accounting_matches_hand_count(model):
     with torch.no_grad(), ipcv.stats(model) as st:
         model(**SINGLE, use_cache=True)
     assert st.decoder[-1].tokens == [[30]] * 4 and st.vision[0].settings is None
+    assert st.decoder[-1].visual == [[24]] * 4  # 96 patches / 2x2 merge, seen without any patch
     assert kv_cache_mb(shape, st.decoder[-1]) == pytest.approx(4 * 30 * 2 * 2 * 16 * 2 / 1e6)
 
 

@@ -21,6 +21,8 @@ class LanguageAdapter:
     shape: the sizes the analytic FLOP / KV-cache count needs (:class:`ipcv.flops.DecoderShape`).
     record_plain: ``(decoder, args, kwargs, output)`` records the token counts of an uncompressed
         decoder call into the active trace (a forward hook of :func:`ipcv.stats`).
+    observe_outer: ``(outer) -> hook handles`` that let ``record_plain`` see where the visual tokens
+        of an uncompressed call are (installed by :func:`ipcv.stats` for the duration of its block).
     """
 
     locate: Callable[[nn.Module], tuple[nn.Module, nn.Module] | None]
@@ -28,6 +30,7 @@ class LanguageAdapter:
     decoder_forward: Callable
     shape: Callable[[nn.Module], DecoderShape]
     record_plain: Callable
+    observe_outer: Callable[[nn.Module], list]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from step to step.
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -252,23 +253,44 @@ def visual_spans(visual: _Visual | None, batch: int, length: int, device) -> tor
     return span.to(device) if any(count) else None
 
 
-def lm_forward(self, *args, **kwargs):
-    """Forward of ``Qwen2VLModel`` under an LLM-side method: the original, with the visual token
-    layout of this call made visible to the decoder."""
+def _visual_of(outer, args: tuple, kwargs: dict) -> _Visual:
     names = ("input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds")
     bound = dict(zip(names, args)) | kwargs
-    visual = _Visual(
-        self.config,
+    return _Visual(
+        outer.config,
         bound.get("input_ids"),
         bound.get("mm_token_type_ids"),
         bound.get("image_grid_thw"),
         bound.get("video_grid_thw"),
     )
-    token = _VISUAL.set(visual)
+
+
+def lm_forward(self, *args, **kwargs):
+    """Forward of ``Qwen2VLModel`` under an LLM-side method: the original, with the visual token
+    layout of this call made visible to the decoder."""
+    token = _VISUAL.set(_visual_of(self, args, kwargs))
     try:
         return type(self)._ipcv_base.forward(self, *args, **kwargs)
     finally:
         _VISUAL.reset(token)
+
+
+def observe_outer(outer: nn.Module) -> list:
+    """Hooks (for :func:`ipcv.stats`) that make the visual token layout of an *uncompressed*
+    ``Qwen2VLModel`` call visible to the decoder's token count; returns their handles."""
+    tokens = threading.local()
+
+    def pre(module, args, kwargs):
+        if getattr(type(module), "forward", None) is not lm_forward:  # a patched one does it itself
+            tokens.__dict__.setdefault("stack", []).append(_VISUAL.set(_visual_of(module, args, kwargs)))
+
+    def post(module, args, kwargs, output):
+        stack = tokens.__dict__.get("stack")
+        if getattr(type(module), "forward", None) is not lm_forward and stack:
+            _VISUAL.reset(stack.pop())
+
+    return [outer.register_forward_pre_hook(pre, with_kwargs=True),
+            outer.register_forward_hook(post, with_kwargs=True, always_call=True)]  # fmt: skip
 
 
 class _DecoderCall:
@@ -352,7 +374,9 @@ def _record_plain(model, inputs_embeds, attention_mask, cache, method: str = "va
     else:
         past = 0 if cache is None else cache.get_seq_length() - q
         new, total = [q] * B, [past + q] * B
-    record.decoder.append(_trace.DecoderRecord(method, [new] * n_layers, [[0] * B] * n_layers, [total] * n_layers))
+    spans = visual_spans(_VISUAL.get(), B, q, inputs_embeds.device)
+    visual = [0] * B if spans is None else (spans >= 0).sum(1).tolist()
+    record.decoder.append(_trace.DecoderRecord(method, [new] * n_layers, [visual] * n_layers, [total] * n_layers))
 
 
 def text_forward(
@@ -497,6 +521,7 @@ LANGUAGE = LanguageAdapter(
     decoder_forward=text_forward,
     shape=decoder_shape,
     record_plain=_record_hook,
+    observe_outer=observe_outer,
 )
 
 
