@@ -64,18 +64,18 @@ def inputs(model, side: int = 448, seed: int = 0) -> dict:
     )
 
 
-def paper_settings() -> dict[str, tuple[object, object]]:
+def paper_settings(vit=(0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05)) -> dict[str, tuple[object, object]]:
     """The rows of Tables 1 and 4: (vision, language) settings by name. ViT-side methods are paired
-    with LLM-side DART at the same ratio (the authors' script pairs IPCV with DART); LLM-side
-    methods run with the whole ViT (100%)."""
+    with LLM-side DART at the same ratio (the authors' script pairs IPCV with DART) at the ratios
+    ``vit``; LLM-side methods run with the whole ViT (100%) at the ratios ``llm``."""
     rows: dict[str, tuple[object, object]] = {"vanilla": (None, None)}
-    for r in (0.5, 0.35, 0.2):
+    for r in vit:
         tag = f"ViT {r:.0%} / LLM {r:.0%}"
         rows[f"IPCV | {tag}"] = (ipcv.IPCV(r), ipcv.DART(r))
         rows[f"ToMe | {tag}"] = (ipcv.ToMe(r), ipcv.DART(r))
         rows[f"ToFu | {tag}"] = (ipcv.ToFu(r), ipcv.DART(r))
         rows[f"DART(ViT) | {tag}"] = (ipcv.DARTViT(r), ipcv.DART(r))
-    for r in (0.35, 0.2, 0.05):
+    for r in llm:
         tag = f"ViT 100% / LLM {r:.0%}"
         rows[f"DART | {tag}"] = (None, ipcv.DART(r))
         rows[f"FastV | {tag}"] = (None, ipcv.FastV(r))

@@ -172,6 +172,21 @@ def _rows(sweep: Sweep, setting: Setting, tasks: list[str], run_dir: Path, args)
     return rows
 
 
+def check_tasks(tasks, include_path: str | None) -> None:
+    """Refuse task names lmms-eval does not know (it would only log an error and exit 0), with the
+    closest known names."""
+    import difflib
+
+    from lmms_eval.tasks import TaskManager
+
+    known = set(TaskManager(include_path=include_path).all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        hints = {t: difflib.get_close_matches(t, known, n=5) for t in unknown}
+        lines = [f"  {t}: not an lmms-eval task; close: {', '.join(h) or 'none'}" for t, h in hints.items()]
+        raise SystemExit("--tasks:\n" + "\n".join(lines) + "\n(all names: lmms-eval --tasks list)")
+
+
 def run(sweep: Sweep, args) -> int:
     """Run every missing cell of ``sweep``; returns the number of settings that failed."""
     from tqdm.auto import tqdm
@@ -260,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         for s in sweep.settings:
             print(" ".join(_command(sweep, s, list(sweep.tasks), Path(args.raw_dir) / "RUN", args)))
         return 0
+    if (
+        args.model
+        and not Path(args.model).exists()
+        and (args.model.startswith((".", "/", "~")) or args.model.count("/") != 1)
+    ):
+        p.error(f"--model {args.model!r}: no such local directory (a hub id is written owner/name)")
+    check_tasks(sweep.tasks, args.include_path)
     failed = run(sweep, args)
     if failed:
         print(f"{failed} setting(s) failed; their cells are not in the store: run the same command again after fixing")
