@@ -97,10 +97,10 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
 
 def test_summarize_sums_latency_and_averages_per_sample():
     calls = [
-        dict(batch=1, new_tokens=3, prefill_s=1.0, total_s=2.0, vision_s=0.5, visual_in=[10], visual_per_layer=[10, 4],
-             vision_tflops=1.0, llm_tflops=2.0, kv_mb=3.0),
-        dict(batch=2, new_tokens=5, prefill_s=3.0, total_s=4.0, vision_s=1.0, visual_in=[20, 30], visual_per_layer=[50, 20],
-             vision_tflops=4.0, llm_tflops=2.0, kv_mb=6.0),
+        dict(batch=1, new_tokens=3, prefill_s=1.0, total_s=2.0, vision_s=0.5, visual_in=[10],
+             visual_per_layer=[10, 4], vision_tflops=1.0, llm_tflops=2.0, kv_mb=3.0),
+        dict(batch=2, new_tokens=5, prefill_s=3.0, total_s=4.0, vision_s=1.0, visual_in=[20, 30],
+             visual_per_layer=[50, 20], vision_tflops=4.0, llm_tflops=2.0, kv_mb=6.0),
     ]  # fmt: skip
     s = summarize(calls)
     assert s["samples"] == 3 and s["calls"] == 2

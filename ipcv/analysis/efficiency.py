@@ -137,7 +137,7 @@ def findings(bench: dict, table: pd.DataFrame, source: str) -> str:
             "cores): treat the latency ratios as approximate."
         )
     parts.append(
-        f"Accuracy in Figure 4 is {'from the results store' if source == 'measured' else 'the paper’s Table 4 column'}; "
+        f"Accuracy in Figure 4 is {'from the results store' if source == 'measured' else 'Table 4’s column'}; "
         "the latency axis is measured here."
     )
     return " ".join(parts)

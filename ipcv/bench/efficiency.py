@@ -162,7 +162,8 @@ def print_rows(rows: list[dict], shares: list[dict]) -> None:
     print(f"\n{'setting':<34} {'total s':>8} {'total %':>8} {'prefill %':>9} {'FLOP %':>7} {'KV MB':>6}")
     for r in rows:
         print(
-            f"{r['setting']:<34} {r['total_s']:>8.2f} {100 * r['total_ratio']:>7.1f}% {100 * r['prefill_ratio']:>8.1f}% "
+            f"{r['setting']:<34} {r['total_s']:>8.2f} {100 * r['total_ratio']:>7.1f}% "
+            f"{100 * r['prefill_ratio']:>8.1f}% "
             f"{100 * r['flop_ratio']:>6.1f}% {r['kv_cache_mb']:>6.2f}",
             flush=True,
         )

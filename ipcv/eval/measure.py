@@ -49,7 +49,8 @@ class CallRecord:
     batch: samples in the call. new_tokens: tokens generated per sample (longest row). prefill_s /
     total_s: seconds (see module doc). visual_in: visual tokens entering the LLM, per sample.
     visual_per_layer: ``[layer]`` visual tokens each decoder layer processed at prefill, summed over the
-    batch. vision_s: seconds inside the vision encoder. vision_tflops / llm_tflops: analytic prefill FLOPs (vision tower, decoder prefill) in TFLOPs.
+    batch. vision_s: seconds inside the vision encoder. vision_tflops / llm_tflops: analytic prefill
+    FLOPs (vision tower, decoder prefill) in TFLOPs.
     kv_mb: KV cache after prefill, MB at 2 bytes per value (Table 4's unit).
     """
 
