@@ -228,6 +228,8 @@ class ToFu:
         prune_layers: number of leading blocks that prune, ``0 <= prune_layers <= depth``;
             None: ``depth // 3``.
         proportional_attention: as in :class:`ToMe`.
+        merge: how the merging blocks combine tokens: ``"mlerp"`` (ToFu's MLERP) or ``"average"``
+            (size-weighted average, as the IPCV authors' ToFu port does).
         output, scope, schedule, start_layer: as in :class:`ToMe`. With ``schedule="release"`` the
             authors' runs prune in the first half of the merging blocks and merge after; set
             ``prune_layers`` to match (see :func:`ipcv.presets.paper_settings`).
@@ -236,6 +238,7 @@ class ToFu:
     keep_ratio: float
     prune_layers: int | None = None
     proportional_attention: bool = True
+    merge: Literal["mlerp", "average"] = "mlerp"
     output: Output = "full"
     scope: Scope = "segment"
     schedule: Literal["even", "release"] = "even"
@@ -248,6 +251,7 @@ class ToFu:
             if self.prune_layers < 0:
                 raise ValueError(f"ToFu: prune_layers={self.prune_layers} is not allowed: it must be >= 0")
         _check_bool("ToFu", "proportional_attention", self.proportional_attention)
+        _check_choice("ToFu", "merge", self.merge, ("mlerp", "average"))
         _check_vit_protocol("ToFu", self)
 
     def pruning_blocks(self, depth: int) -> int:

@@ -163,7 +163,7 @@ def _vit_baseline(method: str, keep: float, family: str, protocol: str):
     release = dict(output="reduced", scope="global", schedule="release", start_layer=start)
     if method == "ToMe":
         return ToMe(keep, **release)
-    return ToFu(keep, prune_layers=tofu_release_prune_layers(keep, start), **release)
+    return ToFu(keep, prune_layers=tofu_release_prune_layers(keep, start), merge="average", **release)
 
 
 _ABLATIONS = {
