@@ -668,9 +668,11 @@ class SparseVLM(_LanguageMethod):
 
     At the input of each layer ``l`` in ``layers``, during prefill: the attention of layer ``l - 1``
     (computed explicitly for the text rows only) from each text token to the visual tokens is
-    averaged over heads; *raters* (``raters="above_mean"``) are the text tokens whose mean attention
-    to the visual tokens is at least the mean over text tokens; a visual token's score is its
-    attention from the raters (raters and heads averaged). Every visual span keeps its top tokens; of
+    averaged over heads; a visual token's score is the attention it receives from the *raters*
+    (raters and heads averaged). Raters (``raters="embeddings"``, official) are chosen once, from
+    the prompt's input embeddings: the text tokens after the first visual block whose softmax
+    relevance to its visual tokens (visual-text dot products, softmax over the text, averaged over
+    the visual tokens) is above the mean. Every visual span keeps its top tokens; of
     the tokens it deletes, the top ``recycle`` share by score is clustered (DPC-kNN with
     ``cluster_neighbors`` neighbours, ``m // 10 + 1`` clusters for ``m`` recycled tokens) and each
     cluster comes back as one token: the mean of the cluster's states, at the position of its
@@ -698,7 +700,9 @@ class SparseVLM(_LanguageMethod):
         recycle_rule: how many of ``d`` deleted tokens are recycled: ``"plus_one"`` (official:
             ``int(recycle * d) + 1``) or ``"at_least_one"`` (the authors' port:
             ``max(1, int(recycle * d))``, only when ``d > 1``).
-        raters: ``"above_mean"`` (official) or ``"all"`` (every text token rates: the authors' port).
+        raters: ``"embeddings"`` (official, above), ``"attention"`` (per stage, the text tokens whose
+            mean attention to the visual tokens is at least the mean over text tokens) or ``"all"``
+            (every text token after the first visual block rates: the authors' port).
         cluster_neighbors: k of the DPC-kNN density (distances to the k nearest, the token itself
             included), ``>= 1``; None (official): as many as there are clusters.
         spans, rounding: see :class:`_LanguageMethod`.
@@ -711,7 +715,7 @@ class SparseVLM(_LanguageMethod):
     recycle: float = 0.3
     recycle_in_budget: bool = False
     recycle_rule: Literal["plus_one", "at_least_one"] = "plus_one"
-    raters: Literal["above_mean", "all"] = "above_mean"
+    raters: Literal["embeddings", "attention", "all"] = "embeddings"
     cluster_neighbors: int | None = None
     spans: Spans = "each"
     rounding: Rounding = "nearest"
@@ -728,7 +732,7 @@ class SparseVLM(_LanguageMethod):
             raise ValueError(f"{name}: recycle={self.recycle!r} is outside the allowed range [0, 1)")
         object.__setattr__(self, "recycle", float(self.recycle))
         _check_bool(name, "recycle_in_budget", self.recycle_in_budget)
-        _check_choice(name, "raters", self.raters, ("above_mean", "all"))
+        _check_choice(name, "raters", self.raters, ("embeddings", "attention", "all"))
         _check_choice(name, "recycle_rule", self.recycle_rule, ("plus_one", "at_least_one"))
         if self.cluster_neighbors is not None and _check_int(name, "cluster_neighbors", self.cluster_neighbors) < 1:
             raise ValueError(f"{name}: cluster_neighbors={self.cluster_neighbors} is not allowed: it must be >= 1")

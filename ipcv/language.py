@@ -49,6 +49,7 @@ class Slots:
     span: torch.Tensor
     sizes: list[list[int]] | None = None
     blocks: list[list[int]] | None = None
+    raters: list[torch.Tensor] | None = None  # per sample, prompt positions of SparseVLM's raters
 
     def __post_init__(self) -> None:
         if self.sizes is None:
@@ -247,7 +248,13 @@ def select_sparsevlm(
         scores = torch.zeros(N, device=h.device)
         if texts[b].numel():
             text_probs = probs[b, :, : texts[b].numel()][:, :, visual]  # [H, T, V]
-            scores[visual] = rater_scores(text_probs) if settings.raters == "above_mean" else text_probs.mean((0, 1))
+            if settings.raters == "attention":
+                scores[visual] = rater_scores(text_probs)
+            elif settings.raters == "all":
+                scores[visual] = text_probs.mean((0, 1))
+            else:  # the raters chosen from the prompt's embeddings
+                is_rater = torch.isin(slots.pos[b, texts[b]], slots.raters[b])
+                scores[visual] = text_probs.mean(0)[is_rater].mean(0)
         else:
             scores[visual] = 1.0
         kept, centre_rows, merged = [], [], []
@@ -272,6 +279,21 @@ def select_sparsevlm(
         keep.append(torch.cat(kept))
         replace.append((torch.cat(centre_rows), torch.cat(merged)) if centre_rows else None)
     return Selection(keep, replace)
+
+
+def embedding_raters(h0: torch.Tensor, slots: Slots, b: int) -> torch.Tensor:
+    """SparseVLM's raters of sample ``b`` (prompt positions): the text tokens after the first visual
+    block whose relevance ``softmax_text(V @ T^T)`` averaged over that block's visual tokens ``V`` is
+    above the mean, from the prompt's input embeddings ``h0`` ``[N, D]``. If none is above the mean
+    (all equal), every such text token rates."""
+    text = _guide_text(slots, b, "after_image")
+    units = slots.units(b, "first")
+    if not text.numel() or not units:
+        return slots.pos[b, text]
+    visual = units[0][0]
+    relevance = (h0[visual].float() @ h0[text].float().T).softmax(-1).mean(0)  # [T]
+    chosen = relevance > relevance.mean()
+    return slots.pos[b, text[chosen] if bool(chosen.any()) else text]
 
 
 # The registry of LLM-side methods: settings class -> selection at one pruning stage.
@@ -324,7 +346,14 @@ def _apply(
     for b, k in enumerate(keeps):
         index[b, n - k.numel() :] = k
         valid[b, n - k.numel() :] = True
-    new = Slots(slots.pos.gather(1, index), valid, slots.span.gather(1, index).masked_fill(~valid, -1), slots.sizes)
+    new = Slots(
+        slots.pos.gather(1, index),
+        valid,
+        slots.span.gather(1, index).masked_fill(~valid, -1),
+        slots.sizes,
+        slots.blocks,
+        slots.raters,
+    )
     return h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])), index, new
 
 
@@ -339,6 +368,8 @@ def run_language(ops: DecoderOps, h: torch.Tensor, slots: Slots, settings) -> to
     """
     stages = {layer: s for s, layer in enumerate(settings.stage_layers())}
     select = LANGUAGE_RUNNERS[type(settings)]
+    if isinstance(settings, SparseVLM) and settings.raters == "embeddings":
+        slots.raters = [embedding_raters(h[b], slots, b) for b in range(h.shape[0])]
     frozen = torch.zeros_like(h)
     record = _trace.active()
     tokens, visual, kept = [], [], []
