@@ -101,6 +101,16 @@ class Slots:
             out.append((rows, min(k, rows.numel())))
         return out
 
+    def spared(self, b: int, mode: str) -> torch.Tensor:
+        """Visual slots of sample ``b`` outside every budget unit (``mode="first"``: the spans after the
+        first visual block), which are kept whole."""
+        spans = self.spans(b)
+        if mode != "first" or not spans:
+            return self.text(b)[:0]
+        block = self.blocks[b]
+        rest = [rows for rows, k in zip(spans, block) if k != block[0]]
+        return torch.cat(rest) if rest else self.text(b)[:0]
+
     def visual_after_first(self, b: int) -> int:
         """Prompt position just after the first visual block of sample ``b`` (0 if it has none)."""
         spans = self.spans(b)
@@ -322,7 +332,7 @@ def prunes_anything(settings, slots: Slots) -> bool:
 
 
 def _apply(
-    h: torch.Tensor, slots: Slots, sel: Selection, frozen: torch.Tensor
+    h: torch.Tensor, slots: Slots, sel: Selection, frozen: torch.Tensor, spans: str = "each"
 ) -> tuple[torch.Tensor, torch.Tensor, Slots]:
     """Kept slots (all text + the selected visual ones) of every sample, left-filled to one length;
     the states of removed tokens are written to ``frozen`` ``[B, L, D]`` at their prompt positions."""
@@ -332,6 +342,7 @@ def _apply(
         keep = torch.zeros(slots.valid.shape[1], dtype=torch.bool, device=h.device)
         keep[slots.text(b)] = True
         keep[sel.keep[b]] = True
+        keep[slots.spared(b, spans)] = True
         removed = (slots.valid[b] & ~keep).nonzero().flatten()
         frozen[b, slots.pos[b, removed]] = h[b, removed]
         keeps.append(keep.nonzero().flatten())
@@ -377,7 +388,7 @@ def run_language(ops: DecoderOps, h: torch.Tensor, slots: Slots, settings) -> to
     for i in range(ops.num_layers):
         if i in stages:
             sel = select(ops, settings, stages[i], i, h, h_prev, slots)
-            h, index, slots = _apply(h, slots, sel, frozen)
+            h, index, slots = _apply(h, slots, sel, frozen, settings.spans)
             ops.select(i, index, slots)
             kept.append([[int(r.numel()) for r in slots.spans(b)] for b in range(h.shape[0])])
         tokens.append(slots.valid.sum(1).tolist())

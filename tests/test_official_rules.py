@@ -309,8 +309,11 @@ def test_dart_first_image_only(model):
     question = [q for q in question if ids[q] != IMAGE]
     flat = keys[1].transpose(0, 1).flatten(1)
     expected = official_dart(flat, model.model.language_model.norm(hidden[2][0]), first, question, 0.35)
-    chosen = library_choice(model, kw, ipcv.DART(0.35, budget="per_pivot", spans="first"))
-    assert chosen == [expected + image[24:]]  # the second image is not pruned
+    settings = ipcv.DART(0.35, budget="per_pivot", spans="first")
+    assert library_choice(model, kw, settings) == [expected]
+    with torch.no_grad(), ipcv.compressed(model, language=settings), ipcv.stats(model) as st:
+        model(**kw)
+    assert st.decoder[-1].kept == [[[len(expected), len(image) - 24]]]  # the second image is not pruned
 
 
 @pytest.mark.parametrize("keep", [0.35, 0.2])
@@ -387,3 +390,49 @@ def test_ipcv_global_in_the_tower(model):
     kept = tr.calls[0].keep.tolist()
     assert kept == release_ipcv_keep(states[2], states[1], 0.35)
     assert len(kept) == math.floor(128 * 0.35)
+
+
+def test_spans_first_takes_a_video_as_one_span_and_spares_later_images(model):
+    from test_language import prompts
+
+    kw = prompts([("video", [4, 6, 8]), ("image", [1, 4, 4])])  # 4 frames of 12 tokens, then a 4-token image
+    settings = ipcv.V2Drop(0.5, layers=(2,), budget="progressive", spans="first")
+    with torch.no_grad(), ipcv.compressed(model, language=settings), ipcv.stats(model) as st:
+        model(**kw)
+    # one budget over all frames: int(48 * 0.5) = 24 kept in total (split as the scores fall); the image whole
+    kept = st.decoder[-1].kept[0][0]
+    assert len(kept) == 5 and sum(kept[:4]) == 24 and kept[4] == 4
+    settings = ipcv.V2Drop(0.5, layers=(2,), budget="progressive", spans="all")
+    with torch.no_grad(), ipcv.compressed(model, language=settings), ipcv.stats(model) as st:
+        model(**kw)
+    assert sum(st.decoder[-1].kept[0][0]) == 26  # int(52 * 0.5) over every visual token of the sample
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ipcv.DARTViT(1.0, pivots=4, key_layer="previous", budget="per_pivot4", scope="global"),
+        ipcv.ToMe(1.0, schedule="release"),
+        ipcv.ToFu(1.0, schedule="release", prune_layers=4, merge="average"),
+        ipcv.IPCV(1.0, prune_layer=2, stabilize_layers=1, scope="global"),
+    ],
+    ids=["DARTViT", "ToMe", "ToFu", "IPCV"],
+)
+def test_vision_switches_keep_one_bit_exact(model, settings):
+    kw = prompt([[1, 8, 12], [1, 4, 8]])
+    tower = model.model.visual
+    with torch.no_grad():
+        ref = tower(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
+        with ipcv.compressed(model, vision=settings):
+            out = tower(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
+    ref = ref.pooler_output if hasattr(ref, "pooler_output") else ref
+    out = out.pooler_output if hasattr(out, "pooler_output") else out
+    assert torch.equal(out, ref)
+
+
+def test_dart_vit_release_switches_run_in_the_tower(model):
+    kw = prompt([[1, 8, 12], [1, 4, 8]])
+    settings = ipcv.DARTViT(0.35, prune_layer=2, pivots=4, key_layer="previous", budget="per_pivot4", scope="global")
+    with torch.no_grad(), ipcv.compressed(model, vision=settings), ipcv.trace() as tr:
+        model.model.visual(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
+    assert sum(tr.calls[0].keep_counts) == 4 + 4 * per_pivot4(128, 0.35, 4)  # over both images together

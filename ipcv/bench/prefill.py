@@ -84,11 +84,36 @@ def paper_settings() -> dict[str, tuple[object, object]]:
     return rows
 
 
+def protocol_settings(protocol: str) -> tuple[dict[str, tuple[object, object]], dict[str, str]]:
+    """The rows of Table 4 as :func:`ipcv.presets.paper_settings` gives them in ``protocol``
+    (``"paper"`` or ``"official"``), by name ``"method | setting"``; and the rows that cannot run,
+    with the reason (settings not built yet, or a budget the protocol cannot reach)."""
+    rows: dict[str, tuple[object, object]] = {}
+    refused: dict[str, str] = {}
+    for setting, method in ipcv.presets.paper_rows("table4"):
+        name = "vanilla" if method == "Vanilla" else f"{method} | {setting}"
+        vision, language = ipcv.presets.paper_settings("table4", setting, method, protocol)
+        try:
+            if vision is not None:
+                vision.check_depth(QWEN2_VL_7B_VISION["depth"])
+            if language is not None:
+                language.check_depth(QWEN2_VL_2B_TEXT["num_hidden_layers"])
+        except (NotImplementedError, ValueError) as e:
+            refused[name] = f"{type(e).__name__}: {e}"
+            continue
+        rows[name] = (vision, language)
+    return rows, refused
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     model = build_model(DTYPES[args.dtype], args.attn)
-    kw = inputs(model)
-    settings = paper_settings()
+    kw = inputs(model, side=args.side)
+    refused: dict[str, str] = {}
+    if args.protocol == "ours":
+        settings = paper_settings()
+    else:
+        settings, refused = protocol_settings(args.protocol)
 
     def call(vision, language):
         if vision is None and language is None:
@@ -110,10 +135,10 @@ def run(args: argparse.Namespace) -> dict:
     ipcv.restore(model)
 
     rows = []
-    base_t, base_f = median(times["vanilla"]), counts["vanilla"][0].total
+    base_t, base_f = (median(times["vanilla"]) if args.repeats else None), counts["vanilla"][0].total
     for name, (vision, language) in settings.items():
         c, rec = counts[name]
-        t = median(times[name])
+        t = median(times[name]) if args.repeats else None
         rows.append(
             dict(
                 setting=name,
@@ -121,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
                 language=repr(language),
                 median_s=t,
                 times_s=times[name],
-                time_ratio=t / base_t,
+                time_ratio=t / base_t if t is not None else None,
                 tflops=c.total / 1e12,
                 vision_tflops=c.vision / 1e12,
                 decoder_tflops=c.decoder / 1e12,
@@ -132,7 +157,10 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
         )
     print_rows(rows)
+    for name, why in refused.items():
+        print(f"{name:<36} not run: {why}")
     n_text = TEXT_BEFORE + TEXT_AFTER + 2
+    grid = args.side // 14
     return {
         "benchmark": "Qwen2-VL-2B prefill, vanilla vs the paper's ViT / LLM settings",
         "weights": "random (architecture of Qwen/Qwen2-VL-2B-Instruct); no accuracy is implied",
@@ -141,7 +169,9 @@ def run(args: argparse.Namespace) -> dict:
             | {"mrope_section": [16, 24, 24], "rope_theta": 1e6},
             "vision": QWEN2_VL_7B_VISION | {"hidden_size": 1536},
         },
-        "input": f"one 448x448 image (1024 patches, 256 LLM visual tokens) and {n_text} text tokens, batch 1",
+        "protocol": args.protocol,
+        "input": f"one {args.side}x{args.side} image ({grid * grid} patches, {grid * grid // 4} LLM visual tokens) "
+        f"and {n_text} text tokens, batch 1",
         "measure": "one forward with an empty cache (prefill), logits of the last token; median of repeats, "
         "timed interleaved across settings",
         "flops": "analytic (ipcv.costs): vision tower incl. patch embedding and merger, decoder layers with causal "
@@ -152,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         **environment(device),
         "rows": rows,
+        "not_run": refused,
     }
 
 
@@ -160,15 +191,27 @@ def print_rows(rows: list[dict]) -> None:
           f"{'LLM tokens l0 / last':>20}")  # fmt: skip
     for r in rows:
         tokens = r["decoder_tokens_per_layer"]
+        timing = (
+            f"{r['median_s']:>9.2f} {100 * r['time_ratio']:>6.1f}%"
+            if r["median_s"] is not None
+            else f"{'-':>9} {'-':>7}"
+        )
         print(
-            f"{r['setting']:<36} {r['median_s']:>9.2f} {100 * r['time_ratio']:>6.1f}% {r['tflops']:>7.3f} "
+            f"{r['setting']:<36} {timing} {r['tflops']:>7.3f} "
             f"{100 * r['flop_ratio']:>6.1f}% {r['kv_cache_mb']:>6.2f} {tokens[0]:>10} / {tokens[-1]:<8}",
             flush=True,
         )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported); 0: no timing")
+    p.add_argument(
+        "--protocol",
+        choices=("ours", "paper", "official"),
+        default="ours",
+        help="ours: the library defaults at the paper's ratios; paper / official: Table 4's rows from ipcv.presets",
+    )
+    p.add_argument("--side", type=int, default=448, help="image side in pixels (a multiple of 28)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--attn", default="sdpa", help="eager | sdpa")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: data/bench/prefill_qwen2vl2b_cpu.json)")
@@ -176,6 +219,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     result = run(args)
-    out = args.out or Path("data/bench/prefill_qwen2vl2b_cpu.json")
+    suffix = "" if args.protocol == "ours" else f"_{args.protocol}"
+    out = args.out or Path(f"data/bench/prefill_qwen2vl2b_cpu{suffix}.json")
     write_json(out, result)
     print(f"\n{result['device']}; weights: {result['weights']}\nwritten to {out}")
