@@ -606,7 +606,7 @@ class FastV(_LanguageMethod):
     Args:
         keep_ratio: share of each visual span kept, in (0, 1] (FastV's R is ``1 - keep_ratio``).
         layer: K, the 0-based decoder layer whose input is pruned, ``1 <= layer < depth`` (official:
-            2; the IPCV authors' runs: 3).
+            2; the IPCV authors' port reads their script's 3, but Table 4's KV cache fits 2).
         spans, rounding: see :class:`_LanguageMethod` (the authors' port: ``"first"``, ``"floor"``).
     """
 

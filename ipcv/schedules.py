@@ -334,14 +334,20 @@ def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int
 
 
 def count_dart_vit(settings: DARTViT, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
-    """Per-block token counts and overhead of DART-ViT: the keys of block lp (``2 D^2 L``), the
+    """Per-block token counts and overhead of DART-ViT (``scope="global"``: its budget counted as if it
+    fell evenly over the segments): the keys of block lp (``2 D^2 L``), the
     pivot/candidate cosine similarities (``2 D P n`` per segment) and the closest-kept search
     (``2 D R K`` per segment, as IPCV's kNN)."""
     seg = [int(n) for n in seg_lengths]
     lp = settings.prune_layer
-    if settings.scope == "global":  # the per-segment split of a global budget is data-dependent
-        raise ValueError("DARTViT: analytic counts need scope='segment' (a global budget's split is data-dependent)")
-    kept = [dart_vit_counts(settings, n - prefix) + prefix for n in seg]
+    if settings.scope == "global":  # counted as if the call's budget fell evenly (as IPCV's global scope)
+        free = [n - prefix for n in seg]
+        total = dart_vit_counts(settings, sum(free))
+        shares = [total * f // sum(free) for f in free]
+        shares[-1] += total - sum(shares)
+        kept = [k + prefix for k in shares]
+    else:
+        kept = [dart_vit_counts(settings, n - prefix) + prefix for n in seg]
     blocks = [BlockCount(seg, seg, seg)] * lp + [BlockCount(kept, kept, kept)] * (depth - lp)
     overhead = 2 * dim * dim * sum(seg)
     for n, k in zip(seg, kept):

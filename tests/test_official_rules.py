@@ -436,3 +436,22 @@ def test_dart_vit_release_switches_run_in_the_tower(model):
     with torch.no_grad(), ipcv.compressed(model, vision=settings), ipcv.trace() as tr:
         model.model.visual(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
     assert sum(tr.calls[0].keep_counts) == 4 + 4 * per_pivot4(128, 0.35, 4)  # over both images together
+
+
+def test_costs_of_the_release_switches(model):
+    """ipcv.costs accounts for the authors' DART(ViT) (one budget over both images) and ToMe schedule."""
+    kw = prompt([[1, 8, 12], [1, 4, 8]])
+    for settings in (
+        ipcv.DARTViT(0.35, prune_layer=2, pivots=4, key_layer="previous", budget="per_pivot4", scope="global"),
+        ipcv.ToMe(0.35, schedule="release", start_layer=2),
+    ):
+        with torch.no_grad(), ipcv.compressed(model, vision=settings), ipcv.stats(model) as st:
+            model(**kw)
+        c = ipcv.costs(model, st)
+        assert 0 < c.vision < ipcv.costs(model, _vanilla_stats(model, kw)).vision
+
+
+def _vanilla_stats(model, kw):
+    with torch.no_grad(), ipcv.stats(model) as st:
+        model(**kw)
+    return st
