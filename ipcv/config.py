@@ -394,7 +394,8 @@ def average_counts(n: int, keep_ratio: float, layers: tuple[int, ...], num_layer
     the same share ``x`` of the previous one (counts ``round(n * x ** s)``, at least 1), ``x`` the
     largest share whose average does not exceed the target (found by bisection). SparseVLM's official
     code defines its budget as this average but hard-codes the per-stage counts for LLaVA's 576
-    tokens; the geometric shape is ours. ``keep_ratio`` 1.0 keeps everything."""
+    tokens; the geometric shape is ours. ``keep_ratio`` 1.0 keeps everything. Raises ValueError if even
+    one token per stage averages above the target."""
     if keep_ratio >= 1.0:
         return [n] * len(layers)
 
@@ -406,6 +407,12 @@ def average_counts(n: int, keep_ratio: float, layers: tuple[int, ...], num_layer
         return out
 
     target = keep_ratio * n
+    least = layer_average(n, counts(0.0), layers, num_layers)
+    if least > target:
+        raise ValueError(
+            f"keep_ratio={keep_ratio!r} cannot be reached with budget='average' for a span of {n} tokens: keeping "
+            f"one token from layer {layers[0]} on already averages {least:.2f} tokens per layer, above {target:.2f}"
+        )
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2

@@ -455,3 +455,10 @@ def _vanilla_stats(model, kw):
     with torch.no_grad(), ipcv.stats(model) as st:
         model(**kw)
     return st
+
+
+def test_average_budget_refuses_what_it_cannot_reach():
+    from ipcv.config import average_counts
+
+    with pytest.raises(ValueError, match=r"keep_ratio=0\.11 cannot be reached with budget='average' for a span of 256"):
+        average_counts(256, 0.11, (3, 7, 16), 28)
