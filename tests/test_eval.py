@@ -300,3 +300,22 @@ def test_every_family_has_a_wrapper_of_the_harness_kind():
         assert getattr(manifests[model_id], f"{kind}_class_path") == f"ipcv.eval.harness.{name}"
     with pytest.raises(AttributeError):
         harness.NoSuchWrapper  # noqa: B018
+
+
+@pytest.mark.parametrize("protocol", ["paper", "official"])
+def test_every_sweep_setting_is_exactly_its_preset(protocol):
+    from ipcv import presets
+    from ipcv.eval.__main__ import not_built
+    from ipcv.eval.sweeps import SWEEPS, sweeps
+
+    found = sweeps(protocol)
+    assert tuple(found) == SWEEPS
+    for sweep in found.values():
+        for s in sweep.settings:
+            vision, language = parse_method(s.vision, "vision"), parse_method(s.language, "language")
+            if s.table is not None:
+                assert (vision, language) == presets.paper_settings(s.table, s.setting, s.method, protocol)
+            # a row the library cannot run yet is named before any model loads
+            reduced = getattr(vision, "output", "full") != "full" or getattr(vision, "scope", "segment") != "segment"
+            assert (not_built(s) is not None) == (reduced and not isinstance(vision, ipcv.IPCV)), s
+    assert [s.name for s in found["table4"].settings][:2] == ["vanilla/Vanilla", "vit65_llm65/DART (ViT)"]

@@ -25,7 +25,7 @@ import ipcv
 from ..eval.measure import measured_generate
 from ..eval.methods import format_method
 from .common import environment, median, write_json
-from .prefill import QWEN2_VL_2B_TEXT, build_model, inputs, paper_settings
+from .prefill import QWEN2_VL_2B_TEXT, build_model, inputs, paper_settings, text_ids
 from .vision import DTYPES, QWEN2_VL_7B_VISION
 
 # Figure 1's three inputs: (name, kind, side in px, frames)
@@ -42,7 +42,7 @@ def video_inputs(model, side: int, frames: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     grid = [frames // 2, side // 14, side // 14]
     n_visual = grid[0] * grid[1] * grid[2] // 4
-    text = lambda n: torch.randint(0, 151000, (n,), generator=g).tolist()  # noqa: E731
+    text = lambda n: torch.randint(0, text_ids(cfg), (n,), generator=g).tolist()  # noqa: E731
     ids = text(15) + [cfg.vision_start_token_id] + [cfg.video_token_id] * n_visual
     ids = torch.tensor([ids + [cfg.vision_end_token_id] + text(10)])
     dtype = next(model.parameters()).dtype

@@ -45,13 +45,18 @@ def build_model(dtype: torch.dtype, attn: str, seed: int = 0) -> Qwen2VLForCondi
     return Qwen2VLForConditionalGeneration(cfg).to(dtype).eval()
 
 
+def text_ids(cfg) -> int:
+    """Random prompt text is drawn from ids below this: no special token, at most 151000 (Qwen2-VL's)."""
+    return min(151000, cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id)
+
+
 def inputs(model, side: int = 448, seed: int = 0) -> dict:
     """One ``side`` x ``side`` image between text tokens, as the processor would give it."""
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     grid = [1, side // 14, side // 14]
     n_visual = grid[1] * grid[2] // 4
-    text = lambda n: torch.randint(0, 151000, (n,), generator=g).tolist()  # noqa: E731
+    text = lambda n: torch.randint(0, text_ids(cfg), (n,), generator=g).tolist()  # noqa: E731
     ids = text(TEXT_BEFORE) + [cfg.vision_start_token_id] + [cfg.image_token_id] * n_visual
     ids = torch.tensor([ids + [cfg.vision_end_token_id] + text(TEXT_AFTER)])
     dtype = next(model.parameters()).dtype

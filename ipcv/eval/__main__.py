@@ -187,8 +187,23 @@ def check_tasks(tasks, include_path: str | None) -> None:
         raise SystemExit("--tasks:\n" + "\n".join(lines) + "\n(all names: lmms-eval --tasks list)")
 
 
+def not_built(setting: Setting) -> str | None:
+    """Why the library cannot run ``setting`` on any model yet (a settings switch that is refused
+    whatever the model), or None."""
+    for text, side in ((setting.vision, "vision"), (setting.language, "language")):
+        settings = parse_method(text, side)
+        try:
+            if settings is not None:
+                settings.check_depth(1 << 20)  # any depth: only what no model can run raises here
+        except NotImplementedError as e:
+            return str(e)
+        except ValueError:
+            pass
+    return None
+
+
 def run(sweep: Sweep, args) -> int:
-    """Run every missing cell of ``sweep``; returns the number of settings that failed."""
+    """Run every missing cell of ``sweep``; returns the number of settings that failed or cannot run."""
     from tqdm.auto import tqdm
 
     done = {store.row_key(r) for r in store.load(args.store)}
@@ -202,6 +217,12 @@ def run(sweep: Sweep, args) -> int:
             if not tasks:
                 continue
             bar.set_postfix_str(setting.name)
+            reason = not_built(setting)
+            if reason is not None:
+                failed += 1
+                tqdm.write(f"[{sweep.name}] {setting.name}: not run: {reason}")
+                bar.update(len(tasks))
+                continue
             run_dir = (
                 Path(args.raw_dir) / _slug(sweep.model) / _slug(f"{setting.vision}__{setting.language}__{args.limit}")
             )
@@ -284,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     check_tasks(sweep.tasks, args.include_path)
     failed = run(sweep, args)
     if failed:
-        print(f"{failed} setting(s) failed; their cells are not in the store: run the same command again after fixing")
+        print(f"{failed} setting(s) failed or cannot run yet (see above); their cells are not in the store")
     return 1 if failed else 0
 
 
