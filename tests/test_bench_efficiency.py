@@ -17,8 +17,8 @@ from ipcv.bench import efficiency
 def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path):
     monkeypatch.setattr(efficiency, "build_model", lambda dtype, attn: tiny_qwen2vl(attn, layers=4))
     monkeypatch.setattr(efficiency, "FIGURE1_INPUTS", (("low", "image", 56, 1), ("video", "video", 56, 4)))
-    real_inputs = efficiency.inputs
-    monkeypatch.setattr(efficiency, "inputs", lambda model, side=448: real_inputs(model, side=112 if side == 448 else side))
+    real_inputs = efficiency.inputs  # Table 4's 448 px prompt at 112 px; Figure 1's inputs as given
+    monkeypatch.setattr(efficiency, "inputs", lambda m, side=448: real_inputs(m, side=112 if side == 448 else side))
     settings = {
         "vanilla": (None, None),
         "IPCV | ViT 35% / LLM 35%": (ipcv.IPCV(0.35, stabilize_layers=2), ipcv.DART(0.35)),
