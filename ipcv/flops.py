@@ -14,25 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import IPCV, keep_count
-
-
-@dataclass(frozen=True)
-class EncoderShape:
-    """What the FLOP count needs to know about an encoder.
-
-    embed_flops_per_token: patch embedding; head_flops_per_token: work after the last block per
-    input token (Qwen2-VL's 2x2 merger), 0 for ViT encoders whose head belongs to the caller.
-    prefix_tokens: protected tokens per segment (CLS). heads: attention heads (the baselines'
-    similarity metrics work on one head's width).
-    """
-
-    depth: int
-    dim: int
-    mlp_dim: int
-    embed_flops_per_token: int = 0
-    head_flops_per_token: int = 0
-    prefix_tokens: int = 0
-    heads: int = 1
+from .models.base import DecoderShape, EncoderShape  # noqa: F401  (re-exported: ipcv.flops.EncoderShape)
+from .models.registry import find
 
 
 @dataclass(frozen=True)
@@ -108,27 +91,11 @@ def vision_flops(model, seg_lengths: Sequence[int], settings=None) -> FlopCount:
     ``seg_lengths``: tokens per image / video frame as the encoder sees them (patches, plus the
     CLS token for ViT encoders); e.g. ``[1024]`` for one 448x448 image in Qwen2-VL.
     """
-    from .api import _find
-
-    adapter, target = _find(model)
+    adapter, target = find(model)
     return encoder_flops(adapter.shape(target), seg_lengths, settings)
 
 
 # --- the language decoder (LLM-side methods) and the whole model ----------------------------------
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """What the decoder FLOP / KV-cache count needs to know (grouped-query attention, gated MLP)."""
-
-    layers: int
-    dim: int
-    mlp_dim: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    mlp_matrices: int = 3
 
 
 def decoder_layer_flops(shape: DecoderShape, queries: int, cache: int) -> int:
@@ -211,9 +178,7 @@ def costs(model, stats, bytes_per_value: int = 2) -> Costs:
     """FLOPs and KV cache of everything ``stats`` (from ``with ipcv.stats(model) as stats``) recorded
     for ``model``: vision calls counted by :func:`encoder_flops` under the settings they ran with,
     decoder calls by :func:`decoder_flops`, the KV cache by :func:`kv_cache_mb`."""
-    from .api import _find
-
-    adapter, tower = _find(model)
+    adapter, tower = find(model)
     shape = adapter.shape(tower)
     vision, per_block = 0, [0] * shape.depth
     for call in stats.vision:

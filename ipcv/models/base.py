@@ -1,4 +1,5 @@
-"""What an adapter tells the public API about a model family."""
+"""What an adapter tells the public API about a model family, and the sizes the analytic FLOP count
+(:mod:`ipcv.flops`) reads from it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,38 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..flops import DecoderShape, EncoderShape
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What the FLOP count needs to know about an encoder.
+
+    embed_flops_per_token: patch embedding; head_flops_per_token: work after the last block per
+    input token (Qwen2-VL's 2x2 merger), 0 for ViT encoders whose head belongs to the caller.
+    prefix_tokens: protected tokens per segment (CLS). heads: attention heads (the baselines'
+    similarity metrics work on one head's width).
+    """
+
+    depth: int
+    dim: int
+    mlp_dim: int
+    embed_flops_per_token: int = 0
+    head_flops_per_token: int = 0
+    prefix_tokens: int = 0
+    heads: int = 1
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """What the decoder FLOP / KV-cache count needs to know (grouped-query attention, gated MLP)."""
+
+    layers: int
+    dim: int
+    mlp_dim: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    mlp_matrices: int = 3
 
 
 @dataclass(frozen=True)

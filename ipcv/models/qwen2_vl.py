@@ -28,10 +28,9 @@ from transformers.vision_utils import get_vision_attention_seqlens, get_vision_p
 
 from .. import trace as _trace
 from ..engine import Plan, run_vision
-from ..flops import DecoderShape, EncoderShape
 from ..language import Slots, prunes_anything, run_language
 from ._attention import nonempty_segments, segment_attention
-from .base import Adapter, LanguageAdapter, pop_output_flags
+from .base import Adapter, DecoderShape, EncoderShape, LanguageAdapter, pop_output_flags
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

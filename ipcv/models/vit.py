@@ -18,9 +18,8 @@ from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.siglip import modeling_siglip as siglip
 
 from ..engine import Plan, run_vision
-from ..flops import EncoderShape
 from ._attention import nonempty_segments, segment_attention
-from .base import Adapter, pop_output_flags
+from .base import Adapter, EncoderShape, pop_output_flags
 
 
 @dataclass(frozen=True)
