@@ -33,15 +33,30 @@ class FlopCount:
 
 
 def block_flops(
-    shape: EncoderShape, q_lengths: Sequence[int], kv_lengths: Sequence[int], mlp_tokens: int | None = None
+    shape: EncoderShape,
+    q_lengths: Sequence[int],
+    kv_lengths: Sequence[int],
+    mlp_tokens: int | None = None,
+    windows: Sequence[int] | None = None,
 ) -> int:
     """One block with the given query rows and key/value rows per segment; the MLP runs on
-    ``mlp_tokens`` rows (default: the query rows; fewer when tokens merge after attention)."""
+    ``mlp_tokens`` rows (default: the query rows; fewer when tokens merge after attention).
+    ``windows``: attention windows per segment (window attention), the segment's queries and keys
+    counted as if spread evenly over them; None: one attention per segment."""
     D, n_q, n_kv = shape.dim, sum(q_lengths), sum(kv_lengths)
     n_mlp = n_q if mlp_tokens is None else mlp_tokens
     linear = 2 * D * D * (2 * n_q + 2 * n_kv) + 2 * 2 * n_mlp * D * shape.mlp_dim  # q,o + k,v ; fc1+fc2
-    attention = 4 * D * sum(q * k for q, k in zip(q_lengths, kv_lengths))
+    windows = [1] * len(q_lengths) if windows is None else windows
+    attention = 4 * D * sum(q * k // w for q, k, w in zip(q_lengths, kv_lengths, windows))
     return linear + attention
+
+
+def attention_windows(shape: EncoderShape, layer: int, seg_lengths: Sequence[int]) -> list[int] | None:
+    """Windows per segment of block ``layer`` (segments of ``seg_lengths`` tokens), or None when the
+    block attends per segment."""
+    if not shape.window_tokens or layer in shape.full_blocks:
+        return None
+    return [max(1, -(-int(n) // shape.window_tokens)) for n in seg_lengths]
 
 
 def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None) -> FlopCount:
@@ -57,8 +72,8 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None
     L, D = sum(seg), shape.dim
     fixed = L * (shape.embed_flops_per_token + shape.head_flops_per_token)
     if settings is None or settings.keep_ratio >= 1.0:
-        per = block_flops(shape, seg, seg)
-        return FlopCount(shape.depth * per, 0, fixed, (L,) * shape.depth)
+        total = sum(block_flops(shape, seg, seg, None, attention_windows(shape, i, seg)) for i in range(shape.depth))
+        return FlopCount(total, 0, fixed, (L,) * shape.depth)
     if not isinstance(settings, IPCV):
         from .schedules import COUNTS
 
@@ -67,15 +82,19 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None
         blocks, overhead = COUNTS[type(settings)](
             settings, seg, shape.prefix_tokens, shape.depth, shape.dim, shape.heads
         )
-        total = sum(block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths)) for b in blocks)
+        total = sum(
+            block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths), attention_windows(shape, i, seg))
+            for i, b in enumerate(blocks)
+        )
         return FlopCount(total, overhead, fixed, tuple(sum(b.q_lengths) for b in blocks))
     p = shape.prefix_tokens
     kept = [keep_count(n - p, settings.keep_ratio) + p for n in seg]
     removed = [n - k for n, k in zip(seg, kept)]
     lp, n_as = settings.prune_layer, settings.stabilize_layers
-    blocks = lp * block_flops(shape, seg, seg)
-    blocks += n_as * block_flops(shape, kept, seg)
-    blocks += (shape.depth - lp - n_as) * block_flops(shape, kept, kept)
+    blocks = 0
+    for i in range(shape.depth):  # full, stabilized (kept queries, all keys), kept only
+        q, kv = (seg, seg) if i < lp else (kept, seg) if i < lp + n_as else (kept, kept)
+        blocks += block_flops(shape, q, kv, None, attention_windows(shape, i, seg))
     k = [min(settings.neighbors, c) for c in kept]
     score = 3 * L * D
     knn = sum(2 * D * r * c for r, c in zip(removed, kept))

@@ -16,7 +16,9 @@ class EncoderShape:
     embed_flops_per_token: patch embedding; head_flops_per_token: work after the last block per
     input token (Qwen2-VL's 2x2 merger), 0 for ViT encoders whose head belongs to the caller.
     prefix_tokens: protected tokens per segment (CLS). heads: attention heads (the baselines'
-    similarity metrics work on one head's width).
+    similarity metrics work on one head's width). window_tokens: tokens per attention window
+    (Qwen2.5-VL), 0 when every block attends per segment; full_blocks: the blocks that attend per
+    segment anyway.
     """
 
     depth: int
@@ -26,6 +28,8 @@ class EncoderShape:
     head_flops_per_token: int = 0
     prefix_tokens: int = 0
     heads: int = 1
+    window_tokens: int = 0
+    full_blocks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ Language: the shared decoder code (:mod:`ipcv.models._decoder`) with the mRoPE l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,42 +37,85 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return ((x * cos) + (qwen.rotate_half(x) * sin)).to(dtype)
 
 
-class _TowerCall:
-    """How one call of the tower runs its blocks (see :class:`ipcv.engine.BlockOps`)."""
+@dataclass(frozen=True)
+class Windows:
+    """Qwen2.5-VL's window attention for one call: ``cu`` ``[W + 1]`` window boundaries in the
+    (window-ordered) packed sequence; blocks whose index is in ``full_blocks`` attend per image."""
 
-    def __init__(self, tower, cu_seqlens, max_seqlen, position_embeddings, kwargs):
+    cu: torch.Tensor
+    max_len: int | None
+    full_blocks: frozenset[int]
+
+    def window_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[N]`` window id of each packed position ``rows``."""
+        return torch.bucketize(rows, self.cu[1:].to(rows.device, rows.dtype), right=True)
+
+    def counts(self, rows: torch.Tensor) -> list[int]:
+        """Tokens per window among the packed positions ``rows`` (every window, empty ones as 0)."""
+        return torch.bincount(self.window_of(rows), minlength=len(self.cu) - 1).tolist()
+
+
+@dataclass(frozen=True)
+class _Segments:
+    """Attention segments of one block for the stabilized layout (see ``nonempty_segments``)."""
+
+    keep: torch.Tensor
+    keep_counts: list[int]
+    seg_lengths: list[int]
+
+
+class _TowerCall:
+    """How one call of the tower runs its blocks (see :class:`ipcv.engine.BlockOps`).
+
+    Attention segments: one per image / frame (``cu_seqlens``), except in Qwen2.5-VL's windowed
+    blocks (``windows``), where they are the windows, which may hold few or no kept tokens.
+    """
+
+    def __init__(self, tower, cu_seqlens, max_seqlen, position_embeddings, kwargs, eager, windows=None):
         self.tower = tower
         self.blocks = tower.blocks
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
         self.pe = position_embeddings
         self.kwargs = kwargs
-        self._kept_inputs = None
+        self.eager = eager
+        self.windows: Windows | None = windows
+        self._kept_inputs: dict[bool, tuple] = {}
+
+    def _windowed(self, layer: int) -> bool:
+        return self.windows is not None and layer not in self.windows.full_blocks
 
     def full(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        return self.blocks[layer](
-            h, cu_seqlens=self.cu_seqlens, max_seqlen=self.max_seqlen, position_embeddings=self.pe, **self.kwargs
+        cu, max_len = (
+            (self.windows.cu, self.windows.max_len) if self._windowed(layer) else (self.cu_seqlens, self.max_seqlen)
         )
+        return self.blocks[layer](h, cu_seqlens=cu, max_seqlen=max_len, position_embeddings=self.pe, **self.kwargs)
 
-    def _kept(self, plan: Plan):
-        if self._kept_inputs is None:
-            counts = [c for c in plan.keep_counts if c]
+    def _kept(self, plan: Plan, windowed: bool = False):
+        """cu_seqlens, max_seqlen and rotary tables of the kept tokens (per image, or per window)."""
+        if windowed not in self._kept_inputs:
+            counts = self.windows.counts(plan.keep) if windowed else plan.keep_counts
+            counts = [c for c in counts if c]
             cu = torch.zeros(len(counts) + 1, dtype=self.cu_seqlens.dtype, device=plan.keep.device)
             cu[1:] = torch.tensor(counts, dtype=cu.dtype, device=cu.device).cumsum(0)
             max_len = max(counts) if is_flash_attention_requested(self.tower.config) else None
             cos, sin = self.pe
-            self._kept_inputs = (cu, max_len, (cos[plan.keep], sin[plan.keep]))
-        return self._kept_inputs
+            self._kept_inputs[windowed] = (cu, max_len, (cos[plan.keep], sin[plan.keep]))
+        return self._kept_inputs[windowed]
 
     def kept(self, layer: int, h_keep: torch.Tensor, plan: Plan) -> torch.Tensor:
-        cu, max_len, pe = self._kept(plan)
+        cu, max_len, pe = self._kept(plan, self._windowed(layer))
         return self.blocks[layer](h_keep, cu_seqlens=cu, max_seqlen=max_len, position_embeddings=pe, **self.kwargs)
 
     def stabilized(self, layer: int, h_keep: torch.Tensor, h_full: torch.Tensor, plan: Plan) -> torch.Tensor:
         blk = self.blocks[layer]
         attn = blk.attn
         D, H = attn.dim, attn.num_heads
-        q_lengths, kv_lengths, kv_rows = nonempty_segments(plan)
+        segments = plan
+        if self._windowed(layer):  # windows: kept queries per window, every token of the window as keys
+            lengths = (self.windows.cu[1:] - self.windows.cu[:-1]).tolist()
+            segments = _Segments(plan.keep, self.windows.counts(plan.keep), lengths)
+        q_lengths, kv_lengths, kv_rows = nonempty_segments(segments)
         cos, sin = self.pe
         _, _, (cos_q, sin_q) = self._kept(plan)
         if kv_rows is not None:
@@ -80,9 +125,7 @@ class _TowerCall:
         q = F.linear(blk.norm1(h_keep), W[:D], None if b is None else b[:D]).view(-1, H, D // H)
         k, v = F.linear(blk.norm1(h_full), W[D:], None if b is None else b[D:]).view(-1, 2, H, D // H).unbind(1)
         q, k = _rope(q, cos_q, sin_q), _rope(k, cos, sin)
-        out = segment_attention(
-            attn, self.tower.config, q, k, v, q_lengths, kv_lengths, attn.scaling, qwen.eager_attention_forward
-        )
+        out = segment_attention(attn, self.tower.config, q, k, v, q_lengths, kv_lengths, attn.scaling, self.eager)
         h = h_keep + attn.proj(out.reshape(-1, D))
         return h + blk.mlp(blk.norm2(h))
 
@@ -107,7 +150,8 @@ class _TowerCall:
 
         rows: ``[M]`` packed position of each token in the full sequence; its rotary angles are that
             position's (a merged token keeps the position of the token it was merged into).
-        seg_lengths: tokens per segment (attention never crosses segments).
+        seg_lengths: tokens per segment (attention never crosses segments; in a windowed block it
+            never crosses windows either).
         log_size: ``[M]`` additive logit bias per key (proportional attention), or None.
         Returns: the residual stream after attention ``[M, D]`` and the keys averaged over heads,
             before rotary, ``[M, d]`` (ToMe's similarity metric).
@@ -120,10 +164,11 @@ class _TowerCall:
         cos, sin = self.pe
         cos, sin = cos[rows], sin[rows]
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        if self._windowed(layer):  # rows increase, so the tokens of one window are contiguous
+            seg_lengths = [c for c in self.windows.counts(rows) if c]
         out = segment_attention(
-            attn, self.tower.config, q, k, v, seg_lengths, seg_lengths, attn.scaling, qwen.eager_attention_forward,
-            key_bias=log_size,
-        )  # fmt: skip
+            attn, self.tower.config, q, k, v, seg_lengths, seg_lengths, attn.scaling, self.eager, key_bias=log_size
+        )
         return h + attn.proj(out.reshape(-1, D)), metric
 
     def mlp_part(self, layer: int, h: torch.Tensor) -> torch.Tensor:
@@ -140,7 +185,7 @@ def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **k
     cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config, kwargs=kwargs)
     hidden_states = self.patch_embed(hidden_states)
     position_embeddings = self.rotary_pos_emb(hidden_states, position_ids)
-    call = _TowerCall(self, cu_seqlens, max_seqlen, position_embeddings, kwargs)
+    call = _TowerCall(self, cu_seqlens, max_seqlen, position_embeddings, kwargs, qwen.eager_attention_forward)
     seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
     return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
