@@ -11,7 +11,7 @@ less, the same order as what is counted for IPCV's overhead but not material nex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import IPCV, keep_count
 from .models.base import DecoderShape, EncoderShape  # noqa: F401  (re-exported: ipcv.flops.EncoderShape)
@@ -62,6 +62,9 @@ def attention_windows(shape: EncoderShape, layer: int, seg_lengths: Sequence[int
 def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None) -> FlopCount:
     """FLOPs of one call over segments of ``seg_lengths`` tokens (protected prefix included).
 
+    When the model reads an inner layer (``shape.read_layer``), the method's schedule covers the
+    blocks before it and the blocks from it on are counted on the full sequence, as they run.
+
     ``settings``: None (vanilla), :class:`ipcv.IPCV`, or any other registered vision-side method
     (ToMe, ToFu, DARTViT), whose per-block token counts come from the same schedule functions
     that run it (:data:`ipcv.schedules.COUNTS`). For IPCV the per-segment kept counts follow
@@ -69,6 +72,20 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None
     if its budget fell evenly). ``tokens_per_block``: query tokens entering each block.
     """
     seg = [int(n) for n in seg_lengths]
+    if shape.read_layer is not None and settings is not None and 0 < shape.read_layer < shape.depth:
+        inner = _encoder_flops(replace(shape, depth=shape.read_layer), seg, settings)
+        rest = [
+            block_flops(shape, seg, seg, None, attention_windows(shape, i, seg))
+            for i in range(len(inner.tokens_per_block), shape.depth)
+        ]
+        return FlopCount(
+            inner.blocks + sum(rest), inner.overhead, inner.embed_and_head,
+            inner.tokens_per_block + (sum(seg),) * len(rest),
+        )  # fmt: skip
+    return _encoder_flops(shape, seg, settings)
+
+
+def _encoder_flops(shape: EncoderShape, seg: list[int], settings) -> FlopCount:
     L, D = sum(seg), shape.dim
     fixed = L * (shape.embed_flops_per_token + shape.head_flops_per_token)
     if settings is None or settings.keep_ratio >= 1.0:
@@ -111,7 +128,7 @@ def vision_flops(model, seg_lengths: Sequence[int], settings=None) -> FlopCount:
     CLS token for ViT encoders); e.g. ``[1024]`` for one 448x448 image in Qwen2-VL.
     """
     adapter, target = find(model)
-    return encoder_flops(adapter.shape(target), seg_lengths, settings)
+    return encoder_flops(adapter.model_shape(model, target), seg_lengths, settings)
 
 
 # --- the language decoder (LLM-side methods) and the whole model ----------------------------------
@@ -198,7 +215,7 @@ def costs(model, stats, bytes_per_value: int = 2) -> Costs:
     for ``model``: vision calls counted by :func:`encoder_flops` under the settings they ran with,
     decoder calls by :func:`decoder_flops`, the KV cache by :func:`kv_cache_mb`."""
     adapter, tower = find(model)
-    shape = adapter.shape(tower)
+    shape = adapter.model_shape(model, tower)
     vision, per_block = 0, [0] * shape.depth
     for call in stats.vision:
         count = encoder_flops(shape, call.seg_lengths, call.settings)

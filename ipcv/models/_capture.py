@@ -45,13 +45,25 @@ def _refuse(owner: str, name: str, why: str) -> ValueError:
     )
 
 
+def pop_flags(kwargs: dict) -> dict:
+    """Take ``output_hidden_states`` / ``output_attentions`` / ``return_dict`` out of an encoder's kwargs."""
+    flags = {name: kwargs.pop(name, None) for name in ("output_hidden_states", "output_attentions")}
+    kwargs.pop("return_dict", None)
+    return flags
+
+
 @contextmanager
-def detached(owner: str, depth: int) -> Iterator[Capture]:
+def detached(owner: str, depth: int, flags: dict | None = None) -> Iterator[Capture]:
     """Run a compressed encoder of ``depth`` blocks with transformers' capture hooks off; yields what
     the caller asked for. ValueError for what a compressed encoder cannot give: attention maps, all
-    hidden states, or several selected layers."""
+    hidden states, or several selected layers. ``flags`` (:func:`pop_flags`) given to the encoder
+    directly, outside any capture, are refused when set."""
     collected = _active_collector.get()
     layer = depth
+    if collected is None:
+        for name, value in (flags or {}).items():
+            if value is not None and value is not False:
+                raise _refuse(owner, f"{name}={value!r}", "is not supported (the pruned blocks see fewer tokens)")
     if collected is not None:
         if "attentions" in collected:
             raise _refuse(owner, "output_attentions=True", "is not supported (the pruned blocks see fewer tokens)")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -18,7 +18,9 @@ class EncoderShape:
     prefix_tokens: protected tokens per segment (CLS). heads: attention heads (the baselines'
     similarity metrics work on one head's width). window_tokens: tokens per attention window
     (Qwen2.5-VL), 0 when every block attends per segment; full_blocks: the blocks that attend per
-    segment anyway.
+    segment anyway. read_layer: the hidden state the model reads from this encoder when that is an
+    inner one (LLaVA's ``vision_feature_layer=-2``): the compressed schedule ends there and the blocks
+    from it on run on the full sequence; None: the last block's output.
     """
 
     depth: int
@@ -30,6 +32,7 @@ class EncoderShape:
     heads: int = 1
     window_tokens: int = 0
     full_blocks: tuple[int, ...] = ()
+    read_layer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Adapter:
     language: the family's language decoder, or None (vision encoders alone).
     segments: ``(encoder, args, kwargs) -> tokens per segment`` of one encoder call (for
         :func:`ipcv.stats`), or None.
+    read_layer: ``(model) -> hidden state index`` the model's projector reads from the encoder when
+        it is an inner one, else None (see :attr:`EncoderShape.read_layer`); None: always the last.
     """
 
     family: str
@@ -93,6 +98,22 @@ class Adapter:
     shape: Callable[[nn.Module], EncoderShape]
     language: LanguageAdapter | None = None
     segments: Callable | None = None
+    read_layer: Callable[[nn.Module], int | None] | None = None
+
+    def model_shape(self, model: nn.Module, target: nn.Module) -> EncoderShape:
+        """:attr:`shape` of ``target``, with the layer ``model`` reads from it."""
+        shape = self.shape(target)
+        layer = None if self.read_layer is None else self.read_layer(model)
+        return shape if layer is None else replace(shape, read_layer=layer)
+
+
+def inner_read_layer(feature_layer, depth: int) -> int | None:
+    """The hidden state index (0 .. depth) a ``vision_feature_layer`` setting reads, None when it is
+    the last block's output (or a list of layers, which a compressed encoder refuses at call time)."""
+    if not isinstance(feature_layer, int):
+        return None
+    layer = feature_layer % (depth + 1)
+    return None if layer == depth else layer
 
 
 def pop_output_flags(kwargs: dict, owner: str) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from transformers.models.internvl import modeling_internvl as internvl
 
 from ._decoder import DecoderFamily, contiguous_spans, language_adapter, positions_1d
-from .base import Adapter, EncoderShape
+from .base import Adapter, EncoderShape, inner_read_layer
 from .vit import _make_forward, _Spec
 
 _SPEC = _Spec(
@@ -46,6 +46,14 @@ def _shape(encoder: nn.Module) -> EncoderShape:
     ph, pw = c.patch_size
     embed = 2 * c.num_channels * ph * pw * D
     return EncoderShape(len(encoder.layer), D, c.intermediate_size, embed, 0, 1, c.num_attention_heads)
+
+
+def _read_layer(model: nn.Module) -> int | None:
+    if isinstance(model, internvl.InternVLForConditionalGeneration):
+        model = model.model
+    if not isinstance(model, internvl.InternVLModel):
+        return None
+    return inner_read_layer(model.config.vision_feature_layer, len(model.vision_tower.encoder.layer))
 
 
 def vision_segments(encoder: nn.Module, args: tuple, kwargs: dict) -> list[int]:
@@ -97,4 +105,5 @@ ADAPTER = Adapter(
     shape=_shape,
     language=LANGUAGE,
     segments=vision_segments,
+    read_layer=_read_layer,
 )

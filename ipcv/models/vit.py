@@ -20,7 +20,7 @@ from transformers.models.siglip import modeling_siglip as siglip
 from ..engine import Plan, run_vision
 from . import _capture
 from ._attention import nonempty_segments, segment_attention
-from .base import Adapter, EncoderShape, pop_output_flags
+from .base import Adapter, EncoderShape
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _make_forward(spec: _Spec):
         is where the compressed schedule ends (:mod:`ipcv.models._capture`).
         """
         owner = type(self).__name__
-        pop_output_flags(kwargs, owner)
+        flags = _capture.pop_flags(kwargs)
         h = hidden_states if hidden_states is not None else inputs_embeds
         if attention_mask is not None:
             raise ValueError(
@@ -170,7 +170,7 @@ def _make_forward(spec: _Spec):
         protected[:, : spec.prefix_tokens] = True
         layers = getattr(self, spec.layers)
         call = _EncoderCall(layers, spec, B, N, kwargs)
-        with _capture.detached(owner, len(layers)) as capture:
+        with _capture.detached(owner, len(layers), flags) as capture:
             settings = self._ipcv_vision
             _capture.check_read_layer(settings, capture, owner)
             states = {0: h}
