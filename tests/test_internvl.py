@@ -308,14 +308,14 @@ def test_cached_decoding_matches_full_forward(model, settings, case):
 
 
 @pytest.mark.parametrize("name", languages(0.35))
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", ["several", "padded"])  # a single image is sample 0 of "padded"
 def test_generate_greedy_and_sampled(model, name, case):
     kw = CASES[case]
     with torch.no_grad(), ipcv.compressed(model, language=languages(0.35)[name]):
-        greedy = model.generate(**kw, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        greedy = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=False)
         torch.manual_seed(0)
-        sampled = model.generate(**kw, max_new_tokens=8, min_new_tokens=8, do_sample=True, top_k=0)
-    assert greedy.shape == sampled.shape == (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + 8)
+        sampled = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=True, top_k=0)
+    assert greedy.shape == sampled.shape == (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + 4)
 
 
 @pytest.mark.parametrize("vision", visions(0.35))
