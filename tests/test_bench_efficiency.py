@@ -23,6 +23,7 @@ def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path):
         "vanilla": (None, None),
         "IPCV | ViT 35% / LLM 35%": (ipcv.IPCV(0.35, stabilize_layers=2), ipcv.DART(0.35)),
         "DART | ViT 100% / LLM 35%": (None, ipcv.DART(0.35)),
+        "SparseVLM | ViT 100% / LLM 5%": (None, ipcv.SparseVLM(0.05)),  # too deep for 4 layers: reported
     }
     monkeypatch.setattr(efficiency, "paper_settings", lambda vit, llm: settings)
     out = tmp_path / "eff.json"
@@ -30,7 +31,8 @@ def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path):
     efficiency.main(args)
     bench = json.loads(out.read_text())
     rows = {r["setting"]: r for r in bench["rows"]}
-    assert set(rows) == set(settings)
+    assert set(rows) == set(settings) - {"SparseVLM | ViT 100% / LLM 5%"}
+    assert "SparseVLM" in bench["skipped"]["SparseVLM | ViT 100% / LLM 5%"]
     n = 112 // 14 * (112 // 14) // 4  # 16 LLM visual tokens
     assert rows["vanilla"]["visual_tokens_per_layer"] == [n] * 4
     assert rows["DART | ViT 100% / LLM 35%"]["visual_tokens_per_layer"] == [n, n] + [ipcv.keep_count(n, 0.35)] * 2
