@@ -319,3 +319,23 @@ def test_every_sweep_setting_is_exactly_its_preset(protocol):
             reduced = getattr(vision, "output", "full") != "full" or getattr(vision, "scope", "segment") != "segment"
             assert (not_built(s) is not None) == (reduced and not isinstance(vision, ipcv.IPCV)), s
     assert [s.name for s in found["table4"].settings][:2] == ["vanilla/Vanilla", "vit65_llm65/DART (ViT)"]
+
+
+def test_dry_run_prints_one_lmms_eval_command_per_setting(capsys):
+    from ipcv.eval.__main__ import main
+
+    argv = ["custom", "--model", "/tmp", "--tasks", "pope,mme", "--setting", "a=IPCV:0.35,DART:0.35"]
+    assert main([*argv, "--setting", "b=none,none", "--processes", "2", "--limit", "5", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert "-m accelerate.commands.launch --num_processes 2 -m lmms_eval --model ipcv_qwen2_vl" in lines[0]
+    assert "pretrained=/tmp,vision=IPCV:0.35,language=DART:0.35,ipcv_log=" in lines[0]
+    assert "--tasks pope,mme" in lines[0] and "--limit 5" in lines[0] and "vision=none,language=none" in lines[1]
+
+
+def test_refuses_to_run_under_a_launcher(monkeypatch):
+    from ipcv.eval.__main__ import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        main(["table1", "--dry-run"])
