@@ -15,25 +15,11 @@ import pandas as pd
 
 from ..eval import store
 from ..eval.sweeps import IMAGE_TASKS, TASK_METRICS, VIDEO_TASKS
+from .paper import data_dir, paper_table
 
-DATA = Path(__file__).resolve().parents[2] / "data"
-TABLE_FILES = {
-    "table1": "table1_qwen2vl_image.csv",
-    "table2": "table2_qwen2vl_video.csv",
-    "table3": "table3_internvl3_38b.csv",
-    "table4": "table4_efficiency_mmbench.csv",
-    "table5": "table5_llm_compat.csv",
-    "table6": "table6_ablation.csv",
-}
+DATA = data_dir()
 COLUMN_TASKS = {**IMAGE_TASKS, **VIDEO_TASKS, "VideoMME_overall": "videomme"}
 META = ("setting", "method", "avg_acc_pct", "rel_latency_pct")
-
-
-def paper_table(table: str, data: Path = DATA) -> pd.DataFrame:
-    """The paper's ``table`` as transcribed in ``data/paper/``."""
-    if table not in TABLE_FILES:
-        raise ValueError(f"table={table!r} is not allowed: use one of {', '.join(TABLE_FILES)}")
-    return pd.read_csv(data / "paper" / TABLE_FILES[table])
 
 
 def benchmark_columns(frame: pd.DataFrame) -> list[str]:
