@@ -345,3 +345,57 @@ def test_ipcv_fastv_table3_pairing_counts(model):
         model(**PADDED)
     assert len(st.vision) == 1 and len(st.decoder) == 1
     assert st.decoder[0].kept == [[[6], [6, 6, 6]]]  # keep_count(16, 0.35) per tile, every sample
+
+
+@pytest.mark.parametrize("decoder", ["qwen2", "qwen3"], ids=["Qwen2 (InternVL3)", "Qwen3 qk-norm (InternVL3.5)"])
+def test_method_keys_and_queries_are_the_layers_own(decoder):
+    """The keys / queries the LLM-side methods score with are the ones the decoder layer computes
+    (per-head qk-norm of Qwen3-style decoders, then RoPE): compared with the keys the plain layer
+    puts in its KV cache, and with queries recomputed the way the layer does."""
+    from ipcv.models._decoder import _DecoderCall
+
+    cfg = dict(
+        model_type=decoder, vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512, pad_token_id=PAD,
+    )  # fmt: skip
+    m = InternVLForConditionalGeneration(InternVLConfig(text_config=cfg, vision_config=dict(hidden_size=32,
+        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=[SIZE, SIZE],
+        patch_size=[PATCH, PATCH]), image_token_id=IMAGE, downsample_ratio=0.5)).eval()  # fmt: skip
+    lm = m.model.language_model
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.normal_(1.0 if p.dim() == 1 else 0.0, 0.3)  # norms away from 1, so a missing qk-norm shows
+        seen = {}
+        lm.layers[1].register_forward_pre_hook(lambda mod, args, kw: seen.update(h=args[0]), with_kwargs=True)
+        ids = torch.randint(3, 200, (2, 9))
+        out = lm(input_ids=ids, use_cache=True)
+        h = seen["h"]
+        pos = torch.arange(9).expand(2, 9)
+        call = _DecoderCall(lm, None, lm.rotary_emb(h, pos), pos, None, False, {})
+        torch.testing.assert_close(call.keys(1, h), out.past_key_values.layers[1].keys)
+        attn = lm.layers[1].self_attn
+        rows = torch.tensor([[8], [4]])
+        q = attn.q_proj(lm.layers[1].input_layernorm(h)).view(2, 9, -1, 16)
+        q = (attn.q_norm(q) if decoder == "qwen3" else q).transpose(1, 2)
+        cos, sin = lm.rotary_emb(h, pos)
+        q = q * cos[:, None] + torch.cat([-q[..., 8:], q[..., :8]], -1) * sin[:, None]
+        expected = torch.stack([q[0, :, 8:9], q[1, :, 4:5]])
+        torch.testing.assert_close(call.queries(1, h, rows), expected)
+    assert (decoder == "qwen3") == hasattr(attn, "q_norm")
+
+
+def test_qwen3_decoder_generates_under_every_method():
+    cfg = dict(
+        model_type="qwen3", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512, pad_token_id=PAD,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    m = InternVLForConditionalGeneration(InternVLConfig(text_config=cfg, vision_config=dict(hidden_size=32,
+        num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=[SIZE, SIZE],
+        patch_size=[PATCH, PATCH]), image_token_id=IMAGE, downsample_ratio=0.5)).eval()  # fmt: skip
+    with torch.no_grad():
+        for lang in languages(0.35).values():
+            with ipcv.compressed(m, language=lang), ipcv.stats(m) as st:
+                out = m.generate(**PADDED, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+            k = lang.counts(PER_TILE)[-1]
+            assert out.shape[1] == PADDED["input_ids"].shape[1] + 3 and st.decoder[0].kept[-1] == [[k], [k] * 3]

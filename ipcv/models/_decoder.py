@@ -122,24 +122,30 @@ class _DecoderCall:
             past_key_values=self.cache, use_cache=self.use_cache, **self.kwargs,
         )  # fmt: skip
 
-    def _project(self, proj, x: torch.Tensor, cos, sin) -> torch.Tensor:
-        """``[B, N, D]`` -> ``[B, heads, N, d]`` through ``proj``, with the layer's rotary embedding
-        (the decoders' ``apply_rotary_pos_emb``: cos/sin ``[B, N, d]`` broadcast over heads)."""
+    def _project(self, proj, norm, x: torch.Tensor, cos, sin) -> torch.Tensor:
+        """``[B, N, D]`` -> ``[B, heads, N, d]`` through ``proj`` (and the per-head ``norm`` of
+        Qwen3-style decoders, or None), with the layer's rotary embedding (the decoders'
+        ``apply_rotary_pos_emb``: cos/sin ``[B, N, d]`` broadcast over heads)."""
         B, N, _ = x.shape
-        y = proj(x).view(B, N, -1, self.head_dim).transpose(1, 2)
+        y = proj(x).view(B, N, -1, self.head_dim)
+        if norm is not None:
+            y = norm(y)
+        y = y.transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return (y * cos) + (_rotate_half(y) * sin)
 
     def keys(self, i: int, h: torch.Tensor) -> torch.Tensor:
         layer = self.layers[i]
+        attn = layer.self_attn
         cos, sin = self.pe
-        return self._project(layer.self_attn.k_proj, layer.input_layernorm(h), cos, sin)
+        return self._project(attn.k_proj, getattr(attn, "k_norm", None), layer.input_layernorm(h), cos, sin)
 
     def queries(self, i: int, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         layer = self.layers[i]
+        attn = layer.self_attn
         cos, sin = (t.gather(1, rows[..., None].expand(-1, -1, t.shape[-1])) for t in self.pe)
         x = h.gather(1, rows[..., None].expand(-1, -1, h.shape[-1]))
-        return self._project(layer.self_attn.q_proj, layer.input_layernorm(x), cos, sin)
+        return self._project(attn.q_proj, getattr(attn, "q_norm", None), layer.input_layernorm(x), cos, sin)
 
     def norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.norm(h)
