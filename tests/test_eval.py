@@ -339,3 +339,10 @@ def test_refuses_to_run_under_a_launcher(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit):
         main(["table1", "--dry-run"])
+
+
+def test_every_family_of_the_sweeps_has_a_wrapper():
+    from ipcv.eval import plugin
+    from ipcv.eval.sweeps import FAMILY_MODELS
+
+    assert set(FAMILY_MODELS.values()) == set(plugin.MODELS)

@@ -67,7 +67,13 @@ TASK_NOTES: dict[str, str] = {
 # The model each table used (hub ids; any local directory with the same architecture works)
 QWEN2_VL_7B = "Qwen/Qwen2-VL-7B-Instruct"
 INTERNVL3_38B = "OpenGVLab/InternVL3-38B-hf"
-FAMILY_MODELS: dict[str, str] = {"qwen2_vl": "ipcv_qwen2_vl", "internvl3": "ipcv_internvl3"}
+# --family -> lmms-eval model id of ipcv's wrapper (ipcv.eval.plugin.MODELS)
+FAMILY_MODELS: dict[str, str] = {
+    "qwen2_vl": "ipcv_qwen2_vl",
+    "qwen2_5_vl": "ipcv_qwen2_5_vl",
+    "internvl3": "ipcv_internvl3",
+    "llava": "ipcv_llava",
+}
 
 
 @dataclass(frozen=True)
