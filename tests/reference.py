@@ -16,6 +16,11 @@ def keep_budget(n: int, ratio: float) -> int:
     return max(1, min(n, math.floor(ratio * n + 0.5)))
 
 
+def release_budget(n: int, ratio: float) -> int:
+    """The authors' release (scope="global"): int(n * (1 - reduction)), reduction written as a decimal."""
+    return max(1, min(n, int(n * (1 - round(1 - ratio, 6)))))
+
+
 def masked_attention(q, k, v, seg_q, seg_k, scale):
     """q: [n, H, d], k/v: [m, H, d]; tokens attend only inside their segment."""
     logits = torch.einsum("qhd,khd->hqk", q, k) * scale
@@ -47,7 +52,8 @@ def reference_ipcv(block, h0, seg, depth, keep_ratio, lp, n_as, k, reintegrate=T
         prot = [int(i) for i in g if protected[i]]
         free = [int(i) for i in g if not protected[i]]
         free.sort(key=lambda i: -score[i])
-        keep += prot + free[: keep_budget(len(free), keep_ratio)]
+        budget = release_budget if scope == "global" else keep_budget
+        keep += prot + free[: budget(len(free), keep_ratio)]
     keep = sorted(keep)
     rem = [i for i in range(L) if i not in set(keep)]
     counts = [sum(1 for i in keep if seg[i] == s) for s in seg.unique()]

@@ -72,8 +72,8 @@ def languages(keep):
     return {
         "DART": ipcv.DART(keep),
         "FastV": ipcv.FastV(keep),
-        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3)),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2)),
+        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
+        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last"),
     }
 
 
@@ -285,7 +285,7 @@ def test_accounting_matches_hand_count(model):
     assert st.vision[0].seg_lengths == [65, 65] and st.vision[0].settings is None
 
 
-@pytest.mark.parametrize("settings", [ipcv.V2Drop(0.35, layers=(1, 3)), ipcv.DART(0.35, text_pivots=0)])
+@pytest.mark.parametrize("settings", [ipcv.V2Drop(0.35, layers=(1, 3), budget="last"), ipcv.DART(0.35, text_pivots=0)])
 @pytest.mark.parametrize("case", ["several", "padded"])
 def test_cached_decoding_matches_full_forward(model, settings, case):
     """V2Drop's and text-free DART's choices depend only on the visual tokens, so a no-cache forward of

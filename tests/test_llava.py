@@ -65,8 +65,8 @@ def languages(keep):
     return {
         "DART": ipcv.DART(keep),
         "FastV": ipcv.FastV(keep),
-        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3)),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2)),
+        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
+        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last"),
     }
 
 
@@ -195,7 +195,7 @@ def test_two_adjacent_images_are_two_spans(model):
 
 
 def test_cached_decoding_matches_full_forward(model):
-    settings = ipcv.V2Drop(0.35, layers=(1, 3))
+    settings = ipcv.V2Drop(0.35, layers=(1, 3), budget="last")
     kw, n = PADDED, 4
     with torch.no_grad(), ipcv.compressed(model, language=settings):
         out = model.generate(**kw, max_new_tokens=n, do_sample=False, output_logits=True, return_dict_in_generate=True)

@@ -132,8 +132,8 @@ def test_keep_all_bit_exact_every_method_and_restore(attn):
         languages = [
             ipcv.DART(1.0),
             ipcv.FastV(1.0),
-            ipcv.V2Drop(1.0, layers=(1, 3)),
-            ipcv.SparseVLM(1.0, layers=(1, 2)),
+            ipcv.V2Drop(1.0, layers=(1, 3), budget="last"),
+            ipcv.SparseVLM(1.0, layers=(1, 2), budget="last"),
         ]
         for v, lang in zip(visions, languages):
             with ipcv.compressed(m, vision=v, language=lang):
@@ -212,8 +212,8 @@ def languages(keep):
     return {
         "DART": ipcv.DART(keep),
         "FastV": ipcv.FastV(keep),
-        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3)),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2)),
+        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
+        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last"),
     }
 
 
@@ -248,7 +248,7 @@ def test_accounting_matches_hand_count(model):
     assert c.kv_cache_mb == pytest.approx((30 + 30 + 18 + 18) * 2 * 2 * 16 * 2 / 1e6)
 
 
-@pytest.mark.parametrize("settings", [ipcv.V2Drop(0.35, layers=(1, 3))], ids=["V2Drop"])
+@pytest.mark.parametrize("settings", [ipcv.V2Drop(0.35, layers=(1, 3), budget="last")], ids=["V2Drop"])
 @pytest.mark.parametrize("case", ["two_images", "padded"])
 def test_cached_decoding_matches_full_forward(model, settings, case):
     kw = CASES[case]
