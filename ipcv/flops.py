@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import IPCV, keep_count
+from .trace import Trace
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,16 @@ def costs(model, stats, bytes_per_value: int = 2) -> Costs:
     decoder calls by :func:`decoder_flops`, the KV cache by :func:`kv_cache_mb`."""
     from .api import _find
 
+    if not isinstance(stats, Trace):
+        raise TypeError(
+            f"costs: stats must be what `with ipcv.stats(model) as stats:` yields, got {type(stats).__name__}"
+        )
+    if stats.made_by != "stats":
+        raise ValueError(
+            "costs: this record comes from ipcv.trace(), which records compressed calls only (no vision "
+            "token counts, no uncompressed decoder calls), so its costs would be wrong; record the forward "
+            "with `with ipcv.stats(model) as stats:` and pass that"
+        )
     adapter, tower = _find(model)
     shape = adapter.shape(tower)
     vision, per_block = 0, [0] * shape.depth
