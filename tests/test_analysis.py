@@ -304,3 +304,38 @@ def test_report(monkeypatch, tmp_path, capsys):
     report.print_values(k=10, cosine=0.5)
     assert capsys.readouterr().out == "method  cosine\n   NGR   0.988\nk       10\ncosine  0.500\n"
     assert "weights are random" in repr(report.RunNote("w", "cpu", trained=False))
+
+
+# --- the "what we saw" paragraphs follow the run's numbers ---------------------------------------------
+
+
+def test_findings_state_the_runs_numbers_and_verdicts():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ipcv.analysis import findings
+
+    ctx = findings.context(SimpleNamespace(label="tiny random Qwen2-VL at /tmp/x"), "cpu", 1, 56)
+    assert ctx.startswith("In this run (weights: tiny random Qwen2-VL at /tmp/x; 1 photograph at 56 px;")
+
+    def restore(ngr, copy):
+        rows = [(0.5, "NGR", ngr), (0.5, "copy", copy), (0.5, "frozen", 0.05)]
+        return pd.DataFrame(rows, columns=["keep_ratio", "method", "cosine"])
+
+    ablation = pd.DataFrame(dict(variant=["IPCV", "w/o AS", "w/o Reint."], all_cos=[0.8, 0.7, 0.4]))
+    baselines = pd.DataFrame(
+        dict(method=["IPCV", "ToMe"], keep_ratio=[0.5, 0.5], all_cos=[0.8, 0.9], flop_ratio=[0.6, 0.61])
+    )
+    lost = findings.reintegration(ctx, restore(0.80, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
+    won = findings.reintegration(ctx, restore(0.90, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
+    assert "**not reproduced**" in lost and "at most 0.010" in lost
+    assert "reproduced as fidelity" in won and "by up to 0.090" in won and "not reproduced**" not in won.split("\n")[2]
+    assert "ToMe stay closer" in won and "ToMe 0.90 at 0.61" in won and "the largest loss is w/o Reint. (0.400)" in won
+
+    summary = pd.DataFrame(dict(keep_ratio=[0.5], all_top_k=[True]))
+    budgets = pd.DataFrame(dict(patches=[16], per_image=[8], one_top_k=[8]))
+    below = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.3}), budgets, 0.5, False).markdown()
+    above = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.7}), budgets, 0.5, False).markdown()
+    assert "less of the trained saliency mass" in below and "0.30 of it at keep 50 %" in below
+    assert "more of the trained saliency mass" in above and "rocket" not in above  # photo remarks: default build only
