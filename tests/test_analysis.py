@@ -339,3 +339,37 @@ def test_findings_state_the_runs_numbers_and_verdicts():
     above = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.7}), budgets, 0.5, False).markdown()
     assert "less of the trained saliency mass" in below and "0.30 of it at keep 50 %" in below
     assert "more of the trained saliency mass" in above and "rocket" not in above  # photo remarks: default build only
+
+
+def test_status_claims_follow_the_builds_results(tmp_path):
+    def write(name, **cols):
+        pd.DataFrame(cols).to_csv(tmp_path / f"{name}.csv", index=False)
+
+    empty = status.claims(tmp_path)
+    assert (empty["reproduced in this build?"] == status.NOT_RUN).sum() >= 8  # nothing run: nothing claimed
+    write("reintegration", keep_ratio=[0.35] * 3, method=["NGR", "copy", "frozen"], cosine=[0.9, 0.8, 0.05])
+    write("ngr_premise", comparison=["NGR neighbours (mean of k)", "one random kept token",
+                                     "k random kept tokens (mean)"], cosine=[0.5, 0.7, 0.6])  # fmt: skip
+    t = status.claims(tmp_path).set_index("paper")["reproduced in this build?"]
+    assert t["§1, §3.2, §3.4"].startswith("**Yes**") and "0.100" in t["§1, §3.2, §3.4"]
+    assert t["§3.2, Figure 2"].startswith("**No**") and "0.50" in t["§3.2, Figure 2"]
+    write("reintegration", keep_ratio=[0.35] * 3, method=["NGR", "copy", "frozen"], cosine=[0.8, 0.9, 0.05])
+    assert status.claims(tmp_path).set_index("paper").loc["§1, §3.2, §3.4"].iloc[1].startswith("**Not reproduced**")
+
+
+def test_method_styles_stay_apart_in_grey_scale():
+    from ipcv.analysis import plots
+
+    styles = [plots.method_style(m) for m in ("IPCV", "ToMe", "ToFu", "DART (ViT)")]
+    for key in ("marker", "ls", "color"):
+        assert len({str(s[key]) for s in styles}) == len(styles), key
+    assert plots.method_style("ToMe").get("mfc") == "none"  # drawn hollow: visible on top of ToFu
+    spare = [plots.method_style(f"other {i}", i) for i in range(3)]
+    assert len({s["marker"] for s in spare + styles}) == 7
+
+
+def test_markdown_table_escapes_pipes():
+    from ipcv import book
+
+    text = book.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["{doc}`z`"]}))
+    assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x\\|y | {doc}`z` |"]
