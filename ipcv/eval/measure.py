@@ -1,0 +1,133 @@
+"""What one ``generate`` call costs, measured around it: prefill and total latency, visual tokens entering
+the LLM and kept per decoder layer, analytic FLOPs and KV cache (:func:`ipcv.costs`).
+
+Latency: CUDA events on a GPU (recorded on the stream, read after one synchronize at the end), else
+``time.perf_counter``. *Prefill* is from the start of ``generate`` to the end of the model's first
+forward: input preparation, the vision encoder (``generate`` encodes images before prefill) and the
+LLM prefill, i.e. what a ``max_new_tokens=1`` call would take. *Total* is the whole ``generate`` call
+(the paper's Table 4 latency, summed over a benchmark).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .. import api
+from ..flops import costs
+
+
+class _Clock:
+    """A point in time on ``device``: a recorded CUDA event, or perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        if self.cuda:
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        return end - start
+
+
+@dataclass
+class CallRecord:
+    """One ``generate`` call (one sample at batch size 1).
+
+    batch: samples in the call. new_tokens: tokens generated per sample (longest row). prefill_s /
+    total_s: seconds (see module doc). visual_in: visual tokens entering the LLM, per sample.
+    visual_per_layer: ``[layer]`` visual tokens each decoder layer processed at prefill, summed over the
+    batch. vision_tflops / llm_tflops: analytic prefill FLOPs (vision tower, decoder prefill) in TFLOPs.
+    kv_mb: KV cache after prefill, MB at 2 bytes per value (Table 4's unit).
+    """
+
+    batch: int
+    new_tokens: int
+    prefill_s: float
+    total_s: float
+    visual_in: list[int]
+    visual_per_layer: list[int]
+    vision_tflops: float
+    llm_tflops: float
+    kv_mb: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def measured_generate(model: torch.nn.Module, generate: Callable, *args, **kwargs):
+    """Run ``generate(*args, **kwargs)`` on ``model`` (patched or not) and measure it.
+
+    Returns ``(output, CallRecord)``. The observation hooks exist only during the call.
+    """
+    device = next(model.parameters()).device
+    clock = _Clock(device)
+    marks = {}
+
+    def first_forward_done(module, args, output):
+        marks.setdefault("prefill", clock.mark())
+
+    handle = model.register_forward_hook(first_forward_done)
+    try:
+        with api.stats(model) as record:
+            start = clock.mark()
+            out = generate(*args, **kwargs)
+            end = clock.mark()
+    finally:
+        handle.remove()
+    total = clock.seconds(start, end)
+    prefill = clock.seconds(start, marks["prefill"]) if "prefill" in marks else total
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    batch = int(sequences.shape[0])
+    new = int(sequences.shape[1] - ids.shape[1]) if ids is not None else 0
+    cost = costs(model, dataclasses.replace(record, decoder=record.decoder[:1]))  # prefill only
+    first = record.decoder[0] if record.decoder else None
+    return out, CallRecord(
+        batch=batch,
+        new_tokens=new,
+        prefill_s=prefill,
+        total_s=total,
+        visual_in=list(first.visual[0]) if first else [],
+        visual_per_layer=[int(sum(v)) for v in first.visual] if first else [],
+        vision_tflops=cost.vision / 1e12,
+        llm_tflops=cost.decoder / 1e12,
+        kv_mb=cost.kv_cache_mb,
+    )
+
+
+def summarize(records: list[dict]) -> dict:
+    """Per-task aggregate of :class:`CallRecord` dicts: sums (latency over the benchmark, as Table 4) and
+    per-sample means."""
+    n = sum(r["batch"] for r in records)
+    if not n:
+        return {"samples": 0}
+    mean = lambda key: sum(r[key] for r in records) / n  # noqa: E731  (a call's value covers its batch)
+    layers = max(len(r["visual_per_layer"]) for r in records)
+    per_layer = [sum(r["visual_per_layer"][i] for r in records if i < len(r["visual_per_layer"])) / n
+                 for i in range(layers)]  # fmt: skip
+    return {
+        "samples": n,
+        "calls": len(records),
+        "latency_s": sum(r["total_s"] for r in records),
+        "prefill_s": sum(r["prefill_s"] for r in records),
+        "latency_per_sample_s": sum(r["total_s"] for r in records) / n,
+        "prefill_per_sample_s": sum(r["prefill_s"] for r in records) / n,
+        "visual_tokens_llm": sum(sum(r["visual_in"]) for r in records) / n,
+        "visual_tokens_per_layer": per_layer,
+        "vision_tflops": mean("vision_tflops"),
+        "llm_tflops": mean("llm_tflops"),
+        "tflops": mean("vision_tflops") + mean("llm_tflops"),
+        "kv_mb": mean("kv_mb"),
+    }

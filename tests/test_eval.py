@@ -1,0 +1,252 @@
+"""ipcv.eval: method strings, the results store, and the whole pipeline through the real lmms-eval CLI on a
+tiny random Qwen2-VL saved locally and two tiny local tasks (no hub anywhere). Random weights: these
+are pipeline checks, never accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ipcv
+from ipcv.eval import store
+from ipcv.eval.measure import summarize
+from ipcv.eval.methods import format_method, parse_method
+
+# --- method strings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, side, expected",
+    [
+        ("IPCV:0.35", "vision", ipcv.IPCV(0.35)),
+        ("ipcv:0.35:prune_layer=4:stabilize_layers=3", "vision", ipcv.IPCV(0.35, prune_layer=4, stabilize_layers=3)),
+        ("IPCV:0.5:reintegrate=false:scope=global", "vision", ipcv.IPCV(0.5, reintegrate=False, scope="global")),
+        ("ToMe:0.5", "vision", ipcv.ToMe(0.5)),
+        ("DARTViT:0.2", "vision", ipcv.DARTViT(0.2)),
+        ("none", "vision", None),
+        ("DART:0.35", "language", ipcv.DART(0.35)),
+        ("FastV:0.2:layer=3", "language", ipcv.FastV(0.2, layer=3)),
+        ("None", "language", None),
+    ],
+)
+def test_parse_method(text, side, expected):
+    assert parse_method(text, side) == expected
+    assert parse_method(format_method(expected), side) == expected
+
+
+def test_format_round_trip_keeps_tuples_and_floats():
+    v = ipcv.V2Drop(1 / 3, layers=(2, 9, 20))
+    assert parse_method(format_method(v), "language") == v
+
+
+@pytest.mark.parametrize(
+    "text, side, error, words",
+    [
+        ("Foo:0.3", "vision", ValueError, ["unknown vision-side method", "IPCV", "ToMe", "none"]),
+        ("DART:0.3", "vision", ValueError, ["unknown vision-side method", "DARTViT"]),
+        ("IPCV", "vision", ValueError, ["give the keep ratio"]),
+        ("IPCV:abc", "vision", ValueError, ["not a number"]),
+        ("IPCV:1.5", "vision", ValueError, ["keep_ratio=1.5", "(0, 1]"]),  # the settings class's own check
+        ("IPCV:0.3:k=4", "vision", ValueError, ["not an option of IPCV", "neighbors"]),
+        ("IPCV:0.3:prune_layer=0", "vision", ValueError, ["prune_layer=0"]),
+        ("DART:0.3", "middle", ValueError, ["side='middle'"]),
+    ],
+)
+def test_parse_method_errors(text, side, error, words):
+    with pytest.raises(error) as e:
+        parse_method(text, side)
+    for w in words:
+        assert w in str(e.value)
+
+
+# --- store and aggregation -----------------------------------------------------------------------
+
+
+def _row(task, vision="none", **extra):
+    return {"model": "m", "vision": vision, "language": "none", "task": task, "limit": None, **extra}
+
+
+def test_store_appends_once_per_key(tmp_path):
+    path = tmp_path / "r.jsonl"
+    assert store.append(path, [_row("a"), _row("b")]) == 2
+    assert store.append(path, [_row("a", x=1), _row("c")]) == 1  # "a" is already there
+    assert [r["task"] for r in store.load(path)] == ["a", "b", "c"]
+    assert "x" not in store.load(path)[0]
+
+
+def test_store_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "r.jsonl"
+    store.append(path, [_row("a")])
+    before = path.read_bytes()
+
+    def crash(*args):
+        raise KeyboardInterrupt("killed while renaming")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.append(path, [_row("b")])
+    assert path.read_bytes() == before  # the old store, whole
+
+
+def test_summarize_sums_latency_and_averages_per_sample():
+    calls = [
+        dict(batch=1, new_tokens=3, prefill_s=1.0, total_s=2.0, visual_in=[10], visual_per_layer=[10, 4],
+             vision_tflops=1.0, llm_tflops=2.0, kv_mb=3.0),
+        dict(batch=2, new_tokens=5, prefill_s=3.0, total_s=4.0, visual_in=[20, 30], visual_per_layer=[50, 20],
+             vision_tflops=4.0, llm_tflops=2.0, kv_mb=6.0),
+    ]  # fmt: skip
+    s = summarize(calls)
+    assert s["samples"] == 3 and s["calls"] == 2
+    assert s["latency_s"] == 6.0 and s["prefill_s"] == 4.0
+    assert s["visual_tokens_llm"] == pytest.approx(20.0)
+    assert s["visual_tokens_per_layer"] == pytest.approx([20.0, 8.0])
+    assert s["tflops"] == pytest.approx((5.0 + 4.0) / 3)
+    assert s["kv_mb"] == pytest.approx(3.0)
+
+
+# --- end to end through the lmms-eval CLI ----------------------------------------------------------
+
+TASKS = ("ipcv_tiny_yesno", "ipcv_tiny_mc")
+# the tiny tower has 6 blocks, its decoder 4 layers
+SETTINGS = {
+    "vanilla": "none,none",
+    "ipcv_dart": "IPCV:0.35:stabilize_layers=2,DART:0.35",
+    "tome": "ToMe:0.5,none",
+    "keep1": "IPCV:1.0:stabilize_layers=2,DART:1.0",
+}
+PIXELS = dict(min_pixels=64 * 28 * 28 // 4, max_pixels=64 * 28 * 28)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from tiny_qwen2_vl import save_tiny_qwen2_vl
+    from tiny_tasks import write_tiny_tasks
+
+    root = tmp_path_factory.mktemp("eval")
+    return save_tiny_qwen2_vl(root / "model", layers=4), write_tiny_tasks(root / "tasks"), root
+
+
+def _command(assets, store_path, settings):
+    model, tasks, root = assets
+    cmd = [sys.executable, "-m", "ipcv.eval", "custom", "--model", str(model), "--tasks", ",".join(TASKS)]
+    cmd += ["--include-path", str(tasks), "--store", str(store_path), "--raw-dir", str(store_path.parent / "raw")]
+    cmd += [
+        "--model-args",
+        f"device=cpu,device_map=cpu,max_pixels={PIXELS['max_pixels']},min_pixels={PIXELS['min_pixels']}",
+    ]
+    for name in settings:
+        cmd += ["--setting", f"{name}={SETTINGS[name]}"]
+    return cmd
+
+
+def _env():
+    return os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def sweep(assets):
+    """One uninterrupted sweep over every setting: the store's rows by (setting, task)."""
+    path = assets[2] / "full" / "results.jsonl"
+    done = subprocess.run(_command(assets, path, SETTINGS), env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return {(r["setting"], r["task"]): r for r in store.load(path)}
+
+
+def _visual_tokens(assets, task) -> list[int]:
+    """Hand count: LLM visual tokens of each document's image, from the processor's grid (t*h*w / 4)."""
+    import pandas as pd
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    model, tasks, _ = assets
+    processor = AutoProcessor.from_pretrained(model, **PIXELS)
+    frame = pd.read_parquet(tasks / ("yesno.parquet" if task == "ipcv_tiny_yesno" else "mc.parquet"))
+    counts = []
+    for image in frame["image"]:
+        import io
+
+        grid = processor.image_processor(images=[Image.open(io.BytesIO(image["bytes"])).convert("RGB")])[
+            "image_grid_thw"
+        ]
+        counts.append(int(grid.prod()) // 4)
+    return counts
+
+
+def test_every_cell_is_one_row(sweep):
+    assert set(sweep) == {(s, t) for s in SETTINGS for t in TASKS}
+    for row in sweep.values():
+        assert row["samples"] == row["ipcv"]["samples"] > 0
+        assert row["device"].startswith("CPU") and row["versions"]["lmms_eval"].startswith("0.7")
+        assert row["metrics"], row
+    assert "pope_accuracy" in sweep["vanilla", "ipcv_tiny_yesno"]["metrics"]
+    assert "mc_accuracy" in sweep["vanilla", "ipcv_tiny_mc"]["metrics"]
+
+
+def test_token_counts_match_hand_counts(sweep, assets):
+    for task in TASKS:
+        counts = _visual_tokens(assets, task)
+        mean = sum(counts) / len(counts)
+        vanilla, ours, tome = (sweep[s, task]["ipcv"] for s in ("vanilla", "ipcv_dart", "tome"))
+        assert vanilla["visual_tokens_llm"] == pytest.approx(mean)
+        assert vanilla["visual_tokens_per_layer"] == pytest.approx([mean] * 4)
+        # IPCV reintegrates: the LLM receives every visual token; DART keeps keep_count(n, 0.35) of each
+        # image from layer 2 on
+        kept = sum(ipcv.keep_count(n, 0.35) for n in counts) / len(counts)
+        assert ours["visual_tokens_per_layer"] == pytest.approx([mean, mean, kept, kept])
+        assert tome["visual_tokens_per_layer"] == pytest.approx([mean] * 4)  # full-length output, no LLM pruner
+        assert ours["kv_mb"] < vanilla["kv_mb"]
+        assert ours["vision_tflops"] < vanilla["vision_tflops"] and tome["vision_tflops"] < vanilla["vision_tflops"]
+        assert ours["llm_tflops"] < vanilla["llm_tflops"] == pytest.approx(tome["llm_tflops"])
+
+
+def test_keep_one_answers_exactly_as_vanilla(sweep):
+    for task in TASKS:
+        assert sweep["keep1", task]["answers_sha256"] == sweep["vanilla", task]["answers_sha256"]
+        assert sweep["keep1", task]["metrics"] == sweep["vanilla", task]["metrics"]
+
+
+def test_lmms_eval_results_carry_ipcv_throughput(sweep):
+    raw = Path(sweep["ipcv_dart", TASKS[0]]["raw"])
+    results = json.loads(next(raw.glob("lmms_eval/**/*_results.json")).read_text())
+    throughput = results["throughput"]
+    for key in ("avg_prefill_s", "avg_visual_tokens_llm", "avg_tflops", "avg_kv_mb"):
+        assert throughput[key] > 0
+
+
+def _comparable(row):
+    return {
+        k: row[k] for k in ("model", "vision", "language", "task", "limit", "metrics", "answers_sha256", "samples")
+    } | {"tokens": row["ipcv"]["visual_tokens_per_layer"]}
+
+
+def test_sweep_killed_and_resumed_ends_with_the_same_rows(sweep, assets):
+    """SIGKILL the whole sweep (runner and lmms-eval) while its second setting runs, start it again: the
+    store ends with exactly the rows of the uninterrupted sweep, none lost, none twice."""
+    path = assets[2] / "killed" / "results.jsonl"
+    names = ("vanilla", "tome")
+    proc = subprocess.Popen(
+        _command(assets, path, names), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 600
+    while len(store.load(path)) < len(TASKS) and time.time() < deadline:  # vanilla's rows are in
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.2)
+    time.sleep(3)  # the second lmms-eval run is under way
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert {r["setting"] for r in store.load(path)} == {"vanilla"}
+    again = subprocess.run(_command(assets, path, names), env=_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    rows = store.load(path)
+    assert len(rows) == len({store.row_key(r) for r in rows}) == len(names) * len(TASKS)
+    expected = sorted((_comparable(sweep[s, t]) for s in names for t in TASKS), key=lambda r: str(r))
+    assert sorted((_comparable(r) for r in rows), key=lambda r: str(r)) == expected
