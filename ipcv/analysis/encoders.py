@@ -284,7 +284,9 @@ def load_encoder(model: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str =
     if cfg.model_type == "qwen2_vl":
         from transformers import AutoImageProcessor, Qwen2VLForConditionalGeneration
 
-        full = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype, device_map=device)
+        # device_map loads the weights straight onto the GPU (needs accelerate); on a CPU it is not needed
+        placed = {} if torch.device(device).type == "cpu" else {"device_map": device}
+        full = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype, **placed)
         tower = full.model.visual.eval()
         del full  # only the vision tower is kept; the language model is freed
         processor = AutoImageProcessor.from_pretrained(model)
