@@ -331,7 +331,17 @@ def test_findings_state_the_runs_numbers_and_verdicts():
     won = findings.reintegration(ctx, restore(0.90, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
     assert "**not reproduced**" in lost and "at most 0.010" in lost
     assert "reproduced as fidelity" in won and "by up to 0.090" in won and "not reproduced**" not in won.split("\n")[2]
-    assert "ToMe stay closer" in won and "ToMe 0.90 at 0.61" in won and "the largest loss is w/o Reint. (0.400)" in won
+    assert "ToMe does not reach it" in won and "the largest loss is w/o Reint. (0.400)" in won
+    spans = pd.DataFrame(
+        dict(
+            method=["IPCV", "ToMe", "ToMe"],
+            keep_ratio=[0.5, 0.5, 0.2],
+            all_cos=[0.8, 0.9, 0.7],
+            flop_ratio=[0.6, 0.7, 0.5],
+        )
+    )
+    assert findings.at_equal_cost(spans, 0.6) == {"ToMe": pytest.approx(0.8)}
+    assert findings.at_equal_cost(spans, 0.65) == {"ToMe": pytest.approx(0.85)}
 
     summary = pd.DataFrame(dict(keep_ratio=[0.5], all_top_k=[True]))
     budgets = pd.DataFrame(dict(patches=[16], per_image=[8], one_top_k=[8]))

@@ -9,6 +9,8 @@ buttons pointing at the notebook sources.
 - The book is built from executed copies in ``book/notebooks/`` (generated, not committed); the
   sources a reader should open on Colab are ``notebooks/<name>.ipynb``. sphinx-book-theme builds
   the launch URLs from the page's own path, so this rewrites them after the theme has added them.
+  The download buttons keep pointing at the executed copy the build ships (``_sources/book/...``):
+  rewriting them too sent "Download source file" to a file that does not exist.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ def _rewrite(buttons: list) -> None:
 
 
 def _point_to_sources(app, pagename, templatename, context, doctree) -> None:
-    if pagename.startswith(EXECUTED):
-        _rewrite(context.get("header_buttons", []))
+    if pagename.startswith(EXECUTED):  # the launch buttons only: the download links stay on the build's copies
+        _rewrite([b for b in context.get("header_buttons", []) if b.get("label") == "launch-buttons"])
 
 
 def _buttons_need_an_address(app, config) -> None:
