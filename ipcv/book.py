@@ -252,8 +252,11 @@ def write_status_tables(results: Path = GENERATED / "results", out: Path = GENER
     out.mkdir(parents=True, exist_ok=True)
     for name, table in status.tables(results).items():
         table.to_csv(out / f"{name}.csv", index=False)
-        if name == "claims":  # cells hold MyST (roles, maths): included as a Markdown table
+        if name == "claims":  # cells hold MyST (roles, maths): included as a Markdown table and list
             (out / "claims.md").write_text(markdown_table(table))
+            (out / "summary.md").write_text(
+                "".join(f"- {r.claim} ({r.paper}): {r[2]}.\n" for r in table.itertuples(index=False))
+            )
 
 
 def write_figures(out: Path = GENERATED) -> None:

@@ -331,7 +331,7 @@ def test_findings_state_the_runs_numbers_and_verdicts():
     won = findings.reintegration(ctx, restore(0.90, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
     assert "**not reproduced**" in lost and "at most 0.010" in lost
     assert "reproduced as fidelity" in won and "by up to 0.090" in won and "not reproduced**" not in won.split("\n")[2]
-    assert "ToMe does not reach it" in won and "the largest loss is w/o Reint. (0.400)" in won
+    assert "ToMe does not reach it" in won and "dropping AS alone costs 0.100; dropping Reint. alone costs 0.400" in won
     spans = pd.DataFrame(
         dict(
             method=["IPCV", "ToMe", "ToMe"],
