@@ -250,13 +250,16 @@ def write_status_tables(results: Path = GENERATED / "results", out: Path = GENER
     from .analysis import status
 
     out.mkdir(parents=True, exist_ok=True)
-    for name, table in status.tables(results).items():
+    tables = status.tables(results)
+    for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
-        if name == "claims":  # cells hold MyST (roles, maths): included as a Markdown table and list
-            (out / "claims.md").write_text(markdown_table(table))
-            (out / "summary.md").write_text(
-                "".join(f"- {r.claim} ({r.paper}): {r[2]}.\n" for r in table.itertuples(index=False))
-            )
+    claims, run = tables["claims"], tables["build_run"]
+    (out / "claims.md").write_text(markdown_table(claims))  # cells hold MyST (roles, maths)
+    ran = "; ".join(f"weights: {r.weights}, device: {r.device}" for r in run.itertuples(index=False))
+    (out / "summary.md").write_text(
+        f"This build's notebooks ran on {ran}.\n\n"
+        + "".join(f"- {r.claim} ({r.paper}): {r[2]}.\n" for r in claims.itertuples(index=False))
+    )
 
 
 def write_figures(out: Path = GENERATED) -> None:
