@@ -7,6 +7,7 @@ model classes.
     ipcv.restore(model)                            # bit-exact undo
 """
 
+from . import presets
 from .api import compress, compressed, restore, settings, stats, supported_models
 from .config import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop, keep_count
 from .flops import costs
@@ -27,6 +28,7 @@ __all__ = [
     "compressed",
     "costs",
     "keep_count",
+    "presets",
     "restore",
     "settings",
     "stats",

@@ -19,28 +19,16 @@ from . import schedules  # noqa: F401  (registers ToMe, ToFu, DARTViT in VISION_
 from . import trace as _trace
 from .engine import VISION_RUNNERS
 from .language import LANGUAGE_RUNNERS
-from .models import qwen2_vl, vit
 from .models._attention import check_attention
 from .models.base import Adapter
+from .models.registry import ADAPTERS, find, supported_models
 
-ADAPTERS: list[Adapter] = [qwen2_vl.ADAPTER, *vit.ADAPTERS]
+__all__ = ["ADAPTERS", "find", "compress", "compressed", "restore", "settings", "stats", "supported_models"]
 
 _SETTINGS = "_ipcv_vision"
 _LANGUAGE = "_ipcv_language"
 _subclasses: dict[tuple[type, object], type] = {}
-
-
-def supported_models() -> list[str]:
-    """Names of the model classes ``compress`` accepts."""
-    return [name for a in ADAPTERS for name in a.classes]
-
-
-def _find(model: nn.Module) -> tuple[Adapter, nn.Module]:
-    for adapter in ADAPTERS:
-        target = adapter.locate(model)
-        if target is not None:
-            return adapter, target
-    raise TypeError(f"ipcv cannot compress a {type(model).__name__}; supported models: {', '.join(supported_models())}")
+_find = find  # the old private name (ipcv.analysis)
 
 
 def _patched_class(cls: type, forward) -> type:
@@ -92,7 +80,7 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
             f"language={language!r} is not a language-side method; use one of "
             f"{', '.join(m.__name__ for m in LANGUAGE_RUNNERS)}"
         )
-    adapter, target = _find(model)
+    adapter, target = find(model)
     if vision is None:
         vision = getattr(target, _SETTINGS, None)  # compose: keep the vision side an earlier call set
     if language is None:
@@ -127,7 +115,7 @@ def _unpatch(module: nn.Module, attribute: str | None = None) -> None:
 
 def restore(model: nn.Module) -> nn.Module:
     """Remove every patch ``compress`` made (both sides); the model computes exactly what it did before."""
-    adapter, target = _find(model)
+    adapter, target = find(model)
     _unpatch(target, _SETTINGS)
     found = adapter.language.locate(model) if adapter.language is not None else None
     if found is not None:
@@ -138,7 +126,7 @@ def restore(model: nn.Module) -> nn.Module:
 
 def settings(model: nn.Module, side: str = "vision"):
     """The settings ``model`` is compressed with on ``side`` ("vision" or "language"), or None."""
-    adapter, target = _find(model)
+    adapter, target = find(model)
     if side == "vision":
         return getattr(target, _SETTINGS, None)
     if side == "language":
@@ -176,7 +164,7 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
     Observation uses forward hooks that exist only inside the block and record only for the
     context that opened it.
     """
-    adapter, target = _find(model)
+    adapter, target = find(model)
     found = adapter.language.locate(model) if adapter.language is not None else None
     with _trace.trace() as record:
         record.made_by = "stats"

@@ -13,6 +13,12 @@ from typing import Literal
 
 Scope = Literal["segment", "global"]
 SCOPES: tuple[str, ...] = ("segment", "global")
+Output = Literal["full", "reduced"]
+OUTPUTS: tuple[str, ...] = ("full", "reduced")
+Spans = Literal["each", "first", "all"]
+SPANS: tuple[str, ...] = ("each", "first", "all")
+Rounding = Literal["nearest", "floor"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "floor")
 
 
 def _check_int(owner: str, name: str, value: object) -> int:
@@ -33,6 +39,29 @@ def _check_keep_ratio(owner: str, value: object) -> float:
 def keep_count(n: int, keep_ratio: float) -> int:
     """Tokens kept out of ``n``: ``max(1, min(n, floor(keep_ratio * n + 0.5)))`` (round half up)."""
     return max(1, min(n, math.floor(keep_ratio * n + 0.5)))
+
+
+def reduction_of(keep_ratio: float) -> float:
+    """The reduction ratio a script of the published code would have been given for ``keep_ratio``:
+    ``1 - keep_ratio`` rounded to 12 decimals, so ``keep_ratio`` 0.35 gives the float ``0.65`` exactly
+    as ``float("0.65")`` (not ``0.6499999999999999``)."""
+    return round(1.0 - keep_ratio, 12)
+
+
+def floor_count(n: int, keep_ratio: float) -> int:
+    """The published code's count: ``int(n * (1 - reduction))`` with ``reduction = reduction_of(keep_ratio)``,
+    at least 1 (their ``max(1, ...)``) and at most ``n``."""
+    return max(1, min(n, int(n * (1.0 - reduction_of(keep_ratio)))))
+
+
+def rounded_count(n: int, keep_ratio: float, rounding: str) -> int:
+    """``keep_count`` (``rounding="nearest"``) or :func:`floor_count` (``"floor"``)."""
+    return keep_count(n, keep_ratio) if rounding == "nearest" else floor_count(n, keep_ratio)
+
+
+def _check_choice(owner: str, name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}: {name}={value!r} is not allowed: use one of {allowed}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +137,34 @@ def _check_bool(owner: str, name: str, value: object) -> bool:
     return value
 
 
+def _check_vit_protocol(owner: str, settings) -> None:
+    _check_choice(owner, "output", settings.output, OUTPUTS)
+    _check_choice(owner, "scope", settings.scope, SCOPES)
+    _check_choice(owner, "schedule", settings.schedule, ("even", "release"))
+    _check_int(owner, "start_layer", settings.start_layer)
+    if settings.start_layer < 0:
+        raise ValueError(f"{owner}: start_layer={settings.start_layer} is not allowed: it must be >= 0")
+
+
+def _check_vit_depth(name: str, self, depth: int) -> None:
+    if self.output != "full":
+        raise NotImplementedError(
+            f"{name}: output={self.output!r} (the LLM receives only the kept / merged tokens, as in the IPCV "
+            "paper's runs) is not built yet: it needs the Qwen2-VL adapter to shorten input ids, attention "
+            "mask, mRoPE positions and cache (follow-up of issue 8); use output='full'"
+        )
+    if self.scope != "segment":
+        raise NotImplementedError(
+            f"{name}: scope={self.scope!r} (one budget across all images, as the IPCV authors ran it) is not "
+            "built for this method yet; use scope='segment'"
+        )
+    if self.schedule == "release" and not self.start_layer < depth:
+        raise ValueError(
+            f"{name}: start_layer={self.start_layer} is outside the allowed range [0, {depth - 1}] "
+            f"for this encoder (depth {depth})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ToMe:
     """Settings of ToMe (token merging, Bolya et al. 2023) inside a vision encoder, the IPCV paper's
@@ -123,17 +180,37 @@ class ToMe:
         keep_ratio: share of each segment's patches left after the last block, in (0, 1].
         proportional_attention: add ``log(size)`` of each key to the attention logits (ToMe's
             proportional attention), so a merged token weighs as much as the tokens it stands for.
+        output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
+            a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
+            baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
+            shorter sequence. ``"reduced"`` is not built yet: :meth:`check_depth` refuses it with
+            NotImplementedError (follow-up of issue 8: the Qwen2-VL adapter must shorten input ids,
+            mask, mRoPE positions and cache).
+        scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
+            authors' runs): one budget over all patches of the call.
+        schedule: ``"even"`` (ToMe's constant r per block, spread over all blocks to reach the
+            target) or ``"release"`` (the IPCV authors' runs: from block ``start_layer`` on, each
+            block keeps ``max(target / current, 0.8)`` of the current tokens, the merged count
+            rounded down to a multiple of 4, until the target is reached).
+        start_layer: first block that merges with ``schedule="release"`` (authors: 3).
     """
 
     keep_ratio: float
     proportional_attention: bool = True
+    output: Output = "full"
+    scope: Scope = "segment"
+    schedule: Literal["even", "release"] = "even"
+    start_layer: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_ratio", _check_keep_ratio("ToMe", self.keep_ratio))
         _check_bool("ToMe", "proportional_attention", self.proportional_attention)
+        _check_vit_protocol("ToMe", self)
 
     def check_depth(self, depth: int) -> None:
-        """Any depth fits (the schedule spreads the reduction over all blocks)."""
+        """Raise for settings not built yet (``output="reduced"``, ``scope="global"``) or a
+        ``start_layer`` outside the encoder."""
+        _check_vit_depth("ToMe", self, depth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +232,21 @@ class ToFu:
         prune_layers: number of leading blocks that prune, ``0 <= prune_layers <= depth``;
             None: ``depth // 3``.
         proportional_attention: as in :class:`ToMe`.
+        merge: how the merging blocks combine tokens: ``"mlerp"`` (ToFu's MLERP) or ``"average"``
+            (size-weighted average, as the IPCV authors' ToFu port does).
+        output, scope, schedule, start_layer: as in :class:`ToMe`. With ``schedule="release"`` the
+            authors' runs prune in the first half of the merging blocks and merge after; set
+            ``prune_layers`` to match (see :func:`ipcv.presets.paper_settings`).
     """
 
     keep_ratio: float
     prune_layers: int | None = None
     proportional_attention: bool = True
+    merge: Literal["mlerp", "average"] = "mlerp"
+    output: Output = "full"
+    scope: Scope = "segment"
+    schedule: Literal["even", "release"] = "even"
+    start_layer: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_ratio", _check_keep_ratio("ToFu", self.keep_ratio))
@@ -168,13 +255,16 @@ class ToFu:
             if self.prune_layers < 0:
                 raise ValueError(f"ToFu: prune_layers={self.prune_layers} is not allowed: it must be >= 0")
         _check_bool("ToFu", "proportional_attention", self.proportional_attention)
+        _check_choice("ToFu", "merge", self.merge, ("mlerp", "average"))
+        _check_vit_protocol("ToFu", self)
 
     def pruning_blocks(self, depth: int) -> int:
         """Number of leading blocks that prune in an encoder of ``depth`` blocks."""
         return depth // 3 if self.prune_layers is None else self.prune_layers
 
     def check_depth(self, depth: int) -> None:
-        """Raise ValueError if ``prune_layers`` exceeds the encoder depth."""
+        """Raise ValueError if ``prune_layers`` exceeds the encoder depth (and as :meth:`ToMe.check_depth`)."""
+        _check_vit_depth("ToFu", self, depth)
         if self.pruning_blocks(depth) > depth:
             raise ValueError(
                 f"ToFu: prune_layers={self.prune_layers} is outside the allowed range [0, {depth}] "
@@ -196,12 +286,31 @@ class DARTViT:
         keep_ratio: share of each segment's patches kept, in (0, 1].
         prune_layer: 0-based block whose input is pruned, ``0 <= prune_layer < depth``.
         pivots: pivots per segment, ``>= 1`` (DART: 8 = 4 image + 4 text; a vision tower has
-            no text, so all 8 are image tokens).
+            no text, so all 8 are image tokens; the IPCV authors' DART(ViT) used 4).
+        key_layer: whose keys score the pivots: ``"current"`` (block ``prune_layer``'s keys of its
+            input) or ``"previous"`` (block ``prune_layer - 1``'s keys, as DART and the authors'
+            DART(ViT) do; needs ``prune_layer >= 1``).
+        budget: ``"exact"`` (ours: ``keep_count(n)`` per segment, split as evenly as possible over
+            the pivots) or ``"per_pivot4"`` (the authors' DART(ViT): each pivot takes
+            ``n * keep / pivots`` rounded to the nearest multiple of 4, so the kept count is
+            ``pivots + pivots * that``).
+        output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
+            a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
+            baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
+            shorter sequence. ``"reduced"`` is not built yet: :meth:`check_depth` refuses it with
+            NotImplementedError (follow-up of issue 8: the Qwen2-VL adapter must shorten input ids,
+            mask, mRoPE positions and cache).
+        scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
+            authors' runs): one budget over all patches of the call.
     """
 
     keep_ratio: float
     prune_layer: int = 3
     pivots: int = 8
+    key_layer: Literal["current", "previous"] = "current"
+    budget: Literal["exact", "per_pivot4"] = "exact"
+    output: Output = "full"
+    scope: Scope = "segment"
 
     def __post_init__(self) -> None:
         name = "DARTViT"
@@ -212,9 +321,22 @@ class DARTViT:
             raise ValueError(f"{name}: prune_layer={self.prune_layer} is not allowed: it must be >= 0")
         if self.pivots < 1:
             raise ValueError(f"{name}: pivots={self.pivots} is not allowed: it must be >= 1")
+        _check_choice(name, "key_layer", self.key_layer, ("current", "previous"))
+        _check_choice(name, "budget", self.budget, ("exact", "per_pivot4"))
+        _check_choice(name, "output", self.output, OUTPUTS)
+        _check_choice(name, "scope", self.scope, SCOPES)
+        if self.key_layer == "previous" and self.prune_layer < 1:
+            raise ValueError(f"{name}: key_layer='previous' needs prune_layer >= 1, got prune_layer={self.prune_layer}")
 
     def check_depth(self, depth: int) -> None:
-        """Raise ValueError if ``prune_layer`` is not a block of an encoder of ``depth`` blocks."""
+        """Raise ValueError if ``prune_layer`` is not a block of an encoder of ``depth`` blocks;
+        NotImplementedError for ``output="reduced"`` (not built yet)."""
+        if self.output != "full":
+            raise NotImplementedError(
+                f"DARTViT: output={self.output!r} (the LLM receives only the kept / merged tokens, as in the IPCV "
+                "paper's runs) is not built yet: it needs the Qwen2-VL adapter to shorten input ids, attention "
+                "mask, mRoPE positions and cache (follow-up of issue 8); use output='full'"
+            )
         if not 0 <= self.prune_layer < depth:
             raise ValueError(
                 f"DARTViT: prune_layer={self.prune_layer} is outside the allowed range [0, {depth - 1}] "
@@ -247,8 +369,82 @@ def stage_counts(n: int, keep_ratio: float, stages: int) -> list[int]:
     return counts
 
 
+def progressive_counts(n: int, ratios: tuple[float, ...], rounding: str = "nearest") -> list[int]:
+    """V2Drop's official rule: stage ``s`` keeps ``max(1, int(current * ratios[s]))`` of the tokens
+    left by the previous stage (``ratios`` relative to the current count; 0 keeps one token).
+    ``rounding="floor"`` multiplies by ``1 - reduction_of(r)`` instead of ``r``, as the IPCV
+    authors' ports do (they are given the reduction ratio), which differs from ``r`` in the last bit
+    and so changes ``int()`` where ``current * r`` is a whole number."""
+    counts, cur = [], n
+    for r in ratios:
+        share = 1.0 - reduction_of(r) if rounding == "floor" else r
+        cur = min(cur, max(1, int(cur * share)))
+        counts.append(cur)
+    return counts
+
+
+def layer_average(n: int, counts: list[int], layers: tuple[int, ...], num_layers: int) -> float:
+    """Visual tokens per decoder layer, averaged over all ``num_layers`` layers, when a span of ``n``
+    holds ``counts[s]`` tokens from the input of ``layers[s]`` on (SparseVLM's "equivalent" count)."""
+    total, prev_layer, cur = 0, 0, n
+    for layer, c in zip(layers, counts):
+        total += (layer - prev_layer) * cur
+        prev_layer, cur = layer, c
+    return (total + (num_layers - prev_layer) * cur) / num_layers
+
+
+def average_counts(n: int, keep_ratio: float, layers: tuple[int, ...], num_layers: int) -> list[int]:
+    """Stage counts whose layer average (:func:`layer_average`) is ``keep_ratio * n``: every stage keeps
+    the same share ``x`` of the previous one (counts ``round(n * x ** s)``, at least 1), ``x`` the
+    largest share whose average does not exceed the target (found by bisection). SparseVLM's official
+    code defines its budget as this average but hard-codes the per-stage counts for LLaVA's 576
+    tokens; the geometric shape is ours. ``keep_ratio`` 1.0 keeps everything. Raises ValueError if even
+    one token per stage averages above the target."""
+    if keep_ratio >= 1.0:
+        return [n] * len(layers)
+
+    def counts(x: float) -> list[int]:
+        out, prev = [], n
+        for s in range(1, len(layers) + 1):
+            prev = min(prev, max(1, math.floor(n * x**s + 0.5)))
+            out.append(prev)
+        return out
+
+    target = keep_ratio * n
+    least = layer_average(n, counts(0.0), layers, num_layers)
+    if least > target:
+        raise ValueError(
+            f"keep_ratio={keep_ratio!r} cannot be reached with budget='average' for a span of {n} tokens: keeping "
+            f"one token from layer {layers[0]} on already averages {least:.2f} tokens per layer, above {target:.2f}"
+        )
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if layer_average(n, counts(mid), layers, num_layers) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return counts(lo)
+
+
+Budget = Literal["last", "average", "progressive"]
+BUDGETS: tuple[str, ...] = ("last", "average", "progressive")
+
+
 class _LanguageMethod:
-    """Shared behaviour of the LLM-side settings: pruning stages and their per-span budgets."""
+    """Shared behaviour of the LLM-side settings: pruning stages and their per-span budgets.
+
+    Every LLM-side settings class has the fields ``keep_ratio``, ``spans`` and ``rounding`` (and the
+    multi-stage ones ``budget`` / ``stage_ratios``):
+
+    - ``spans``: which visual tokens get a budget. ``"each"`` (ours, the default): every image and
+      every video frame of every sample. ``"first"`` (the official LLM-side code of DART, FastV,
+      V2Drop, SparseVLM and the IPCV authors' runs): only the first visual block of the sample (the
+      first image, or a whole video as one span) is pruned; later images are kept whole. ``"all"``:
+      one budget over all visual tokens of the sample.
+    - ``rounding``: ``"nearest"`` (:func:`keep_count`) or ``"floor"`` (:func:`floor_count`, the
+      published code's ``int(n * (1 - reduction))``).
+    """
 
     __slots__ = ()
 
@@ -256,12 +452,33 @@ class _LanguageMethod:
         """0-based decoder layers whose *input* is pruned, in order."""
         return tuple(self.layers) if hasattr(self, "layers") else (self.layer,)
 
-    def counts(self, n: int) -> list[int]:
-        """Tokens a visual span of ``n`` keeps after each stage (:func:`stage_counts`)."""
-        return stage_counts(n, self.keep_ratio, len(self.stage_layers()))
+    def counts(self, n: int, num_layers: int | None = None) -> list[int]:
+        """Tokens a visual span of ``n`` keeps after each stage.
+
+        ``budget="last"``: :func:`stage_counts` (``keep_ratio`` is the share after the last stage);
+        ``"average"``: :func:`average_counts` (the layer-averaged share; needs ``num_layers``);
+        ``"progressive"``: :func:`progressive_counts` with ``stage_ratios``. A single-stage method
+        keeps ``keep_count(n)`` (``rounding="floor"``: :func:`floor_count`)."""
+        layers = self.stage_layers()
+        budget = getattr(self, "budget", "last")
+        if budget == "progressive":
+            return progressive_counts(n, self.ratios(), self.rounding)
+        if budget == "average":
+            if num_layers is None:
+                raise ValueError(f"{type(self).__name__}: budget='average' needs the decoder depth (num_layers)")
+            return average_counts(n, self.keep_ratio, layers, num_layers)
+        if len(layers) == 1 or self.keep_ratio >= 1.0:
+            return [rounded_count(n, self.keep_ratio, self.rounding)] * len(layers)
+        return stage_counts(n, self.keep_ratio, len(layers))
+
+    def ratios(self) -> tuple[float, ...]:
+        """Per-stage shares of ``budget="progressive"``: ``stage_ratios``, or ``keep_ratio`` at every stage."""
+        given = getattr(self, "stage_ratios", None)
+        return tuple(given) if given is not None else (self.keep_ratio,) * len(self.stage_layers())
 
     def check_depth(self, num_decoder_layers: int) -> None:
-        """Raise ValueError if a pruning layer is not a layer of a decoder of that depth."""
+        """Raise ValueError if a pruning layer is not a layer of a decoder of that depth, or if a
+        layer-averaged budget cannot be reached (the layers before the first stage alone exceed it)."""
         name = type(self).__name__
         for layer in self.stage_layers():
             if not 1 <= layer < num_decoder_layers:
@@ -270,28 +487,78 @@ class _LanguageMethod:
                     f"{name}: {what}={getattr(self, what)!r} is outside the allowed range "
                     f"[1, {num_decoder_layers - 1}] for this decoder ({num_decoder_layers} layers)"
                 )
+        if getattr(self, "budget", "last") == "average" and self.keep_ratio < 1.0:
+            first = self.stage_layers()[0]
+            floor = first / num_decoder_layers
+            if self.keep_ratio <= floor:
+                raise ValueError(
+                    f"{name}: keep_ratio={self.keep_ratio!r} cannot be reached with budget='average': layers 0 .. "
+                    f"{first - 1} of {num_decoder_layers} keep every token, so the layer average is above "
+                    f"{floor:.3f}; use a larger keep_ratio, an earlier first layer or budget='last'/'progressive'"
+                )
+
+
+def _check_language_common(name: str, settings) -> None:
+    object.__setattr__(settings, "keep_ratio", _check_keep_ratio(name, settings.keep_ratio))
+    _check_choice(name, "spans", settings.spans, SPANS)
+    _check_choice(name, "rounding", settings.rounding, ROUNDINGS)
+    if hasattr(settings, "budget"):
+        _check_choice(name, "budget", settings.budget, BUDGETS)
+        ratios = settings.stage_ratios
+        if ratios is not None:
+            if not isinstance(ratios, (tuple, list)):
+                raise TypeError(f"{name}: stage_ratios must be a tuple of real numbers or None, got {ratios!r}")
+            ratios = tuple(ratios)
+            for r in ratios:
+                if isinstance(r, bool) or not isinstance(r, Real) or not 0.0 <= float(r) <= 1.0:
+                    raise ValueError(f"{name}: stage_ratios={ratios!r} is not allowed: each must be in [0, 1]")
+            if len(ratios) != len(settings.layers):
+                raise ValueError(
+                    f"{name}: stage_ratios={ratios!r} has {len(ratios)} entries but layers={settings.layers!r} "
+                    f"has {len(settings.layers)}"
+                )
+            if settings.budget != "progressive":
+                raise ValueError(
+                    f"{name}: stage_ratios is only used with budget='progressive', got budget={settings.budget!r}"
+                )
+            object.__setattr__(settings, "stage_ratios", tuple(float(r) for r in ratios))
 
 
 @dataclass(frozen=True, slots=True)
 class DART(_LanguageMethod):
     """DART (duplication-aware token reduction, Wen et al. 2025) in the language decoder.
 
-    At the input of decoder layer ``layer``, during prefill, every visual span (one image, or one
-    video frame) keeps ``keep_count(n, keep_ratio)`` of its ``n`` tokens: ``pivots - text_pivots``
-    image pivots (largest L1 norm of that layer's keys, after mRoPE) and, split evenly over all
-    pivots, the span tokens least cosine-similar to each pivot (:func:`ipcv.methods.dart.dart_keep`).
-    The ``text_pivots`` text tokens of the sample with the largest key norm act as extra pivots:
-    they steer the choice (tokens duplicating the question are dropped) but are not themselves
-    pruned. Differences from the release: budgets are exact per span (the release keeps
-    ``pivots + 8 * int(n * keep / 8)`` and prunes only the first image).
+    At the input of decoder layer ``layer``, during prefill, every visual span (see ``spans``) keeps
+    ``keep_count(n, keep_ratio)`` of its ``n`` tokens: ``pivots - text_pivots`` image pivots (largest
+    L1 norm of the keys, after mRoPE) and, per pivot, the span tokens least cosine-similar to it
+    (:func:`ipcv.methods.dart.dart_keep`). ``text_pivots`` text tokens with the largest key norm act
+    as extra pivots: they steer the choice (tokens duplicating the question are dropped) but are not
+    themselves pruned.
+
+    Defaults follow the official DART: layer 2, keys of layer ``layer - 1`` (the keys that layer
+    computed from its own input), text pivots from the text *after* the first visual block, pivots
+    visited in the official order, states normed by the final RMSNorm. Ours: every image / frame is a
+    span with an exact budget (``spans="each"``, ``budget="exact"``).
 
     Args:
         keep_ratio: share of each visual span kept, in (0, 1].
-        layer: 0-based decoder layer whose input is pruned, ``1 <= layer < depth`` (release: 2).
-        pivots: pivots per span, image and text together, ``>= 1`` (release: 8).
-        text_pivots: how many of them are text tokens, ``0 <= text_pivots < pivots`` (release: 4).
-        normalize: apply the decoder's final RMSNorm before the cosine similarity (the official
-            DART does; the IPCV authors' copy does not).
+        layer: 0-based decoder layer whose input is pruned, ``1 <= layer < depth`` (official: 2; the
+            IPCV authors' runs: 3).
+        pivots: pivots per span, image and text together, ``>= 1`` (official: 8).
+        text_pivots: how many of them are text tokens, ``0 <= text_pivots < pivots`` (official: 4).
+        normalize: apply the decoder's final RMSNorm before the cosine similarity (official: yes).
+        key_layer: ``"previous"`` (official: layer ``layer - 1``'s keys of its input) or ``"current"``
+            (layer ``layer``'s keys of its input).
+        text_from: ``"after_image"`` (official: text after the first visual block) or ``"all"`` (every
+            text token of the sample, the system prompt included).
+        pivot_order: ``"official"`` (pivots visited in the iteration order of a Python ``set`` of their
+            prompt positions, image pivots inserted first, as the official code does) or ``"score"``
+            (image pivots by score, then text pivots).
+        budget: ``"exact"`` (ours: ``keep_count(n)`` kept, spread over the pivots as evenly as
+            possible) or ``"per_pivot"`` (official: every pivot takes ``int(n * keep / pivots)``
+            tokens, so ``image pivots + pivots * int(n * keep / pivots)`` are kept; ``keep`` as the
+            published code computes it from the reduction ratio).
+        spans, rounding: see :class:`_LanguageMethod` (``rounding`` applies to ``budget="exact"``).
     """
 
     keep_ratio: float
@@ -299,14 +566,26 @@ class DART(_LanguageMethod):
     pivots: int = 8
     text_pivots: int = 4
     normalize: bool = True
+    key_layer: Literal["previous", "current"] = "previous"
+    text_from: Literal["after_image", "all"] = "after_image"
+    pivot_order: Literal["official", "score"] = "official"
+    budget: Literal["exact", "per_pivot"] = "exact"
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
 
     def __post_init__(self) -> None:
         name = "DART"
         object.__setattr__(self, "keep_ratio", _check_keep_ratio(name, self.keep_ratio))
+        _check_choice(name, "spans", self.spans, SPANS)
+        _check_choice(name, "rounding", self.rounding, ROUNDINGS)
         _check_int(name, "layer", self.layer)
         _check_int(name, "pivots", self.pivots)
         _check_int(name, "text_pivots", self.text_pivots)
         _check_bool(name, "normalize", self.normalize)
+        _check_choice(name, "key_layer", self.key_layer, ("previous", "current"))
+        _check_choice(name, "text_from", self.text_from, ("after_image", "all"))
+        _check_choice(name, "pivot_order", self.pivot_order, ("official", "score"))
+        _check_choice(name, "budget", self.budget, ("exact", "per_pivot"))
         if self.layer < 1:
             raise ValueError(f"{name}: layer={self.layer} is not allowed: it must be >= 1 and < the decoder depth")
         if self.pivots < 1:
@@ -317,27 +596,38 @@ class DART(_LanguageMethod):
                 f"(pivots={self.pivots})"
             )
 
+    def counts(self, n: int, num_layers: int | None = None) -> list[int]:
+        """Tokens a span of ``n`` keeps: ``keep_count(n)`` (``budget="exact"``) or the official
+        ``image pivots + pivots * int(n * keep / pivots)`` (``"per_pivot"``), at most ``n``."""
+        if self.budget == "exact" or self.keep_ratio >= 1.0:
+            return [rounded_count(n, self.keep_ratio, self.rounding)]
+        per = int(n * (1.0 - reduction_of(self.keep_ratio)) / self.pivots)
+        return [min(n, self.pivots - self.text_pivots + self.pivots * per)]
+
 
 @dataclass(frozen=True, slots=True)
 class FastV(_LanguageMethod):
     """FastV (Chen et al. 2024) in the language decoder.
 
-    At the input of decoder layer ``layer``, during prefill, every visual span keeps the
-    ``keep_count(n, keep_ratio)`` tokens that the last prompt token attends to most in layer
-    ``layer - 1`` (softmax attention averaged over heads). Those attention weights are computed
-    explicitly for that one row and layer from the layer's own queries and keys; every layer keeps
-    the model's attention backend.
+    At the input of decoder layer ``layer``, during prefill, every visual span keeps the tokens that
+    the last prompt token attends to most in layer ``layer - 1`` (softmax attention averaged over
+    heads). Those attention weights are computed explicitly for that one row and layer from the
+    layer's own queries and keys; every layer keeps the model's attention backend.
 
     Args:
         keep_ratio: share of each visual span kept, in (0, 1] (FastV's R is ``1 - keep_ratio``).
-        layer: K, the 0-based decoder layer whose input is pruned, ``1 <= layer < depth`` (paper: 2).
+        layer: K, the 0-based decoder layer whose input is pruned, ``1 <= layer < depth`` (official:
+            2; the IPCV authors' port reads their script's 3, but Table 4's KV cache fits 2).
+        spans, rounding: see :class:`_LanguageMethod` (the authors' port: ``"first"``, ``"floor"``).
     """
 
     keep_ratio: float
     layer: int = 2
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keep_ratio", _check_keep_ratio("FastV", self.keep_ratio))
+        _check_language_common("FastV", self)
         _check_int("FastV", "layer", self.layer)
         if self.layer < 1:
             raise ValueError(
@@ -351,23 +641,36 @@ class V2Drop(_LanguageMethod):
     """V2Drop (variation-aware vision token dropping, Chen et al. 2025) in the language decoder.
 
     At the input of each layer ``l`` in ``layers``, during prefill, every visual span keeps the
-    tokens whose state changed most in layer ``l - 1`` (``||h_l - h_{l-1}||_2``, the score IPCV uses
-    in the ViT, eq. 1). The counts follow :func:`stage_counts`: after the last stage a span of ``n``
-    holds ``keep_count(n, keep_ratio)`` tokens, earlier stages an even geometric share in between.
-    No attention weights are needed.
+    tokens whose state changed most in layer ``l - 1`` (``score="l2"``: ``||h_l - h_{l-1}||_2``, the
+    score IPCV uses in the ViT, eq. 1). No attention weights are needed.
 
     Args:
-        keep_ratio: share of each visual span left after the last stage, in (0, 1].
-        layers: increasing 0-based decoder layers whose inputs are pruned, each ``>= 1``
-            (default: the release's Qwen2-VL layers 3, 16, 22).
+        keep_ratio: the budget, read as ``budget`` says, in (0, 1].
+        layers: increasing 0-based decoder layers whose inputs are pruned, each ``>= 1`` (official
+            Qwen2-VL code: 3, 16, 22; LLaVA and the IPCV authors' port: 3, 17, 22).
+        budget: ``"average"`` (default: ``keep_ratio`` is the layer-averaged share of visual tokens,
+            the "equivalent" count V2Drop and SparseVLM report; :func:`average_counts`),
+            ``"progressive"`` (the official rule: stage ``s`` keeps ``max(1, int(current *
+            stage_ratios[s]))``; the official Qwen2-VL code hard-codes ``(0.25, 0.05, 0)``) or
+            ``"last"`` (``keep_ratio`` is the share after the last stage, :func:`stage_counts`).
+        stage_ratios: per-stage shares for ``budget="progressive"``; None: ``keep_ratio`` at every stage.
+        score: ``"l2"`` (official) or ``"cosine"`` (the IPCV authors' port: lowest cosine similarity
+            between ``h_l`` and ``h_{l-1}`` kept).
+        spans, rounding: see :class:`_LanguageMethod`.
     """
 
     keep_ratio: float
     layers: tuple[int, ...] = (3, 16, 22)
+    budget: Budget = "average"
+    stage_ratios: tuple[float, ...] | None = None
+    score: Literal["l2", "cosine"] = "l2"
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keep_ratio", _check_keep_ratio("V2Drop", self.keep_ratio))
         object.__setattr__(self, "layers", _check_layers("V2Drop", self.layers))
+        _check_language_common("V2Drop", self)
+        _check_choice("V2Drop", "score", self.score, ("l2", "cosine"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,35 +679,62 @@ class SparseVLM(_LanguageMethod):
 
     At the input of each layer ``l`` in ``layers``, during prefill: the attention of layer ``l - 1``
     (computed explicitly for the text rows only) from each text token to the visual tokens is
-    averaged over heads; *raters* are the text tokens whose mean attention to the visual tokens is
-    at least the mean over text tokens; a visual token's score is its attention from the raters
-    (raters and heads averaged). Every visual span keeps its top tokens; of the tokens it deletes,
-    the top ``recycle`` share by score is clustered (DPC-kNN, ``m // 10 + 1`` clusters for ``m``
-    recycled tokens) and each cluster comes back as one token: the mean of the cluster's states, at
-    the position of its density peak. Counts per stage follow :func:`stage_counts`; recycled
-    tokens count against the budget.
+    averaged over heads; a visual token's score is the attention it receives from the *raters*
+    (raters and heads averaged). Raters (``raters="embeddings"``, official) are chosen once, from
+    the prompt's input embeddings: the text tokens after the first visual block whose softmax
+    relevance to its visual tokens (visual-text dot products, softmax over the text, averaged over
+    the visual tokens) is above the mean. Every visual span keeps its top tokens; of
+    the tokens it deletes, the top ``recycle`` share by score is clustered (DPC-kNN with
+    ``cluster_neighbors`` neighbours, ``m // 10 + 1`` clusters for ``m`` recycled tokens) and each
+    cluster comes back as one token: the mean of the cluster's states, at the position of its
+    density peak.
 
-    What differs from the LLaVA release: fixed budgets per span instead of the
-    rank-adaptive deletion count; scores from layer ``l - 1``'s attention (computed from its
-    queries and keys) rather than from maps returned by the layer itself; cluster tokens keep the
-    3D mRoPE position of their density peak and stay in sequence order (LLaVA's 1D positions let
-    the release append them); every image / frame is a span.
+    The official code prunes *inside* layers 2, 6 and 15 with their own attention maps, so the
+    inputs of layers 3, 7 and 16 are the first reduced ones: ``layers=(3, 7, 16)`` scored with
+    layers 2, 6, 15 is the same thing. Its budget is the layer-averaged count (``budget="average"``)
+    and the recycled cluster tokens come on top of it (``recycle_in_budget=False``).
+
+    What still differs from the LLaVA release: the per-stage counts follow :func:`average_counts`
+    (geometric) instead of the hard-coded tables for 576 tokens, and instead of the rank-adaptive
+    deletion count; cluster tokens keep the 3D mRoPE position of their density peak and stay in
+    sequence order.
 
     Args:
-        keep_ratio: share of each visual span left after the last stage, in (0, 1].
-        layers: increasing 0-based decoder layers whose inputs are pruned, each ``>= 1``
-            (release, LLaVA: 2, 6, 15).
-        recycle: share of the deleted tokens that is clustered and recycled, in [0, 1).
+        keep_ratio: the budget, read as ``budget`` says (see :class:`V2Drop`), in (0, 1].
+        layers: increasing 0-based decoder layers whose inputs are pruned (official: 3, 7, 16).
+        budget, stage_ratios: as in :class:`V2Drop` (the IPCV authors' port: ``"progressive"`` with
+            ``(keep_ratio, 0.5, 0.5)``).
+        recycle: share of the deleted tokens that is clustered and recycled, in [0, 1) (official:
+            0.3; the authors' port: 0.05).
+        recycle_in_budget: the cluster tokens count against the span's budget (True) or come on top
+            of it (False, official).
+        recycle_rule: how many of ``d`` deleted tokens are recycled: ``"plus_one"`` (official:
+            ``int(recycle * d) + 1``) or ``"at_least_one"`` (the authors' port:
+            ``max(1, int(recycle * d))``, only when ``d > 1``).
+        raters: ``"embeddings"`` (official, above), ``"attention"`` (per stage, the text tokens whose
+            mean attention to the visual tokens is at least the mean over text tokens) or ``"all"``
+            (every text token after the first visual block rates: the authors' port).
+        cluster_neighbors: k of the DPC-kNN density (distances to the k nearest, the token itself
+            included), ``>= 1``; None (official): as many as there are clusters.
+        spans, rounding: see :class:`_LanguageMethod`.
     """
 
     keep_ratio: float
-    layers: tuple[int, ...] = (2, 6, 15)
+    layers: tuple[int, ...] = (3, 7, 16)
+    budget: Budget = "average"
+    stage_ratios: tuple[float, ...] | None = None
     recycle: float = 0.3
+    recycle_in_budget: bool = False
+    recycle_rule: Literal["plus_one", "at_least_one"] = "plus_one"
+    raters: Literal["embeddings", "attention", "all"] = "embeddings"
+    cluster_neighbors: int | None = None
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
 
     def __post_init__(self) -> None:
         name = "SparseVLM"
-        object.__setattr__(self, "keep_ratio", _check_keep_ratio(name, self.keep_ratio))
         object.__setattr__(self, "layers", _check_layers(name, self.layers))
+        _check_language_common(name, self)
         if isinstance(self.recycle, bool) or not isinstance(self.recycle, Real):
             raise TypeError(
                 f"{name}: recycle must be a real number, got {type(self.recycle).__name__} {self.recycle!r}"
@@ -412,6 +742,11 @@ class SparseVLM(_LanguageMethod):
         if not 0.0 <= float(self.recycle) < 1.0:
             raise ValueError(f"{name}: recycle={self.recycle!r} is outside the allowed range [0, 1)")
         object.__setattr__(self, "recycle", float(self.recycle))
+        _check_bool(name, "recycle_in_budget", self.recycle_in_budget)
+        _check_choice(name, "raters", self.raters, ("embeddings", "attention", "all"))
+        _check_choice(name, "recycle_rule", self.recycle_rule, ("plus_one", "at_least_one"))
+        if self.cluster_neighbors is not None and _check_int(name, "cluster_neighbors", self.cluster_neighbors) < 1:
+            raise ValueError(f"{name}: cluster_neighbors={self.cluster_neighbors} is not allowed: it must be >= 1")
 
 
 LANGUAGE_METHODS: tuple[type, ...] = (DART, FastV, V2Drop, SparseVLM)

@@ -11,29 +11,12 @@ less, the same order as what is counted for IPCV's overhead but not material nex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import IPCV, keep_count
+from .models.base import DecoderShape, EncoderShape  # noqa: F401  (re-exported: ipcv.flops.EncoderShape)
+from .models.registry import find
 from .trace import Trace
-
-
-@dataclass(frozen=True)
-class EncoderShape:
-    """What the FLOP count needs to know about an encoder.
-
-    embed_flops_per_token: patch embedding; head_flops_per_token: work after the last block per
-    input token (Qwen2-VL's 2x2 merger), 0 for ViT encoders whose head belongs to the caller.
-    prefix_tokens: protected tokens per segment (CLS). heads: attention heads (the baselines'
-    similarity metrics work on one head's width).
-    """
-
-    depth: int
-    dim: int
-    mlp_dim: int
-    embed_flops_per_token: int = 0
-    head_flops_per_token: int = 0
-    prefix_tokens: int = 0
-    heads: int = 1
 
 
 @dataclass(frozen=True)
@@ -51,19 +34,37 @@ class FlopCount:
 
 
 def block_flops(
-    shape: EncoderShape, q_lengths: Sequence[int], kv_lengths: Sequence[int], mlp_tokens: int | None = None
+    shape: EncoderShape,
+    q_lengths: Sequence[int],
+    kv_lengths: Sequence[int],
+    mlp_tokens: int | None = None,
+    windows: Sequence[int] | None = None,
 ) -> int:
     """One block with the given query rows and key/value rows per segment; the MLP runs on
-    ``mlp_tokens`` rows (default: the query rows; fewer when tokens merge after attention)."""
+    ``mlp_tokens`` rows (default: the query rows; fewer when tokens merge after attention).
+    ``windows``: attention windows per segment (window attention), the segment's queries and keys
+    counted as if spread evenly over them; None: one attention per segment."""
     D, n_q, n_kv = shape.dim, sum(q_lengths), sum(kv_lengths)
     n_mlp = n_q if mlp_tokens is None else mlp_tokens
     linear = 2 * D * D * (2 * n_q + 2 * n_kv) + 2 * 2 * n_mlp * D * shape.mlp_dim  # q,o + k,v ; fc1+fc2
-    attention = 4 * D * sum(q * k for q, k in zip(q_lengths, kv_lengths))
+    windows = [1] * len(q_lengths) if windows is None else windows
+    attention = 4 * D * sum(q * k // w for q, k, w in zip(q_lengths, kv_lengths, windows))
     return linear + attention
+
+
+def attention_windows(shape: EncoderShape, layer: int, seg_lengths: Sequence[int]) -> list[int] | None:
+    """Windows per segment of block ``layer`` (segments of ``seg_lengths`` tokens), or None when the
+    block attends per segment."""
+    if not shape.window_tokens or layer in shape.full_blocks:
+        return None
+    return [max(1, -(-int(n) // shape.window_tokens)) for n in seg_lengths]
 
 
 def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None) -> FlopCount:
     """FLOPs of one call over segments of ``seg_lengths`` tokens (protected prefix included).
+
+    When the model reads an inner layer (``shape.read_layer``), the method's schedule covers the
+    blocks before it and the blocks from it on are counted on the full sequence, as they run.
 
     ``settings``: None (vanilla), :class:`ipcv.IPCV`, or any other registered vision-side method
     (ToMe, ToFu, DARTViT), whose per-block token counts come from the same schedule functions
@@ -72,11 +73,25 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None
     if its budget fell evenly). ``tokens_per_block``: query tokens entering each block.
     """
     seg = [int(n) for n in seg_lengths]
+    if shape.read_layer is not None and settings is not None and 0 < shape.read_layer < shape.depth:
+        inner = _encoder_flops(replace(shape, depth=shape.read_layer), seg, settings)
+        rest = [
+            block_flops(shape, seg, seg, None, attention_windows(shape, i, seg))
+            for i in range(len(inner.tokens_per_block), shape.depth)
+        ]
+        return FlopCount(
+            inner.blocks + sum(rest), inner.overhead, inner.embed_and_head,
+            inner.tokens_per_block + (sum(seg),) * len(rest),
+        )  # fmt: skip
+    return _encoder_flops(shape, seg, settings)
+
+
+def _encoder_flops(shape: EncoderShape, seg: list[int], settings) -> FlopCount:
     L, D = sum(seg), shape.dim
     fixed = L * (shape.embed_flops_per_token + shape.head_flops_per_token)
     if settings is None or settings.keep_ratio >= 1.0:
-        per = block_flops(shape, seg, seg)
-        return FlopCount(shape.depth * per, 0, fixed, (L,) * shape.depth)
+        total = sum(block_flops(shape, seg, seg, None, attention_windows(shape, i, seg)) for i in range(shape.depth))
+        return FlopCount(total, 0, fixed, (L,) * shape.depth)
     if not isinstance(settings, IPCV):
         from .schedules import COUNTS
 
@@ -85,15 +100,19 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None
         blocks, overhead = COUNTS[type(settings)](
             settings, seg, shape.prefix_tokens, shape.depth, shape.dim, shape.heads
         )
-        total = sum(block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths)) for b in blocks)
+        total = sum(
+            block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths), attention_windows(shape, i, seg))
+            for i, b in enumerate(blocks)
+        )
         return FlopCount(total, overhead, fixed, tuple(sum(b.q_lengths) for b in blocks))
     p = shape.prefix_tokens
     kept = [keep_count(n - p, settings.keep_ratio) + p for n in seg]
     removed = [n - k for n, k in zip(seg, kept)]
     lp, n_as = settings.prune_layer, settings.stabilize_layers
-    blocks = lp * block_flops(shape, seg, seg)
-    blocks += n_as * block_flops(shape, kept, seg)
-    blocks += (shape.depth - lp - n_as) * block_flops(shape, kept, kept)
+    blocks = 0
+    for i in range(shape.depth):  # full, stabilized (kept queries, all keys), kept only
+        q, kv = (seg, seg) if i < lp else (kept, seg) if i < lp + n_as else (kept, kept)
+        blocks += block_flops(shape, q, kv, None, attention_windows(shape, i, seg))
     k = [min(settings.neighbors, c) for c in kept]
     score = 3 * L * D
     knn = sum(2 * D * r * c for r, c in zip(removed, kept))
@@ -109,27 +128,11 @@ def vision_flops(model, seg_lengths: Sequence[int], settings=None) -> FlopCount:
     ``seg_lengths``: tokens per image / video frame as the encoder sees them (patches, plus the
     CLS token for ViT encoders); e.g. ``[1024]`` for one 448x448 image in Qwen2-VL.
     """
-    from .api import _find
-
-    adapter, target = _find(model)
-    return encoder_flops(adapter.shape(target), seg_lengths, settings)
+    adapter, target = find(model)
+    return encoder_flops(adapter.model_shape(model, target), seg_lengths, settings)
 
 
 # --- the language decoder (LLM-side methods) and the whole model ----------------------------------
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """What the decoder FLOP / KV-cache count needs to know (grouped-query attention, gated MLP)."""
-
-    layers: int
-    dim: int
-    mlp_dim: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    mlp_matrices: int = 3
 
 
 def decoder_layer_flops(shape: DecoderShape, queries: int, cache: int) -> int:
@@ -212,8 +215,6 @@ def costs(model, stats, bytes_per_value: int = 2) -> Costs:
     """FLOPs and KV cache of everything ``stats`` (from ``with ipcv.stats(model) as stats``) recorded
     for ``model``: vision calls counted by :func:`encoder_flops` under the settings they ran with,
     decoder calls by :func:`decoder_flops`, the KV cache by :func:`kv_cache_mb`."""
-    from .api import _find
-
     if not isinstance(stats, Trace):
         raise TypeError(
             f"costs: stats must be what `with ipcv.stats(model) as stats:` yields, got {type(stats).__name__}"
@@ -224,8 +225,8 @@ def costs(model, stats, bytes_per_value: int = 2) -> Costs:
             "token counts, no uncompressed decoder calls), so its costs would be wrong; record the forward "
             "with `with ipcv.stats(model) as stats:` and pass that"
         )
-    adapter, tower = _find(model)
-    shape = adapter.shape(tower)
+    adapter, tower = find(model)
+    shape = adapter.model_shape(model, tower)
     vision, per_block = 0, [0] * shape.depth
     for call in stats.vision:
         count = encoder_flops(shape, call.seg_lengths, call.settings)

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 
 from . import trace as _trace
-from .config import DART, FastV, SparseVLM, V2Drop
+from .config import DART, FastV, SparseVLM, V2Drop, progressive_counts, reduction_of
 from .methods.dart import dart_keep, pivot_scores
 from .methods.fastv import attention_probs, last_token_scores
 from .methods.ipcv import feature_difference_scores
@@ -48,10 +48,24 @@ class Slots:
     valid: torch.Tensor
     span: torch.Tensor
     sizes: list[list[int]] | None = None
+    blocks: list[list[int]] | None = None
+    raters: list[torch.Tensor] | None = None  # per sample, prompt positions of SparseVLM's raters
 
     def __post_init__(self) -> None:
         if self.sizes is None:
             self.sizes = [[int(r.numel()) for r in self.spans(b)] for b in range(self.valid.shape[0])]
+        if self.blocks is None:  # at the prompt: spans with no token between them are one visual block
+            self.blocks = []
+            for b in range(self.valid.shape[0]):
+                ids, prev_end = [], -2
+                for rows in self.spans(b):
+                    first = int(self.pos[b, rows[0]])
+                    if not ids:
+                        ids.append(0)
+                    else:
+                        ids.append(ids[-1] if first == prev_end + 1 else ids[-1] + 1)
+                    prev_end = int(self.pos[b, rows[-1]])
+                self.blocks.append(ids)
 
     def text(self, b: int) -> torch.Tensor:
         """Slots of sample ``b`` holding attended text tokens, increasing."""
@@ -62,9 +76,48 @@ class Slots:
         span = self.span[b]
         return [(span == s).nonzero().flatten() for s in range(int(span.max()) + 1)]
 
-    def budgets(self, b: int, settings, stage: int) -> list[tuple[torch.Tensor, int]]:
-        """``(slots, tokens to keep)`` of each visual span of sample ``b`` at pruning stage ``stage``."""
-        return [(rows, settings.counts(n)[stage]) for rows, n in zip(self.spans(b), self.sizes[b])]
+    def units(self, b: int, mode: str) -> list[tuple[torch.Tensor, int]]:
+        """``(slots, prompt size)`` of each budget unit of sample ``b``: every span (``mode="each"``),
+        all visual slots as one unit (``"all"``), or only the first visual block, a video's frames
+        together (``"first"``; the other spans are not pruned)."""
+        spans = self.spans(b)
+        if mode == "each" or not spans:
+            return list(zip(spans, self.sizes[b]))
+        if mode == "all":
+            return [(torch.cat(spans), sum(self.sizes[b]))]
+        first = [i for i, k in enumerate(self.blocks[b]) if k == self.blocks[b][0]]
+        return [(torch.cat([spans[i] for i in first]), sum(self.sizes[b][i] for i in first))]
+
+    def budgets(self, b: int, settings, stage: int, num_layers: int | None = None) -> list[tuple[torch.Tensor, int]]:
+        """``(slots, tokens to keep)`` of each budget unit (:meth:`units`, ``settings.spans``) of sample
+        ``b`` at pruning stage ``stage``. ``budget="progressive"`` counts from the unit's current
+        size (which includes recycled tokens), every other budget from its prompt size."""
+        out = []
+        for rows, n in self.units(b, settings.spans):
+            if getattr(settings, "budget", None) == "progressive":
+                k = progressive_counts(rows.numel(), settings.ratios()[stage : stage + 1], settings.rounding)[0]
+            else:
+                k = settings.counts(n, num_layers)[stage]
+            out.append((rows, min(k, rows.numel())))
+        return out
+
+    def spared(self, b: int, mode: str) -> torch.Tensor:
+        """Visual slots of sample ``b`` outside every budget unit (``mode="first"``: the spans after the
+        first visual block), which are kept whole."""
+        spans = self.spans(b)
+        if mode != "first" or not spans:
+            return self.text(b)[:0]
+        block = self.blocks[b]
+        rest = [rows for rows, k in zip(spans, block) if k != block[0]]
+        return torch.cat(rest) if rest else self.text(b)[:0]
+
+    def visual_after_first(self, b: int) -> int:
+        """Prompt position just after the first visual block of sample ``b`` (0 if it has none)."""
+        spans = self.spans(b)
+        if not spans:
+            return 0
+        first = [i for i, k in enumerate(self.blocks[b]) if k == self.blocks[b][0]]
+        return int(self.pos[b, spans[first[-1]][-1]]) + 1
 
 
 class DecoderOps(Protocol):
@@ -107,20 +160,44 @@ def _top(scores: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
 # --- the methods' selections (registered in LANGUAGE_RUNNERS) -------------------------------------
 
 
+def _guide_text(slots: Slots, b: int, text_from: str) -> torch.Tensor:
+    """Text slots of sample ``b`` that may be text pivots / raters: all of them (``"all"``) or those
+    after the first visual block (``"after_image"``, the official code's question tokens)."""
+    text = slots.text(b)
+    if text_from == "all":
+        return text
+    return text[slots.pos[b, text] >= slots.visual_after_first(b)]
+
+
 def select_dart(ops: DecoderOps, settings: DART, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
-    """DART: pivots by key L1 norm of layer ``layer`` (:func:`ipcv.methods.dart.dart_keep`), the
-    sample's top text tokens as steering pivots, cosine on the (normed) input states."""
-    scores = pivot_scores(ops.keys(layer, h).transpose(1, 2).flatten(0, 1)).view(h.shape[:2])
+    """DART: pivots by key L1 norm (layer ``layer - 1``'s keys of its input, or layer ``layer``'s),
+    the sample's top text tokens as steering pivots, cosine on the (normed) input states of
+    ``layer`` (:func:`ipcv.methods.dart.dart_keep`)."""
+    if settings.key_layer == "previous":
+        keys = ops.keys(layer - 1, h_prev)
+    else:
+        keys = ops.keys(layer, h)
+    scores = pivot_scores(keys.transpose(1, 2).flatten(0, 1)).view(h.shape[:2])
     states = ops.norm(h) if settings.normalize else h
+    official = settings.pivot_order == "official"
     keep = []
     for b in range(h.shape[0]):
-        text = slots.text(b)
-        guides = states[b, _top(scores[b], text, settings.text_pivots)] if settings.text_pivots else None
+        text = _guide_text(slots, b, settings.text_from)
+        guide_rows = _top(scores[b], text, settings.text_pivots) if settings.text_pivots else text[:0]
+        guides = states[b, guide_rows] if settings.text_pivots else None
         kept = []
-        for rows, k in slots.budgets(b, settings, stage):
-            local = dart_keep(states[b, rows], scores[b, rows], k, settings.pivots - settings.text_pivots, guides)
+        for rows, n in slots.units(b, settings.spans):
+            k = min(settings.counts(n)[0], rows.numel())
+            per = None
+            if settings.budget == "per_pivot" and k < rows.numel():
+                per = int(n * (1.0 - reduction_of(settings.keep_ratio)) / settings.pivots)
+            local = dart_keep(
+                states[b, rows], scores[b, rows], k, settings.pivots - settings.text_pivots, guides,
+                positions=slots.pos[b, rows] if official else None,
+                guide_positions=slots.pos[b, guide_rows] if official else None, per_pivot=per,
+            )  # fmt: skip
             kept.append(rows[local])
-        keep.append(torch.cat(kept) if kept else text[:0])
+        keep.append(torch.cat(kept) if kept else slots.text(b)[:0])
     return Selection(keep, [None] * len(keep))
 
 
@@ -134,18 +211,23 @@ def select_fastv(ops: DecoderOps, settings: FastV, stage: int, layer: int, h, h_
     last = _last_valid(slots.valid)[:, None]
     q = ops.queries(layer - 1, h_prev, last)[:, :, 0]
     scores = last_token_scores(q, ops.keys(layer - 1, h_prev), slots.valid, ops.scaling)
-    return _per_span_top(settings, stage, scores, slots)
+    return _per_span_top(settings, stage, scores, slots, ops.num_layers)
 
 
 def select_v2drop(ops: DecoderOps, settings: V2Drop, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
-    """V2Drop: keep the tokens that layer ``layer - 1`` changed most (``||h_l - h_{l-1}||``)."""
-    return _per_span_top(settings, stage, feature_difference_scores(h, h_prev), slots)
+    """V2Drop: keep the tokens that layer ``layer - 1`` changed most: largest ``||h_l - h_{l-1}||``
+    (``score="l2"``) or lowest cosine similarity of ``h_l`` and ``h_{l-1}`` (``"cosine"``)."""
+    if settings.score == "l2":
+        scores = feature_difference_scores(h, h_prev)
+    else:
+        scores = -torch.nn.functional.cosine_similarity(h.float(), h_prev.float(), dim=-1)
+    return _per_span_top(settings, stage, scores, slots, ops.num_layers)
 
 
-def _per_span_top(settings, stage: int, scores: torch.Tensor, slots: Slots) -> Selection:
+def _per_span_top(settings, stage: int, scores: torch.Tensor, slots: Slots, num_layers: int | None = None) -> Selection:
     keep = []
     for b in range(scores.shape[0]):
-        kept = [_top(scores[b], rows, k) for rows, k in slots.budgets(b, settings, stage)]
+        kept = [_top(scores[b], rows, k) for rows, k in slots.budgets(b, settings, stage, num_layers)]
         keep.append(torch.cat(kept) if kept else slots.text(b)[:0])
     return Selection(keep, [None] * len(keep))
 
@@ -156,7 +238,7 @@ def select_sparsevlm(
     """SparseVLM: rater-weighted attention of layer ``layer - 1`` (text rows only), top tokens per
     span, and the best deleted ones recycled into cluster tokens (see :class:`ipcv.SparseVLM`)."""
     B, N = slots.valid.shape
-    texts = [slots.text(b) for b in range(B)]
+    texts = [_guide_text(slots, b, "after_image") for b in range(B)]
     T = max(1, max(t.numel() for t in texts))
     rows = torch.zeros(B, T, dtype=torch.long, device=h.device)
     for b, t in enumerate(texts):
@@ -174,26 +256,54 @@ def select_sparsevlm(
             continue
         visual = torch.cat(spans)
         scores = torch.zeros(N, device=h.device)
-        scores[visual] = rater_scores(probs[b, :, : texts[b].numel()][:, :, visual]) if texts[b].numel() else 1.0
+        if texts[b].numel():
+            text_probs = probs[b, :, : texts[b].numel()][:, :, visual]  # [H, T, V]
+            if settings.raters == "attention":
+                scores[visual] = rater_scores(text_probs)
+            elif settings.raters == "all":
+                scores[visual] = text_probs.mean((0, 1))
+            else:  # the raters chosen from the prompt's embeddings
+                is_rater = torch.isin(slots.pos[b, texts[b]], slots.raters[b])
+                scores[visual] = text_probs.mean(0)[is_rater].mean(0)
+        else:
+            scores[visual] = 1.0
         kept, centre_rows, merged = [], [], []
-        for span_rows, k in slots.budgets(b, settings, stage):
-            m, c = recycled_clusters(span_rows.numel() - k, settings.recycle)
-            if c >= k:
-                m = c = 0
-            top = _top(scores, span_rows, k - c)
+        for span_rows, k in slots.budgets(b, settings, stage, ops.num_layers):
+            top_k = k
+            m, c = recycled_clusters(span_rows.numel() - k, settings.recycle, settings.recycle_rule)
+            if settings.recycle_in_budget:
+                if c >= k:
+                    m = c = 0
+                top_k = k - c
+            top = _top(scores, span_rows, top_k)
             kept.append(top)
             if c:
                 left = torch.ones(N, dtype=torch.bool, device=h.device)
                 left[top] = False
                 deleted = span_rows[left[span_rows]]
                 pool = _top(scores, deleted, m)
-                centres, states = recycle(h[b, pool], c)
+                centres, states = recycle(h[b, pool], c, settings.cluster_neighbors)
                 kept.append(pool[centres])
                 centre_rows.append(pool[centres])
                 merged.append(states)
         keep.append(torch.cat(kept))
         replace.append((torch.cat(centre_rows), torch.cat(merged)) if centre_rows else None)
     return Selection(keep, replace)
+
+
+def embedding_raters(h0: torch.Tensor, slots: Slots, b: int) -> torch.Tensor:
+    """SparseVLM's raters of sample ``b`` (prompt positions): the text tokens after the first visual
+    block whose relevance ``softmax_text(V @ T^T)`` averaged over that block's visual tokens ``V`` is
+    above the mean, from the prompt's input embeddings ``h0`` ``[N, D]``. If none is above the mean
+    (all equal), every such text token rates."""
+    text = _guide_text(slots, b, "after_image")
+    units = slots.units(b, "first")
+    if not text.numel() or not units:
+        return slots.pos[b, text]
+    visual = units[0][0]
+    relevance = (h0[visual].float() @ h0[text].float().T).softmax(-1).mean(0)  # [T]
+    chosen = relevance > relevance.mean()
+    return slots.pos[b, text[chosen] if bool(chosen.any()) else text]
 
 
 # The registry of LLM-side methods: settings class -> selection at one pruning stage.
@@ -207,11 +317,22 @@ LANGUAGE_RUNNERS: dict[type, Callable[..., Selection]] = {
 
 def prunes_anything(settings, slots: Slots) -> bool:
     """Whether ``settings`` removes any token of these slots (False: the plain decoder is exact)."""
-    return any(settings.counts(n)[-1] < n for sizes in slots.sizes for n in sizes)
+    budget = getattr(settings, "budget", None)
+    for b in range(slots.valid.shape[0]):
+        for _, n in slots.units(b, settings.spans):
+            if budget == "average":
+                if settings.keep_ratio < 1.0:
+                    return True
+            elif budget == "progressive":
+                if progressive_counts(n, settings.ratios(), settings.rounding)[-1] < n:
+                    return True
+            elif settings.counts(n)[-1] < n:
+                return True
+    return False
 
 
 def _apply(
-    h: torch.Tensor, slots: Slots, sel: Selection, frozen: torch.Tensor
+    h: torch.Tensor, slots: Slots, sel: Selection, frozen: torch.Tensor, spans: str = "each"
 ) -> tuple[torch.Tensor, torch.Tensor, Slots]:
     """Kept slots (all text + the selected visual ones) of every sample, left-filled to one length;
     the states of removed tokens are written to ``frozen`` ``[B, L, D]`` at their prompt positions."""
@@ -221,6 +342,7 @@ def _apply(
         keep = torch.zeros(slots.valid.shape[1], dtype=torch.bool, device=h.device)
         keep[slots.text(b)] = True
         keep[sel.keep[b]] = True
+        keep[slots.spared(b, spans)] = True
         removed = (slots.valid[b] & ~keep).nonzero().flatten()
         frozen[b, slots.pos[b, removed]] = h[b, removed]
         keeps.append(keep.nonzero().flatten())
@@ -235,7 +357,14 @@ def _apply(
     for b, k in enumerate(keeps):
         index[b, n - k.numel() :] = k
         valid[b, n - k.numel() :] = True
-    new = Slots(slots.pos.gather(1, index), valid, slots.span.gather(1, index).masked_fill(~valid, -1), slots.sizes)
+    new = Slots(
+        slots.pos.gather(1, index),
+        valid,
+        slots.span.gather(1, index).masked_fill(~valid, -1),
+        slots.sizes,
+        slots.blocks,
+        slots.raters,
+    )
     return h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])), index, new
 
 
@@ -250,6 +379,8 @@ def run_language(ops: DecoderOps, h: torch.Tensor, slots: Slots, settings) -> to
     """
     stages = {layer: s for s, layer in enumerate(settings.stage_layers())}
     select = LANGUAGE_RUNNERS[type(settings)]
+    if isinstance(settings, SparseVLM) and settings.raters == "embeddings":
+        slots.raters = [embedding_raters(h[b], slots, b) for b in range(h.shape[0])]
     frozen = torch.zeros_like(h)
     record = _trace.active()
     tokens, visual, kept = [], [], []
@@ -257,7 +388,7 @@ def run_language(ops: DecoderOps, h: torch.Tensor, slots: Slots, settings) -> to
     for i in range(ops.num_layers):
         if i in stages:
             sel = select(ops, settings, stages[i], i, h, h_prev, slots)
-            h, index, slots = _apply(h, slots, sel, frozen)
+            h, index, slots = _apply(h, slots, sel, frozen, settings.spans)
             ops.select(i, index, slots)
             kept.append([[int(r.numel()) for r in slots.spans(b)] for b in range(h.shape[0])])
         tokens.append(slots.valid.sum(1).tolist())

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from . import trace as _trace
-from .config import DARTViT, ToFu, ToMe, keep_count
+from .config import DARTViT, ToFu, ToMe, keep_count, reduction_of
 from .engine import VISION_RUNNERS, BlockOps, Plan
 from .methods.dart import dart_keep, pivot_scores
 from .methods.ipcv import complement, find_neighbors, scatter_tokens
@@ -37,6 +37,7 @@ from .methods.tome import (
     merge_prune,
     merge_rounds,
     merge_schedule,
+    release_schedule,
 )
 
 # --- shared helpers ------------------------------------------------------------------------------
@@ -60,19 +61,30 @@ def _record(method: str, seg_lengths, keep_counts, tokens_per_block, source: tor
 
 
 def merge_plan(
-    seg_lengths: Sequence[int], n_protected: Sequence[int], keep_ratio: float, depth: int
+    seg_lengths: Sequence[int], n_protected: Sequence[int], settings: ToMe | ToFu | float, depth: int
 ) -> list[list[int]]:
-    """``r[layer][segment]``: unprotected tokens each block removes from each segment
-    (:func:`ipcv.methods.tome.merge_schedule` per segment, to ``keep_count(n - p, keep_ratio)``)."""
-    per_segment = [
-        merge_schedule(n - p, keep_count(n - p, keep_ratio), depth) for n, p in zip(seg_lengths, n_protected)
-    ]
+    """``r[layer][segment]``: unprotected tokens each block removes from each segment:
+    :func:`ipcv.methods.tome.merge_schedule` per segment, to ``keep_count(n - p, keep_ratio)``
+    (``schedule="even"``, or a bare keep ratio), or :func:`ipcv.methods.tome.release_schedule` per
+    segment (``schedule="release"``, target ``1 - reduction``)."""
+    if isinstance(settings, (ToMe, ToFu)) and settings.schedule == "release":
+        target = 1.0 - reduction_of(settings.keep_ratio)
+        per_segment = [
+            release_schedule(n - p, target, depth, settings.start_layer) for n, p in zip(seg_lengths, n_protected)
+        ]
+    else:
+        keep_ratio = settings if isinstance(settings, float) else settings.keep_ratio
+        per_segment = [
+            merge_schedule(n - p, keep_count(n - p, keep_ratio), depth) for n, p in zip(seg_lengths, n_protected)
+        ]
     return [[r[layer] for r in per_segment] for layer in range(depth)]
 
 
 def _merge_fn(settings: ToMe | ToFu, layer: int, depth: int) -> Callable:
     if isinstance(settings, ToFu):
-        return merge_prune if layer < settings.pruning_blocks(depth) else merge_mlerp
+        if layer < settings.pruning_blocks(depth):
+            return merge_prune
+        return merge_mlerp if settings.merge == "mlerp" else merge_average
     return merge_average
 
 
@@ -161,7 +173,7 @@ def run_merging(
     seg = [int(n) for n in seg_lengths]
     L = h.shape[0]
     prot = torch.zeros(L, dtype=torch.bool, device=h.device) if protected is None else protected
-    plan = merge_plan(seg, _protected_counts(seg, protected), settings.keep_ratio, depth)
+    plan = merge_plan(seg, _protected_counts(seg, protected), settings, depth)
     rows = torch.arange(L, device=h.device)
     state = _Merged(h, rows, torch.ones(L, device=h.device), prot, list(seg), rows)
     tokens_per_block = []
@@ -184,29 +196,60 @@ def run_merging(
 # --- DART inside the vision tower ------------------------------------------------------------------
 
 
+def per_pivot4(n: int, keep_ratio: float, pivots: int) -> int:
+    """The IPCV authors' DART(ViT) per-pivot count: ``n * (1 - reduction) / pivots`` rounded to the
+    nearer multiple of 4 (from ``int`` of it; a tie goes down)."""
+    raw = n * (1.0 - reduction_of(keep_ratio)) / pivots
+    down, up = int(raw) // 4 * 4, (int(raw) + 3) // 4 * 4
+    return down if abs(raw - down) <= abs(raw - up) else up
+
+
+def dart_vit_counts(settings: DARTViT, free: int) -> int:
+    """Unprotected tokens DART-ViT keeps out of ``free`` (one segment, or the call with ``scope="global"``)."""
+    if settings.budget == "exact" or settings.keep_ratio >= 1.0:
+        return keep_count(free, settings.keep_ratio)
+    return min(
+        free, min(settings.pivots, free) + settings.pivots * per_pivot4(free, settings.keep_ratio, settings.pivots)
+    )
+
+
 def dart_select(
     h: torch.Tensor,
     scores: torch.Tensor,
     seg_lengths: Sequence[int],
     protected: torch.Tensor | None,
-    keep_ratio: float,
-    pivots: int,
+    settings: DARTViT,
 ) -> tuple[torch.Tensor, list[int]]:
-    """Kept rows (sorted) and kept count per segment (protected included) of DART-ViT: every
-    segment keeps its protected tokens and ``keep_count(n - p)`` others by :func:`dart_keep`.
+    """Kept rows (sorted) and kept count per segment (protected included) of DART-ViT: protected tokens
+    always, and of the others :func:`dart_vit_counts` by :func:`dart_keep`, per segment
+    (``scope="segment"``) or over the whole call (``"global"``). With ``budget="per_pivot4"`` the
+    pivots are visited in the official order (:func:`ipcv.methods.dart.official_order`) of their
+    packed positions.
 
     Args: h ``[L, D]`` states at the pruning block; scores ``[L]`` pivot scores.
     """
-    keeps, counts, start = [], [], 0
-    for n in seg_lengths:
-        prot = torch.zeros(n, dtype=torch.bool, device=h.device) if protected is None else protected[start : start + n]
-        free = (~prot).nonzero().flatten() + start
-        local = dart_keep(h[free], scores[free], keep_count(free.numel(), keep_ratio), pivots)
-        kept = torch.cat([prot.nonzero().flatten() + start, free[local]]).sort().values
-        keeps.append(kept)
-        counts.append(kept.numel())
-        start += n
-    return torch.cat(keeps), counts
+    L = h.shape[0]
+    prot = torch.zeros(L, dtype=torch.bool, device=h.device) if protected is None else protected
+    groups = [(0, L)] if settings.scope == "global" else []
+    if not groups:
+        start = 0
+        for n in seg_lengths:
+            groups.append((start, start + n))
+            start += n
+    official = settings.budget == "per_pivot4"
+    keeps = []
+    for a, b in groups:
+        free = (~prot[a:b]).nonzero().flatten() + a
+        k = dart_vit_counts(settings, free.numel())
+        per = per_pivot4(free.numel(), settings.keep_ratio, settings.pivots) if official and k < free.numel() else None
+        local = dart_keep(
+            h[free], scores[free], k, settings.pivots, positions=free if official else None, per_pivot=per
+        )
+        keeps.append(torch.cat([prot[a:b].nonzero().flatten() + a, free[local]]).sort().values)
+    keep = torch.cat(keeps).sort().values
+    bounds = torch.tensor(list(seg_lengths), device=h.device).cumsum(0)
+    counts = torch.bincount(torch.bucketize(keep, bounds, right=True), minlength=len(seg_lengths)).tolist()
+    return keep, counts
 
 
 def run_dart_vit(
@@ -219,25 +262,29 @@ def run_dart_vit(
 ) -> torch.Tensor:
     """Run all ``depth`` blocks of one call under DART-ViT.
 
-    Blocks ``0 .. lp-1`` full; at the input of block lp: pivots = largest L1 norm of block lp's keys
-    (before rotary in Qwen2-VL), selection by :func:`dart_select`; blocks ``lp ..`` on the kept
-    tokens (``ops.kept``); finally every pruned token gets a copy of its closest kept token of the
-    same segment (Euclidean on the states at lp).
+    Blocks ``0 .. lp-1`` full; at the input of block lp: pivots = largest L1 norm of the attention
+    keys (before rotary in Qwen2-VL) of block lp (``key_layer="current"``) or of block lp - 1 for its
+    own input (``"previous"``), selection by :func:`dart_select`; blocks ``lp ..`` on the kept
+    tokens (``ops.kept``); finally every pruned token gets a copy of its closest kept token (same
+    segment; any segment with ``scope="global"``), Euclidean on the states at lp.
 
     Args: as :func:`ipcv.engine.run_ipcv`. Returns: ``[L, D]`` full length, original order.
     """
     seg = [int(n) for n in seg_lengths]
     lp = settings.prune_layer
     n_prot = _protected_counts(seg, protected)
-    if all(keep_count(n - p, settings.keep_ratio) == n - p for n, p in zip(seg, n_prot)):
+    units = [sum(seg) - sum(n_prot)] if settings.scope == "global" else [n - p for n, p in zip(seg, n_prot)]
+    if all(dart_vit_counts(settings, n) == n for n in units):
         for layer in range(depth):  # nothing pruned: the plain blocks
             h = ops.full(layer, h)
         return h
+    h_prev = h
     for layer in range(lp):
-        h = ops.full(layer, h)
-    keep, counts = dart_select(h, pivot_scores(ops.keys(lp, h)), seg, protected, settings.keep_ratio, settings.pivots)
+        h_prev, h = h, ops.full(layer, h)
+    keys = ops.keys(lp - 1, h_prev) if settings.key_layer == "previous" else ops.keys(lp, h)
+    keep, counts = dart_select(h, pivot_scores(keys), seg, protected, settings)
     rem = complement(keep, h.shape[0])
-    nearest = find_neighbors(h, keep, rem, seg, counts, neighbors=1)
+    nearest = find_neighbors(h, keep, rem, seg, counts, neighbors=1, scope=settings.scope)
     plan = Plan(keep, rem, seg, counts, nearest)
     h_keep = h[keep]
     for layer in range(lp, depth):
@@ -269,7 +316,7 @@ def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int
     pruning rounds copy. Not counted: key averaging, norms, argmax/sort, index copies.
     """
     seg = [int(n) for n in seg_lengths]
-    plan = merge_plan(seg, [prefix] * len(seg), settings.keep_ratio, depth)
+    plan = merge_plan(seg, [prefix] * len(seg), settings, depth)
     d = dim // heads
     counts, blocks, overhead = list(seg), [], 0
     for layer in range(depth):
@@ -287,12 +334,20 @@ def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int
 
 
 def count_dart_vit(settings: DARTViT, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
-    """Per-block token counts and overhead of DART-ViT: the keys of block lp (``2 D^2 L``), the
+    """Per-block token counts and overhead of DART-ViT (``scope="global"``: its budget counted as if it
+    fell evenly over the segments): the keys of block lp (``2 D^2 L``), the
     pivot/candidate cosine similarities (``2 D P n`` per segment) and the closest-kept search
     (``2 D R K`` per segment, as IPCV's kNN)."""
     seg = [int(n) for n in seg_lengths]
     lp = settings.prune_layer
-    kept = [keep_count(n - prefix, settings.keep_ratio) + prefix for n in seg]
+    if settings.scope == "global":  # counted as if the call's budget fell evenly (as IPCV's global scope)
+        free = [n - prefix for n in seg]
+        total = dart_vit_counts(settings, sum(free))
+        shares = [total * f // sum(free) for f in free]
+        shares[-1] += total - sum(shares)
+        kept = [k + prefix for k in shares]
+    else:
+        kept = [dart_vit_counts(settings, n - prefix) + prefix for n in seg]
     blocks = [BlockCount(seg, seg, seg)] * lp + [BlockCount(kept, kept, kept)] * (depth - lp)
     overhead = 2 * dim * dim * sum(seg)
     for n, k in zip(seg, kept):

@@ -97,14 +97,14 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
 
 def test_summarize_sums_latency_and_averages_per_sample():
     calls = [
-        dict(batch=1, new_tokens=3, prefill_s=1.0, total_s=2.0, visual_in=[10], visual_per_layer=[10, 4],
-             vision_tflops=1.0, llm_tflops=2.0, kv_mb=3.0),
-        dict(batch=2, new_tokens=5, prefill_s=3.0, total_s=4.0, visual_in=[20, 30], visual_per_layer=[50, 20],
-             vision_tflops=4.0, llm_tflops=2.0, kv_mb=6.0),
+        dict(batch=1, new_tokens=3, prefill_s=1.0, total_s=2.0, vision_s=0.5, visual_in=[10],
+             visual_per_layer=[10, 4], vision_tflops=1.0, llm_tflops=2.0, kv_mb=3.0),
+        dict(batch=2, new_tokens=5, prefill_s=3.0, total_s=4.0, vision_s=1.0, visual_in=[20, 30],
+             visual_per_layer=[50, 20], vision_tflops=4.0, llm_tflops=2.0, kv_mb=6.0),
     ]  # fmt: skip
     s = summarize(calls)
     assert s["samples"] == 3 and s["calls"] == 2
-    assert s["latency_s"] == 6.0 and s["prefill_s"] == 4.0
+    assert s["latency_s"] == 6.0 and s["prefill_s"] == 4.0 and s["vision_s"] == 1.5
     assert s["visual_tokens_llm"] == pytest.approx(20.0)
     assert s["visual_tokens_per_layer"] == pytest.approx([20.0, 8.0])
     assert s["tflops"] == pytest.approx((5.0 + 4.0) / 3)
@@ -250,3 +250,72 @@ def test_sweep_killed_and_resumed_ends_with_the_same_rows(sweep, assets):
     assert len(rows) == len({store.row_key(r) for r in rows}) == len(names) * len(TASKS)
     expected = sorted((_comparable(sweep[s, t]) for s in names for t in TASKS), key=lambda r: str(r))
     assert sorted((_comparable(r) for r in rows), key=lambda r: str(r)) == expected
+
+
+# --- command-line errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["table9"], ["unknown sweep 'table9'", "table1", "fig5"]),
+        (["custom", "--model", "/no/such/dir", "--tasks", "pope", "--setting", "a=none,none"], ["no such local"]),
+        (["custom", "--model", "/tmp", "--tasks", "pope", "--setting", "a=IPCV:2,none"], ["keep_ratio=2.0", "(0, 1]"]),
+        (["custom", "--model", "/tmp", "--tasks", "pope", "--setting", "a=IPCV:0.3"], ["NAME=VISION,LANGUAGE"]),
+        (["table1", "--tasks", "gqa,mathvista"], ["mathvista not in sweep table1", "ocrbench"]),
+        (["table1", "--family", "gpt"], ["--family 'gpt' is not allowed", "qwen2_vl"]),
+        (["table1", "--protocol", "mine"], ["protocol='mine'", "official"]),
+    ],
+)
+def test_command_line_errors_name_what_is_allowed(argv, words, capsys):
+    from ipcv.eval.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    text = str(e.value) + capsys.readouterr().err
+    for w in words:
+        assert w in text, text
+
+
+def test_unknown_task_is_refused_with_close_names(tmp_path):
+    from ipcv.eval.__main__ import check_tasks
+
+    with pytest.raises(SystemExit) as e:
+        check_tasks(["popee"], None)
+    assert "popee: not an lmms-eval task" in str(e.value) and "pope" in str(e.value)
+
+
+def test_every_family_has_a_wrapper_of_the_harness_kind():
+    from lmms_eval.api.model import lmms
+
+    from ipcv.eval import harness, plugin
+
+    manifests = {m.model_id: m for m in plugin.manifests()}
+    assert set(manifests) == set(plugin.MODELS) and "ipcv_qwen2_vl" in manifests
+    for model_id, (name, base, kind) in plugin.MODELS.items():
+        cls = getattr(harness, name)
+        assert issubclass(cls, harness._Compressed) and issubclass(cls, lmms)
+        assert cls.__mro__[2].__name__ == base.rsplit(".", 1)[1]
+        assert cls.is_simple == (kind == "simple")
+        assert getattr(manifests[model_id], f"{kind}_class_path") == f"ipcv.eval.harness.{name}"
+    with pytest.raises(AttributeError):
+        harness.NoSuchWrapper  # noqa: B018
+
+
+@pytest.mark.parametrize("protocol", ["paper", "official"])
+def test_every_sweep_setting_is_exactly_its_preset(protocol):
+    from ipcv import presets
+    from ipcv.eval.__main__ import not_built
+    from ipcv.eval.sweeps import SWEEPS, sweeps
+
+    found = sweeps(protocol)
+    assert tuple(found) == SWEEPS
+    for sweep in found.values():
+        for s in sweep.settings:
+            vision, language = parse_method(s.vision, "vision"), parse_method(s.language, "language")
+            if s.table is not None:
+                assert (vision, language) == presets.paper_settings(s.table, s.setting, s.method, protocol)
+            # a row the library cannot run yet is named before any model loads
+            reduced = getattr(vision, "output", "full") != "full" or getattr(vision, "scope", "segment") != "segment"
+            assert (not_built(s) is not None) == (reduced and not isinstance(vision, ipcv.IPCV)), s
+    assert [s.name for s in found["table4"].settings][:2] == ["vanilla/Vanilla", "vit65_llm65/DART (ViT)"]

@@ -17,8 +17,8 @@ def methods(keep: float) -> dict[str, object]:
     return {
         "DART": ipcv.DART(keep),
         "FastV": ipcv.FastV(keep),
-        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3)),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2)),
+        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
+        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last", recycle_in_budget=True),
     }
 
 
@@ -125,8 +125,8 @@ def test_padded_batch_cache_per_sample(model):
     [
         (ipcv.DART(0.5), [30, 30, 18, 18]),  # 24 visual + 6 text; 12 visual kept from layer 2
         (ipcv.FastV(0.5), [30, 30, 18, 18]),
-        (ipcv.V2Drop(0.5, layers=(1, 3)), [30, 23, 23, 18]),  # round(24 * 0.5 ** 0.5) = 17, then 12
-        (ipcv.SparseVLM(0.5, layers=(1, 2)), [30, 23, 18, 18]),
+        (ipcv.V2Drop(0.5, layers=(1, 3), budget="last"), [30, 23, 23, 18]),  # round(24 * 0.5 ** 0.5) = 17, then 12
+        (ipcv.SparseVLM(0.5, layers=(1, 2), budget="last", recycle_in_budget=True), [30, 23, 18, 18]),
     ],
     ids=lambda x: type(x).__name__ if not isinstance(x, list) else "",
 )
@@ -193,7 +193,9 @@ def test_token_accounting_matches_hand_count(model):
 
 
 @pytest.mark.parametrize(
-    "settings", [ipcv.V2Drop(0.35, layers=(1, 3)), ipcv.DART(0.35, text_pivots=0)], ids=["V2Drop", "DART"]
+    "settings",
+    [ipcv.V2Drop(0.35, layers=(1, 3), budget="last"), ipcv.DART(0.35, text_pivots=0)],
+    ids=["V2Drop", "DART"],
 )
 @pytest.mark.parametrize("case", ["two_images", "padded"])
 def test_cached_decoding_matches_full_forward(model, settings, case):
@@ -308,7 +310,7 @@ def test_two_threads_two_compressed_models():
     import threading
 
     models = [tiny_qwen2vl("sdpa", layers=LAYERS) for _ in range(2)]
-    settings = [ipcv.DART(0.35), ipcv.V2Drop(0.2, layers=(1, 2))]
+    settings = [ipcv.DART(0.35), ipcv.V2Drop(0.2, layers=(1, 2), budget="last")]
     for m, s in zip(models, settings):
         ipcv.compress(m, language=s)
     with torch.no_grad():

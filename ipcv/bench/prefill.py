@@ -45,13 +45,18 @@ def build_model(dtype: torch.dtype, attn: str, seed: int = 0) -> Qwen2VLForCondi
     return Qwen2VLForConditionalGeneration(cfg).to(dtype).eval()
 
 
+def text_ids(cfg) -> int:
+    """Random prompt text is drawn from ids below this: no special token, at most 151000 (Qwen2-VL's)."""
+    return min(151000, cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id)
+
+
 def inputs(model, side: int = 448, seed: int = 0) -> dict:
     """One ``side`` x ``side`` image between text tokens, as the processor would give it."""
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     grid = [1, side // 14, side // 14]
     n_visual = grid[1] * grid[2] // 4
-    text = lambda n: torch.randint(0, 151000, (n,), generator=g).tolist()  # noqa: E731
+    text = lambda n: torch.randint(0, text_ids(cfg), (n,), generator=g).tolist()  # noqa: E731
     ids = text(TEXT_BEFORE) + [cfg.vision_start_token_id] + [cfg.image_token_id] * n_visual
     ids = torch.tensor([ids + [cfg.vision_end_token_id] + text(TEXT_AFTER)])
     dtype = next(model.parameters()).dtype
@@ -64,18 +69,18 @@ def inputs(model, side: int = 448, seed: int = 0) -> dict:
     )
 
 
-def paper_settings() -> dict[str, tuple[object, object]]:
+def paper_settings(vit=(0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05)) -> dict[str, tuple[object, object]]:
     """The rows of Tables 1 and 4: (vision, language) settings by name. ViT-side methods are paired
-    with LLM-side DART at the same ratio (the authors' script pairs IPCV with DART); LLM-side
-    methods run with the whole ViT (100%)."""
+    with LLM-side DART at the same ratio (the authors' script pairs IPCV with DART) at the ratios
+    ``vit``; LLM-side methods run with the whole ViT (100%) at the ratios ``llm``."""
     rows: dict[str, tuple[object, object]] = {"vanilla": (None, None)}
-    for r in (0.5, 0.35, 0.2):
+    for r in vit:
         tag = f"ViT {r:.0%} / LLM {r:.0%}"
         rows[f"IPCV | {tag}"] = (ipcv.IPCV(r), ipcv.DART(r))
         rows[f"ToMe | {tag}"] = (ipcv.ToMe(r), ipcv.DART(r))
         rows[f"ToFu | {tag}"] = (ipcv.ToFu(r), ipcv.DART(r))
         rows[f"DART(ViT) | {tag}"] = (ipcv.DARTViT(r), ipcv.DART(r))
-    for r in (0.35, 0.2, 0.05):
+    for r in llm:
         tag = f"ViT 100% / LLM {r:.0%}"
         rows[f"DART | {tag}"] = (None, ipcv.DART(r))
         rows[f"FastV | {tag}"] = (None, ipcv.FastV(r))
@@ -84,11 +89,154 @@ def paper_settings() -> dict[str, tuple[object, object]]:
     return rows
 
 
+def protocol_settings(protocol: str) -> dict[str, tuple[object, object]]:
+    """The rows of Table 4 as :func:`ipcv.presets.paper_settings` gives them in ``protocol``
+    (``"paper"`` or ``"official"``), by name ``"method | setting"``."""
+    rows: dict[str, tuple[object, object]] = {}
+    for setting, method in ipcv.presets.paper_rows("table4"):
+        name = "vanilla" if method == "Vanilla" else f"{method} | {setting}"
+        rows[name] = ipcv.presets.paper_settings("table4", setting, method, protocol)
+    return rows
+
+
+# Qwen2-VL-7B-Instruct's decoder (28 layers, 4 KV heads of 128): Table 4's vanilla KV cache, 76.6 MB in
+# float16, is 1,336 prompt tokens. The split below (1,259 visual, 77 text) is fitted on one row (DART at
+# 35 %); every other row of :func:`table4_kv_fit` is a prediction.
+QWEN2_VL_7B_LAYERS, TABLE4_VISUAL, TABLE4_TEXT = 28, 1259, 77
+
+
+def visual_per_layer(language, visual: int, layers: int) -> list[int]:
+    """Visual tokens each decoder layer holds after an LLM-side pruner (one image, batch 1), from the
+    settings' own budget functions (SparseVLM's recycled cluster tokens included)."""
+    from ipcv.config import progressive_counts
+    from ipcv.methods.sparsevlm import recycled_clusters
+
+    if language is None:
+        return [visual] * layers
+    stages, cur, out = language.stage_layers(), visual, []
+    for i in range(layers):
+        if i in stages:
+            s = stages.index(i)
+            if getattr(language, "budget", None) == "progressive":
+                k = progressive_counts(cur, language.ratios()[s : s + 1], language.rounding)[0]
+            else:
+                k = language.counts(visual, layers)[s]
+            extra = 0
+            if isinstance(language, ipcv.SparseVLM) and not language.recycle_in_budget:
+                extra = recycled_clusters(cur - k, language.recycle, language.recycle_rule)[1]
+            cur = k + extra
+        out.append(cur)
+    return out
+
+
+# Qwen/Qwen2-VL-7B-Instruct: its decoder and vision tower, for the analytic Table 4 fit
+QWEN2_VL_7B_DECODER = dict(layers=28, dim=3584, mlp_dim=18944, heads=28, kv_heads=4, head_dim=128, vocab=152064)
+
+
+def _qwen2_vl_7b_tower_shape():
+    from ipcv.flops import EncoderShape
+
+    c = QWEN2_VL_7B_VISION
+    D, m = c["embed_dim"], c["spatial_merge_size"] ** 2
+    merger = 2 * (m * D * m * D + m * D * c["hidden_size"]) // m
+    embed = 2 * c["in_channels"] * c["temporal_patch_size"] * c["patch_size"] ** 2 * D
+    return EncoderShape(c["depth"], D, D * c["mlp_ratio"], embed, merger, 0, c["num_heads"])
+
+
+def _prefill_tflops(vision, visual_per_layer: list[int], visual: int, text: int) -> float:
+    """Analytic prefill TFLOPs of Qwen2-VL-7B for one image of ``4 * visual`` patches: the vision tower
+    under ``vision`` (a global budget counted as one image) and the decoder layers with causal attention."""
+    import dataclasses
+
+    from ipcv.flops import DecoderShape, decoder_layer_flops, encoder_flops
+
+    if vision is not None and getattr(vision, "scope", "segment") == "global":
+        vision = dataclasses.replace(vision, scope="segment")
+    if vision is not None and getattr(vision, "output", "full") == "reduced":
+        vision = dataclasses.replace(vision, output="full")
+    tower = encoder_flops(_qwen2_vl_7b_tower_shape(), [4 * visual], vision).total
+    shape = DecoderShape(**QWEN2_VL_7B_DECODER)
+    decoder = sum(decoder_layer_flops(shape, text + v, text + v) for v in visual_per_layer)
+    return (tower + decoder) / 1e12
+
+
+def table4_kv_fit(visual: int = TABLE4_VISUAL, text: int = TABLE4_TEXT) -> list[dict]:
+    """Table 4's KV and TFLOPs columns (% of vanilla) beside what the presets imply, in both protocols,
+    analytically: the KV cache is the sum over Qwen2-VL-7B's 28 layers of the tokens each layer
+    caches; FLOPs are the vision tower's and the decoder layers' (:mod:`ipcv.flops`). ViT-side
+    baselines hand the LLM their reduced token set (``output="reduced"``): ``text + int(visual * keep)``
+    in every layer. No model runs; a row a protocol cannot reach is None."""
+    import csv
+
+    layers, vanilla = QWEN2_VL_7B_LAYERS, QWEN2_VL_7B_LAYERS * (visual + text)
+    vanilla_tflops = _prefill_tflops(None, [visual] * layers, visual, text)
+    table = Path(__file__).resolve().parents[2] / "data" / "paper" / "table4_efficiency_mmbench.csv"
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        setting, method = r["setting"], r["method"]
+        fit = {
+            "setting": setting,
+            "method": method,
+            "table4_kv_pct": 100 * float(r["kv_cache_mb"]) / 76.6,
+            "table4_tflops_pct": 100 * float(r["tflops"]) / 31.9,
+        }
+        for protocol in ipcv.presets.PROTOCOLS:
+            vision, language = ipcv.presets.paper_settings("table4", setting, method, protocol)
+            if vision is not None and getattr(vision, "output", "full") == "reduced":
+                per_layer = [int(visual * vision.keep_ratio)] * layers
+            else:
+                try:
+                    if language is not None:
+                        language.check_depth(layers)
+                except ValueError:
+                    fit[protocol] = fit[protocol + "_tflops"] = None
+                    continue
+                per_layer = visual_per_layer(language, visual, layers)
+            fit[protocol] = 100 * sum(text + v for v in per_layer) / vanilla
+            fit[protocol + "_tflops"] = 100 * _prefill_tflops(vision, per_layer, visual, text) / vanilla_tflops
+        out.append(fit)
+    return out
+
+
+def print_kv_fit(rows: list[dict]) -> None:
+    head = f"{'% of vanilla':<28} {'KV: Table 4':>11} {'paper':>7} {'official':>8}"
+    print(f"{head}   {'FLOPs: Table 4':>14} {'paper':>7} {'official':>8}")
+
+    def cell(x, w):
+        return f"{x:>{w - 1}.1f}%" if x is not None else f"{'n/a':>{w}}"
+
+    for r in rows:
+        print(
+            f"{r['method'] + ' | ' + r['setting']:<28} {cell(r['table4_kv_pct'], 11)} {cell(r['paper'], 7)} "
+            f"{cell(r['official'], 8)}   {cell(r['table4_tflops_pct'], 14)} {cell(r['paper_tflops'], 7)} "
+            f"{cell(r['official_tflops'], 8)}"
+        )
+
+
+def runnable(settings: dict[str, tuple[object, object]]) -> tuple[dict[str, tuple[object, object]], dict[str, str]]:
+    """The settings this model can run, and the others with the reason (not built yet, or a budget the
+    method cannot reach on this decoder)."""
+    ok, refused = {}, {}
+    for name, (vision, language) in settings.items():
+        try:
+            if vision is not None:
+                vision.check_depth(QWEN2_VL_7B_VISION["depth"])
+            if language is not None:
+                language.check_depth(QWEN2_VL_2B_TEXT["num_hidden_layers"])
+        except (NotImplementedError, ValueError) as e:
+            refused[name] = f"{type(e).__name__}: {e}"
+            continue
+        ok[name] = (vision, language)
+    return ok, refused
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     model = build_model(DTYPES[args.dtype], args.attn)
-    kw = inputs(model)
-    settings = paper_settings()
+    kw = inputs(model, side=args.side)
+    settings, refused = runnable(paper_settings() if args.protocol == "ours" else protocol_settings(args.protocol))
 
     def call(vision, language):
         ipcv.restore(model)  # compress composes with earlier calls: start each setting from the plain model
@@ -109,10 +257,10 @@ def run(args: argparse.Namespace) -> dict:
     ipcv.restore(model)
 
     rows = []
-    base_t, base_f = median(times["vanilla"]), counts["vanilla"][0].total
+    base_t, base_f = (median(times["vanilla"]) if args.repeats else None), counts["vanilla"][0].total
     for name, (vision, language) in settings.items():
         c, rec = counts[name]
-        t = median(times[name])
+        t = median(times[name]) if args.repeats else None
         rows.append(
             dict(
                 setting=name,
@@ -120,7 +268,7 @@ def run(args: argparse.Namespace) -> dict:
                 language=repr(language),
                 median_s=t,
                 times_s=times[name],
-                time_ratio=t / base_t,
+                time_ratio=t / base_t if t is not None else None,
                 tflops=c.total / 1e12,
                 vision_tflops=c.vision / 1e12,
                 decoder_tflops=c.decoder / 1e12,
@@ -131,7 +279,10 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
         )
     print_rows(rows)
+    for name, why in refused.items():
+        print(f"{name:<36} not run: {why}")
     n_text = TEXT_BEFORE + TEXT_AFTER + 2
+    grid = args.side // 14
     return {
         "benchmark": "Qwen2-VL-2B prefill, vanilla vs the paper's ViT / LLM settings",
         "weights": "random (architecture of Qwen/Qwen2-VL-2B-Instruct); no accuracy is implied",
@@ -140,7 +291,9 @@ def run(args: argparse.Namespace) -> dict:
             | {"mrope_section": [16, 24, 24], "rope_theta": 1e6},
             "vision": QWEN2_VL_7B_VISION | {"hidden_size": 1536},
         },
-        "input": f"one 448x448 image (1024 patches, 256 LLM visual tokens) and {n_text} text tokens, batch 1",
+        "protocol": args.protocol,
+        "input": f"one {args.side}x{args.side} image ({grid * grid} patches, {grid * grid // 4} LLM visual tokens) "
+        f"and {n_text} text tokens, batch 1",
         "measure": "one forward with an empty cache (prefill), logits of the last token; median of repeats, "
         "timed interleaved across settings",
         "flops": "analytic (ipcv.costs): vision tower incl. patch embedding and merger, decoder layers with causal "
@@ -151,6 +304,7 @@ def run(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         **environment(device),
         "rows": rows,
+        "not_run": refused,
     }
 
 
@@ -159,22 +313,41 @@ def print_rows(rows: list[dict]) -> None:
           f"{'LLM tokens l0 / last':>20}")  # fmt: skip
     for r in rows:
         tokens = r["decoder_tokens_per_layer"]
+        timing = (
+            f"{r['median_s']:>9.2f} {100 * r['time_ratio']:>6.1f}%"
+            if r["median_s"] is not None
+            else f"{'-':>9} {'-':>7}"
+        )
         print(
-            f"{r['setting']:<36} {r['median_s']:>9.2f} {100 * r['time_ratio']:>6.1f}% {r['tflops']:>7.3f} "
+            f"{r['setting']:<36} {timing} {r['tflops']:>7.3f} "
             f"{100 * r['flop_ratio']:>6.1f}% {r['kv_cache_mb']:>6.2f} {tokens[0]:>10} / {tokens[-1]:<8}",
             flush=True,
         )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported); 0: no timing")
+    p.add_argument(
+        "--protocol",
+        choices=("ours", "paper", "official"),
+        default="ours",
+        help="ours: the library defaults at the paper's ratios; paper / official: Table 4's rows from ipcv.presets",
+    )
+    p.add_argument("--side", type=int, default=448, help="image side in pixels (a multiple of 28)")
+    p.add_argument(
+        "--kv-fit", action="store_true", help="only print Table 4's KV column beside both protocols (analytic)"
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--attn", default="sdpa", help="eager | sdpa")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: data/bench/prefill_qwen2vl2b_cpu.json)")
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.kv_fit:
+        print_kv_fit(table4_kv_fit())
+        return
     result = run(args)
-    out = args.out or Path("data/bench/prefill_qwen2vl2b_cpu.json")
+    suffix = "" if args.protocol == "ours" else f"_{args.protocol}"
+    out = args.out or Path(f"data/bench/prefill_qwen2vl2b_cpu{suffix}.json")
     write_json(out, result)
     print(f"\n{result['device']}; weights: {result['weights']}\nwritten to {out}")

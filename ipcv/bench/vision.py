@@ -1,17 +1,30 @@
-"""Latency of Qwen2-VL-7B's vision tower, vanilla vs IPCV, at real sizes with random weights.
+"""Latency of an MLLM's vision tower, vanilla vs IPCV, at real sizes with random weights.
 
+``--family``: qwen2_vl (Qwen2-VL-7B's tower), qwen2_5_vl (Qwen2.5-VL-7B's, window attention),
+internvl3 (InternViT-300M of InternVL3-1B/2B/8B, one 448x448 tile = 1024 patches + CLS per tile).
 Latency and FLOPs do not depend on weight values, so random weights at the real architecture give
 a real speed measurement (and no accuracy: none is reported). Settings are timed interleaved
-(vanilla, keep 0.65, 0.5, ... then again) so that slow drift of the machine hits all alike.
+(vanilla, keep 0.65, 0.5, ... then again) so that slow drift of the machine hits all alike. Beside
+wall time, the process's CPU time is recorded (``cpu_time_ratio``): on a CPU shared with other
+jobs it is the steadier measure of the work done (run with ``OMP_WAIT_POLICY=PASSIVE`` so that
+waiting threads do not spin).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+from transformers.models.internvl.modeling_internvl import InternVLVisionModel
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
@@ -25,16 +38,31 @@ QWEN2_VL_7B_VISION = dict(
     depth=32, embed_dim=1280, num_heads=16, hidden_size=3584, mlp_ratio=4, patch_size=14,
     spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
 )  # fmt: skip
+# Qwen/Qwen2.5-VL-7B-Instruct vision_config (3B and 72B share the tower, out_hidden_size differs)
+QWEN2_5_VL_7B_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
+    spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu",
+)  # fmt: skip
+# OpenGVLab/InternVL3-{1B,2B,8B}-hf vision_config: InternViT-300M-448px-V2.5
+INTERNVIT_300M = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, image_size=[448, 448],
+    patch_size=[14, 14], norm_type="layer_norm", use_qk_norm=False, layer_scale_init_value=0.1,
+    use_absolute_position_embeddings=True, use_mean_pooling=True, hidden_act="gelu",
+)  # fmt: skip
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0):
-    cfg = Qwen2VLVisionConfig(**QWEN2_VL_7B_VISION)
-    cfg._attn_implementation = attn
-    torch.manual_seed(seed)
-    with torch.device(device):
-        tower = Qwen2VisionTransformerPretrainedModel(cfg)
-    return tower.to(dtype).eval()
+@dataclass(frozen=True)
+class Family:
+    """One tower to time: how to build it, its input for ``patches`` patches, and its segments."""
+
+    name: str  # JSON file stem
+    title: str
+    weights: str
+    build: Callable[[], torch.nn.Module]
+    inputs: Callable[[int, torch.device, torch.dtype], dict]
+    segments: Callable[[int], list[int]]
 
 
 def square_grid(patches: int) -> list[list[int]]:
@@ -44,26 +72,70 @@ def square_grid(patches: int) -> list[list[int]]:
     return [[1, side, side]]
 
 
+def _qwen_inputs(patches: int, device, dtype) -> dict:
+    grid = torch.tensor(square_grid(patches), device=device)
+    return dict(hidden_states=torch.randn(patches, 3 * 2 * 14 * 14, device=device, dtype=dtype), grid_thw=grid)
+
+
+def _tiles(patches: int, device, dtype) -> dict:
+    if patches % 1024:
+        raise ValueError(f"--patches {patches}: InternVL tiles are 448x448 (1024 patches each); use a multiple of 1024")
+    return dict(pixel_values=torch.randn(patches // 1024, 3, 448, 448, device=device, dtype=dtype))
+
+
+FAMILIES = {
+    "qwen2_vl": Family(
+        "vision_qwen2vl7b", "Qwen2-VL-7B vision tower",
+        "random (architecture of Qwen/Qwen2-VL-7B-Instruct's vision tower); no accuracy is implied",
+        lambda: Qwen2VisionTransformerPretrainedModel(Qwen2VLVisionConfig(**QWEN2_VL_7B_VISION)),
+        _qwen_inputs, lambda n: [n],
+    ),
+    "qwen2_5_vl": Family(
+        "vision_qwen2_5vl7b", "Qwen2.5-VL-7B vision tower (window attention, 4 full-attention blocks)",
+        "random (architecture of Qwen/Qwen2.5-VL-7B-Instruct's vision tower); no accuracy is implied",
+        lambda: Qwen2_5_VisionTransformerPretrainedModel(Qwen2_5_VLVisionConfig(**QWEN2_5_VL_7B_VISION)),
+        _qwen_inputs, lambda n: [n],
+    ),
+    "internvl3": Family(
+        "vision_internvit300m", "InternViT-300M (InternVL3-1B/2B/8B vision tower), 448x448 tiles",
+        "random (architecture of OpenGVLab/InternVL3-8B-hf's vision tower, InternViT-300M-448px-V2.5); "
+        "no accuracy is implied",
+        lambda: InternVLVisionModel(InternVLVisionConfig(**INTERNVIT_300M)),
+        _tiles, lambda n: [1024 + 1] * (n // 1024),
+    ),
+}  # fmt: skip
+
+
+def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0, family: str = "qwen2_vl"):
+    torch.manual_seed(seed)
+    with torch.device(device):
+        tower = FAMILIES[family].build()
+    tower.config._attn_implementation = attn
+    return tower.to(dtype).eval()
+
+
 def run(args: argparse.Namespace) -> dict:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    tower = build_tower(device, dtype, args.attn)
+    family = FAMILIES[args.family]
+    tower = build_tower(device, dtype, args.attn, family=args.family)
     settings = {"vanilla": None} | {
         f"ipcv{k:g}": ipcv.IPCV(k, args.prune_layer, args.stabilize_layers, args.neighbors) for k in args.keep
     }
     rows = []
     for patches in args.patches:
-        grid = torch.tensor(square_grid(patches), device=device)
-        x = torch.randn(patches, 3 * 2 * 14 * 14, device=device, dtype=dtype)
+        inputs = family.inputs(patches, device, dtype)
+        segments = family.segments(patches)
         times: dict[str, list[float]] = {name: [] for name in settings}
+        cpu: dict[str, list[float]] = {name: [] for name in settings}
         sections: dict[str, float] = {}
 
-        def call(s, x=x, grid=grid):
+        def call(s, inputs=inputs):
             if s is None:
                 ipcv.restore(tower)
             else:
                 ipcv.compress(tower, vision=s)
             with torch.inference_mode():
-                return tower(x, grid_thw=grid)
+                return tower(**inputs)
 
         for name, s in settings.items():  # warm-up, and the per-step time split of IPCV's own work
             with ipcv.trace(timing=True) as t:
@@ -71,12 +143,14 @@ def run(args: argparse.Namespace) -> dict:
             sections[name] = sum(t.sections.values())
         for _ in range(args.repeats):
             for name, s in settings.items():
+                c0 = time.process_time()
                 times[name].append(timed(lambda s=s: call(s), device))
-        vanilla_t = median(times["vanilla"])
-        vanilla_f = vision_flops(tower, [patches]).total
+                cpu[name].append(time.process_time() - c0)
+        vanilla_t, vanilla_c = median(times["vanilla"]), median(cpu["vanilla"])
+        vanilla_f = vision_flops(tower, segments).total
         for name, s in settings.items():
             t = median(times[name])
-            f = vision_flops(tower, [patches], s).total
+            f = vision_flops(tower, segments, s).total
             rows.append(
                 dict(
                     patches=patches,
@@ -85,6 +159,8 @@ def run(args: argparse.Namespace) -> dict:
                     median_s=t,
                     times_s=times[name],
                     time_ratio=t / vanilla_t,
+                    cpu_s=cpu[name],
+                    cpu_time_ratio=median(cpu[name]) / vanilla_c,
                     flop_ratio=f / vanilla_f,
                     gflops=f / 1e9,
                     ipcv_overhead_s=sections[name],
@@ -94,33 +170,40 @@ def run(args: argparse.Namespace) -> dict:
         print_rows([r for r in rows if r["patches"] == patches])
     ipcv.restore(tower)
     return {
-        "benchmark": "Qwen2-VL-7B vision tower, vanilla vs IPCV",
-        "weights": "random (architecture of Qwen/Qwen2-VL-7B-Instruct's vision tower); no accuracy is implied",
+        "benchmark": f"{family.title}, vanilla vs IPCV",
+        "family": args.family,
+        "weights": family.weights,
         "dtype": args.dtype,
         "attention": args.attn,
         "settings": dict(
             prune_layer=args.prune_layer, stabilize_layers=args.stabilize_layers, neighbors=args.neighbors
         ),
         "repeats": args.repeats,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         **environment(device),
         "rows": rows,
     }
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"\n{'patches':>7} {'setting':>9} {'median s':>9} {'time ratio':>10} {'FLOP ratio':>10} "
-          f"{'time/FLOP':>9} {'score+kNN+NGR':>14}")  # fmt: skip
+    print(f"\n{'patches':>7} {'setting':>9} {'median s':>9} {'time ratio':>10} {'CPU-time ratio':>14} "
+          f"{'FLOP ratio':>10} {'time/FLOP':>9} {'score+kNN+NGR':>14}")  # fmt: skip
     for r in rows:
         print(
             f"{r['patches']:>7} {r['setting']:>9} {r['median_s']:>9.3f} {r['time_ratio']:>10.3f} "
-            f"{r['flop_ratio']:>10.3f} {r['time_ratio'] / r['flop_ratio']:>9.3f} "
+            f"{r.get('cpu_time_ratio', float('nan')):>14.3f} {r['flop_ratio']:>10.3f} "
+            f"{r['time_ratio'] / r['flop_ratio']:>9.3f} "
             f"{100 * r['overhead_share_of_vanilla']:>13.2f}%",
             flush=True,
         )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--patches", type=int, nargs="+", default=[1024, 4096], help="patches of one square image")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_vl", help="which tower (real size)")
+    p.add_argument(
+        "--patches", type=int, nargs="+", default=[1024, 4096],
+        help="patches of one square image (internvl3: a multiple of 1024, one 448x448 tile each)",
+    )  # fmt: skip
     p.add_argument("--keep", type=float, nargs="+", default=[0.65, 0.5, 0.35, 0.2])
     p.add_argument("--prune-layer", type=int, default=3)
     p.add_argument("--stabilize-layers", type=int, default=7)
@@ -134,6 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     result = run(args)
-    out = args.out or Path("data/bench") / f"vision_qwen2vl7b_{args.device.split(':')[0]}_{args.dtype}_{args.attn}.json"
+    stem = FAMILIES[args.family].name
+    out = args.out or Path("data/bench") / f"{stem}_{args.device.split(':')[0]}_{args.dtype}_{args.attn}.json"
     write_json(out, result)
     print(f"\n{result['device']}; weights: {result['weights']}\nwritten to {out}")

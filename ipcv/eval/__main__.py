@@ -172,8 +172,38 @@ def _rows(sweep: Sweep, setting: Setting, tasks: list[str], run_dir: Path, args)
     return rows
 
 
+def check_tasks(tasks, include_path: str | None) -> None:
+    """Refuse task names lmms-eval does not know (it would only log an error and exit 0), with the
+    closest known names."""
+    import difflib
+
+    from lmms_eval.tasks import TaskManager
+
+    known = set(TaskManager(include_path=include_path).all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        hints = {t: difflib.get_close_matches(t, known, n=5) for t in unknown}
+        lines = [f"  {t}: not an lmms-eval task; close: {', '.join(h) or 'none'}" for t, h in hints.items()]
+        raise SystemExit("--tasks:\n" + "\n".join(lines) + "\n(all names: lmms-eval --tasks list)")
+
+
+def not_built(setting: Setting) -> str | None:
+    """Why the library cannot run ``setting`` on any model yet (a settings switch that is refused
+    whatever the model), or None."""
+    for text, side in ((setting.vision, "vision"), (setting.language, "language")):
+        settings = parse_method(text, side)
+        try:
+            if settings is not None:
+                settings.check_depth(1 << 20)  # any depth: only what no model can run raises here
+        except NotImplementedError as e:
+            return str(e)
+        except ValueError:
+            pass
+    return None
+
+
 def run(sweep: Sweep, args) -> int:
-    """Run every missing cell of ``sweep``; returns the number of settings that failed."""
+    """Run every missing cell of ``sweep``; returns the number of settings that failed or cannot run."""
     from tqdm.auto import tqdm
 
     done = {store.row_key(r) for r in store.load(args.store)}
@@ -187,6 +217,12 @@ def run(sweep: Sweep, args) -> int:
             if not tasks:
                 continue
             bar.set_postfix_str(setting.name)
+            reason = not_built(setting)
+            if reason is not None:
+                failed += 1
+                tqdm.write(f"[{sweep.name}] {setting.name}: not run: {reason}")
+                bar.update(len(tasks))
+                continue
             run_dir = (
                 Path(args.raw_dir) / _slug(sweep.model) / _slug(f"{setting.vision}__{setting.language}__{args.limit}")
             )
@@ -260,9 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         for s in sweep.settings:
             print(" ".join(_command(sweep, s, list(sweep.tasks), Path(args.raw_dir) / "RUN", args)))
         return 0
+    if (
+        args.model
+        and not Path(args.model).exists()
+        and (args.model.startswith((".", "/", "~")) or args.model.count("/") != 1)
+    ):
+        p.error(f"--model {args.model!r}: no such local directory (a hub id is written owner/name)")
+    check_tasks(sweep.tasks, args.include_path)
     failed = run(sweep, args)
     if failed:
-        print(f"{failed} setting(s) failed; their cells are not in the store: run the same command again after fixing")
+        print(f"{failed} setting(s) failed or cannot run yet (see above); their cells are not in the store")
     return 1 if failed else 0
 
 

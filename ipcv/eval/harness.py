@@ -1,6 +1,7 @@
 """lmms-eval model wrappers that compress the harness's own models after loading.
 
-Each wrapper subclasses lmms-eval's wrapper of its family (so prompts, generation and scoring are
+Each wrapper (one per model family, listed in :data:`ipcv.eval.plugin.MODELS`) subclasses lmms-eval's
+wrapper of its family (so prompts, generation and scoring are
 exactly the harness's) and adds three model arguments:
 
     lmms-eval --model ipcv_qwen2_vl \\
@@ -20,11 +21,11 @@ latency; per-task aggregates are logged at the end of each task (:func:`ipcv.eva
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 from pathlib import Path
 
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
-from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
 from loguru import logger
 
 from .. import api
@@ -92,5 +93,20 @@ class _Compressed:
         return answers
 
 
-class IPCVQwen2VL(_Compressed, Qwen2_VL):
-    """lmms-eval's ``qwen2_vl`` (Qwen2VLForConditionalGeneration), compressed by ipcv."""
+_classes: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> type:
+    """The wrapper class ``name`` of :data:`ipcv.eval.plugin.MODELS`, built on first use: a subclass of
+    the lmms-eval wrapper it names (imported only then) with :class:`_Compressed` in front."""
+    from .plugin import MODELS
+
+    spec = next((s for s in MODELS.values() if s[0] == name), None)
+    if spec is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _classes:
+        module, base = spec[1].rsplit(".", 1)
+        wrapper = getattr(importlib.import_module(module), base)
+        doc = f"lmms-eval's {base} ({spec[1]}), compressed by ipcv (see the module docstring)."
+        _classes[name] = type(name, (_Compressed, wrapper), {"__doc__": doc, "__module__": __name__})
+    return _classes[name]

@@ -5,7 +5,8 @@ Latency: CUDA events on a GPU (recorded on the stream, read after one synchroniz
 ``time.perf_counter``. *Prefill* is from the start of ``generate`` to the end of the model's first
 forward: input preparation, the vision encoder (``generate`` encodes images before prefill) and the
 LLM prefill, i.e. what a ``max_new_tokens=1`` call would take. *Total* is the whole ``generate`` call
-(the paper's Table 4 latency, summed over a benchmark).
+(the paper's Table 4 latency, summed over a benchmark). *Vision* is the time spent inside the vision
+encoder's calls (Figure 1's "ViT encoding"; the rest of prefill is mostly the LLM).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class CallRecord:
     batch: samples in the call. new_tokens: tokens generated per sample (longest row). prefill_s /
     total_s: seconds (see module doc). visual_in: visual tokens entering the LLM, per sample.
     visual_per_layer: ``[layer]`` visual tokens each decoder layer processed at prefill, summed over the
-    batch. vision_tflops / llm_tflops: analytic prefill FLOPs (vision tower, decoder prefill) in TFLOPs.
+    batch. vision_s: seconds inside the vision encoder. vision_tflops / llm_tflops: analytic prefill
+    FLOPs (vision tower, decoder prefill) in TFLOPs.
     kv_mb: KV cache after prefill, MB at 2 bytes per value (Table 4's unit).
     """
 
@@ -56,6 +58,7 @@ class CallRecord:
     new_tokens: int
     prefill_s: float
     total_s: float
+    vision_s: float
     visual_in: list[int]
     visual_per_layer: list[int]
     vision_tflops: float
@@ -74,18 +77,25 @@ def measured_generate(model: torch.nn.Module, generate: Callable, *args, **kwarg
     device = next(model.parameters()).device
     clock = _Clock(device)
     marks = {}
+    spans: list[list] = []
 
     def first_forward_done(module, args, output):
         marks.setdefault("prefill", clock.mark())
 
-    handle = model.register_forward_hook(first_forward_done)
+    encoder = api._find(model)[1]
+    handles = [
+        model.register_forward_hook(first_forward_done),
+        encoder.register_forward_pre_hook(lambda module, args: spans.append([clock.mark()])),
+        encoder.register_forward_hook(lambda module, args, output: spans[-1].append(clock.mark())),
+    ]
     try:
         with api.stats(model) as record:
             start = clock.mark()
             out = generate(*args, **kwargs)
             end = clock.mark()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     total = clock.seconds(start, end)
     prefill = clock.seconds(start, marks["prefill"]) if "prefill" in marks else total
     ids = kwargs.get("input_ids", args[0] if args else None)
@@ -99,6 +109,7 @@ def measured_generate(model: torch.nn.Module, generate: Callable, *args, **kwarg
         new_tokens=new,
         prefill_s=prefill,
         total_s=total,
+        vision_s=sum(clock.seconds(a, b) for a, b in spans),
         visual_in=list(first.visual[0]) if first else [],
         visual_per_layer=[int(sum(v)) for v in first.visual] if first else [],
         vision_tflops=cost.vision / 1e12,
@@ -124,6 +135,7 @@ def summarize(records: list[dict]) -> dict:
         "prefill_s": sum(r["prefill_s"] for r in records),
         "latency_per_sample_s": sum(r["total_s"] for r in records) / n,
         "prefill_per_sample_s": sum(r["prefill_s"] for r in records) / n,
+        "vision_s": sum(r.get("vision_s", 0.0) for r in records),
         "visual_tokens_llm": sum(sum(r["visual_in"]) for r in records) / n,
         "visual_tokens_per_layer": per_layer,
         "vision_tflops": mean("vision_tflops"),

@@ -32,7 +32,28 @@ VIDEO_TASKS: dict[str, str] = {
     "MLVU": "mlvu_dev",
     "VideoMME": "videomme",
 }
+# lmms-eval task -> (metric keys summed, factor to the paper's unit). A factor of 100 turns a fraction into
+# the paper's percent; MME is the raw perception + cognition score, as in the paper. Avg. Acc. is relative to
+# vanilla, so these factors only change how a table reads, never an average.
+TASK_METRICS: dict[str, tuple[tuple[str, ...], float]] = {
+    "gqa": (("exact_match",), 100.0),
+    "mmbench_en_dev": (("gpt_eval_score",), 1.0),
+    "mmbench_cn_dev": (("gpt_eval_score",), 1.0),
+    "mme": (("mme_perception_score", "mme_cognition_score"), 1.0),
+    "pope": (("pope_accuracy",), 100.0),
+    "seedbench": (("seed_image",), 100.0),
+    "textvqa_val": (("exact_match",), 100.0),
+    "vizwiz_vqa_val": (("exact_match",), 100.0),
+    "ocrbench": (("ocrbench_accuracy",), 100.0),
+    "mvbench": (("mvbench_accuracy",), 1.0),
+    "egoschema_subset": (("score",), 1.0),
+    "mlvu_dev": (("mlvu_percetion_score",), 1.0),
+    "videomme": (("videomme_perception_score",), 1.0),
+}
 TASK_NOTES: dict[str, str] = {
+    "pope": "POPE: the paper does not say which POPE metric it reports; accuracy is used (F1 is in the store too)",
+    "videomme": "VideoMME overall; lmms-eval logs the short / medium / long split but does not report it as metrics, "
+    "so Table 2's Avg. Acc. (which averages all seven columns) is computed over the columns present",
     "mmbench_en_dev": "MMBench-EN dev (the test split has no public labels); lmms-eval falls back to a GPT judge "
     "(OPENAI_API_KEY) when its heuristics cannot extract the option letter",
     "mmbench_cn_dev": "MMBench-CN dev, as mmbench_en_dev",

@@ -59,11 +59,29 @@ def select_least_duplicated(candidates: torch.Tensor, pivots: torch.Tensor, budg
     return torch.cat(chosen)
 
 
+def official_order(positions: Sequence[int]) -> list[int]:
+    """The order in which DART's official code visits its pivots: it puts their prompt positions into
+    a Python ``set`` (image pivots first, then text pivots) and iterates over it, so the order is
+    CPython's set order of those integers. Returns indices into ``positions`` in that order."""
+    where = {p: i for i, p in enumerate(positions)}
+    if len(where) != len(positions):
+        raise ValueError(f"pivot positions must be distinct, got {list(positions)}")
+    return [where[p] for p in set(positions)]
+
+
 def dart_keep(
-    tokens: torch.Tensor, scores: torch.Tensor, keep: int, n_pivots: int, guides: torch.Tensor | None = None
+    tokens: torch.Tensor,
+    scores: torch.Tensor,
+    keep: int,
+    n_pivots: int,
+    guides: torch.Tensor | None = None,
+    *,
+    positions: torch.Tensor | None = None,
+    guide_positions: torch.Tensor | None = None,
+    per_pivot: int | None = None,
 ) -> torch.Tensor:
-    """The ``keep`` tokens DART keeps out of one group: the ``min(n_pivots, keep)`` top-scoring pivots
-    plus :func:`select_least_duplicated` for the rest.
+    """The tokens DART keeps out of one group: the ``min(n_pivots, keep)`` top-scoring pivots plus
+    :func:`select_least_duplicated` for the rest.
 
     Args:
         tokens: ``[N, D]`` states compared by cosine similarity; scores: ``[N]`` pivot scores
@@ -71,7 +89,13 @@ def dart_keep(
         guides: ``[T, D]`` extra pivots from outside the group (LLM-side DART: the text pivots), or
             None. They take their share of the per-pivot budget, steering the choice away from
             their duplicates, but are not part of the result.
-    Returns: ``[keep]`` long indices into ``tokens``, sorted.
+        positions / guide_positions: prompt positions ``[N]`` / ``[T]`` of the tokens and guides. If
+            given, pivots are visited in the official order (:func:`official_order`); otherwise
+            image pivots by score, then the guides in the order given.
+        per_pivot: tokens each pivot takes (the official ``int(n * keep / pivots)``); None: the
+            ``keep - pivots`` left are spread as evenly as possible (:func:`pivot_budgets`).
+    Returns: long indices into ``tokens``, sorted: ``keep`` of them, or with ``per_pivot``
+        ``pivots + per_pivot * (pivots + T)`` (at most N).
     """
     N = tokens.shape[0]
     if keep >= N:
@@ -82,5 +106,15 @@ def dart_keep(
     rest[pivots] = False
     pool = rest.nonzero().flatten()
     steer = tokens[pivots] if guides is None else torch.cat([tokens[pivots], guides.to(tokens.dtype)])
-    picked = pool[select_least_duplicated(tokens[pool], steer, pivot_budgets(keep - P, steer.shape[0]))]
+    if positions is not None:
+        where = positions[pivots].tolist() + ([] if guides is None else guide_positions.tolist())
+        steer = steer[official_order(where)]
+    if per_pivot is None:
+        budgets = pivot_budgets(keep - P, steer.shape[0])
+    else:
+        budgets, left = [], pool.numel()
+        for _ in range(steer.shape[0]):
+            budgets.append(min(per_pivot, left))
+            left -= budgets[-1]
+    picked = pool[select_least_duplicated(tokens[pool], steer, budgets)]
     return torch.cat([pivots, picked]).sort().values

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import keep_count
+from ..config import floor_count, keep_count
 
 # Largest distance block computed at once by the kNN search (elements of a float32 matrix):
 # 2**24 elements = 64 MiB, so 16,384 patches never need their full R x K matrix.
@@ -42,8 +42,13 @@ def select_tokens(
     """Eq. 2: indices of the kept tokens, in original order, and the kept count of each segment.
 
     ``scope="segment"``: each segment keeps ``keep_count(n)`` of its ``n`` unprotected tokens, by
-    top score. ``scope="global"``: one top-K over all unprotected tokens of the call, with
-    ``K = keep_count(total)``. Protected tokens (a CLS token) are always kept and never counted.
+    top score. ``scope="global"``: the authors' release: one top-K over all unprotected tokens of
+    the call, with the release's count ``K = int(total * (1 - reduction))``
+    (:func:`ipcv.config.floor_count`, ``reduction`` the decimal ``1 - keep_ratio``): 0.5 of 1,023
+    patches keeps 511 and 0.35 of 1,316 keeps 460, where ``keep_count`` gives 512 and 461. Protected tokens (a CLS
+    token) are always kept and never counted. Scores are compared in float32 (see
+    :func:`feature_difference_scores`); the release compares them in the model dtype, so in bf16 /
+    fp16 near-ties may be broken differently.
 
     Args:
         scores: ``[L]``. seg_lengths: lengths summing to L. protected: ``[L]`` bool or None.
@@ -58,7 +63,7 @@ def select_tokens(
         scores = scores.masked_fill(protected, float("inf"))
         n_protected = [int(p.sum()) for p in protected.split(list(seg_lengths))]
     if scope == "global":
-        budget = keep_count(L - sum(n_protected), keep_ratio) + sum(n_protected)
+        budget = floor_count(L - sum(n_protected), keep_ratio) + sum(n_protected)
         keep = scores.topk(budget).indices.sort().values
         bounds = torch.tensor(list(seg_lengths), device=scores.device).cumsum(0)
         seg_of_keep = torch.bucketize(keep, bounds, right=True)  # right=True: a segment's first token is its own

@@ -8,8 +8,6 @@ returns as one token. Nothing here knows transformers.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -29,10 +27,13 @@ def rater_scores(probs: torch.Tensor) -> torch.Tensor:
     return p[raters].mean(0)
 
 
-def dpc_knn(x: torch.Tensor, n_clusters: int, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def dpc_knn(
+    x: torch.Tensor, n_clusters: int, k: int = 5, include_self: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak clustering with kNN density (Du et al. 2016; as in TCFormer and SparseVLM).
 
-    density ``rho_i = exp(-mean of the squared distances to the k nearest others)``; ``delta_i`` =
+    density ``rho_i = exp(-mean of the squared distances to the k nearest others)`` (``include_self``:
+    the k nearest tokens counting the token itself at distance 0, as SparseVLM's code does); ``delta_i`` =
     distance to the nearest denser point (the largest distance for the densest); the
     ``n_clusters`` points with the largest ``rho * delta`` are centres, every point joins its
     nearest centre.
@@ -44,7 +45,10 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, k: int = 5) -> tuple[torch.Tensor,
     xf = x.float()
     dist = torch.cdist(xf, xf) / (xf.shape[-1] ** 0.5)
     kk = max(1, min(k, M - 1))
-    if M > 1:
+    if include_self:
+        near = dist.topk(max(1, min(k, M)), largest=False).values
+        rho = (-(near**2).mean(-1)).exp()
+    elif M > 1:
         near = dist.topk(kk + 1, largest=False).values[:, 1:]  # drop self
         rho = (-(near**2).mean(-1)).exp()
     else:
@@ -60,21 +64,36 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, k: int = 5) -> tuple[torch.Tensor,
     return centres, assign
 
 
-def recycle(x: torch.Tensor, n_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+def recycle(x: torch.Tensor, n_clusters: int, neighbors: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseVLM's recycling of deleted tokens ``x`` ``[M, D]`` into ``n_clusters`` tokens.
 
+    The density uses the ``neighbors`` nearest tokens, the token itself included (None: as many as
+    there are clusters, as SparseVLM's code does).
     Returns: centres ``[C]`` (indices into x: each cluster's density peak, whose position the merged
     token takes) and merged ``[C, D]`` (the mean of each cluster's states, in x's dtype).
     """
-    centres, assign = dpc_knn(x, n_clusters)
+    centres, assign = dpc_knn(x, n_clusters, n_clusters if neighbors is None else neighbors, include_self=True)
     sums = torch.zeros(n_clusters, x.shape[-1], dtype=torch.float32, device=x.device)
     sums.index_add_(0, assign, x.float())
     sizes = torch.bincount(assign, minlength=n_clusters).clamp_min(1).float()
     return centres, (sums / sizes[:, None]).to(x.dtype)
 
 
-def recycled_clusters(deleted: int, share: float) -> tuple[int, int]:
-    """``(m, c)``: of ``deleted`` tokens, ``m = ceil(share * deleted)`` are recycled into
-    ``c = m // 10 + 1`` clusters (SparseVLM's rule); ``(0, 0)`` when ``share`` or ``deleted`` is 0."""
-    m = math.ceil(share * deleted - 1e-9) if deleted and share else 0
-    return (m, m // 10 + 1) if m else (0, 0)
+def recycled_clusters(deleted: int, share: float, rule: str = "plus_one") -> tuple[int, int]:
+    """``(m, c)``: of ``deleted`` tokens, ``m`` are recycled into ``c = m // 10 + 1`` clusters.
+
+    ``rule="plus_one"`` (SparseVLM's code): ``m = int(share * deleted) + 1``; ``"at_least_one"`` (the
+    IPCV authors' port): ``m = max(1, int(share * deleted))``, and nothing unless ``deleted > 1``.
+    ``(0, 0)`` when ``share`` or ``deleted`` is 0; ``m`` is at most ``deleted``."""
+    if not deleted or not share:
+        return 0, 0
+    if rule == "plus_one":
+        m = int(share * deleted) + 1
+    elif rule == "at_least_one":
+        if deleted <= 1:
+            return 0, 0
+        m = max(1, int(share * deleted))
+    else:
+        raise ValueError(f"recycled_clusters: rule={rule!r} is not allowed: use 'plus_one' or 'at_least_one'")
+    m = min(m, deleted)
+    return m, m // 10 + 1

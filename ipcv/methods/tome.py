@@ -147,6 +147,25 @@ def merge_schedule(n: int, k: int, depth: int) -> list[int]:
     return [R * (layer + 1) // depth - R * layer // depth for layer in range(depth)]
 
 
+def release_schedule(n: int, target: float, depth: int, start: int, min_keep: float = 0.8) -> list[int]:
+    """Tokens each block removes in the IPCV authors' ToMe / ToFu runs: blocks before ``start`` none;
+    from ``start`` on, while the running share (the product of the shares asked so far) is above
+    ``target``, a block asks for ``max(target / share, min_keep)`` of its ``c`` tokens and removes
+    ``c - int(c * asked)`` rounded down to a multiple of 4. The running share multiplies the share
+    asked, not the one obtained, so the result can stay above ``target * n``.
+
+    Args: n tokens; target share in (0, 1]; depth blocks; start block. Returns ``[depth]`` counts.
+    """
+    r, share, cur = [0] * depth, 1.0, n
+    for layer in range(start, depth):
+        if cur <= 1 or not share > target:
+            break
+        asked = max(target / share, min_keep)
+        removed = (cur - int(cur * asked)) // 4 * 4
+        r[layer], cur, share = removed, cur - removed, share * asked
+    return r
+
+
 def merge_rounds(n: int, r: int) -> list[int]:
     """How a block removes ``r`` of ``n`` tokens: one bipartite round removes at most ``ceil(n / 2)``
     (every A token merged), so a larger ``r`` (only for extreme ratios on shallow encoders) takes

@@ -18,9 +18,9 @@ from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.siglip import modeling_siglip as siglip
 
 from ..engine import Plan, run_vision
-from ..flops import EncoderShape
+from . import _capture
 from ._attention import nonempty_segments, segment_attention
-from .base import Adapter, pop_output_flags
+from .base import Adapter, EncoderShape
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,13 @@ class _Spec:
     norm2: str
     heads: str
     scaling: str
-    layer_scale1: str | None
+    layer_scale1: str | None  # a module (DINOv2's LayerScale) or a parameter (InternViT's lambda_1)
     layer_scale2: str | None
     prefix_tokens: int
     eager: object
+    q_norm: str | None = None  # InternViT-6B's qk-norm over the whole width, before the heads split
+    k_norm: str | None = None
+    layer_mask_arg: bool = True  # the layer's forward takes an attention mask after the states
 
 
 _DINOV2 = _Spec(
@@ -63,13 +66,19 @@ class _EncoderCall:
     def __init__(self, layers: nn.ModuleList, spec: _Spec, batch: int, tokens: int, kwargs: dict):
         self.layers, self.spec, self.B, self.N, self.kwargs = layers, spec, batch, tokens, kwargs
 
+    def _plain(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The unmodified layer on a batch ``[B, n, D]``."""
+        if self.spec.layer_mask_arg:
+            return self.layers[layer](x, None, **self.kwargs)
+        return self.layers[layer](x)
+
     def full(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        return self.layers[layer](h.view(self.B, self.N, -1), None, **self.kwargs).reshape(h.shape)
+        return self._plain(layer, h.view(self.B, self.N, -1)).reshape(h.shape)
 
     def kept(self, layer: int, h_keep: torch.Tensor, plan: Plan) -> torch.Tensor:
         counts = plan.keep_counts
         if len(set(counts)) == 1:  # same count in every image: the unmodified layer, batched
-            return self.layers[layer](h_keep.view(self.B, counts[0], -1), None, **self.kwargs).reshape(h_keep.shape)
+            return self._plain(layer, h_keep.view(self.B, counts[0], -1)).reshape(h_keep.shape)
         lengths = [c for c in counts if c]
         return self._layer(layer, h_keep, h_keep, lengths, lengths)
 
@@ -90,15 +99,18 @@ class _EncoderCall:
         H = getattr(attn, s.heads)
         x_q = norm1(h_q)
         x_kv = x_q if h_kv is h_q else norm1(h_kv)
-        q = getattr(attn, s.q)(x_q).view(x_q.shape[0], H, -1)
-        k = getattr(attn, s.k)(x_kv).view(x_kv.shape[0], H, -1)
+        q = self._qk(attn, s.q, s.q_norm, x_q).view(x_q.shape[0], H, -1)
+        k = self._qk(attn, s.k, s.k_norm, x_kv).view(x_kv.shape[0], H, -1)
         v = getattr(attn, s.v)(x_kv).view(x_kv.shape[0], H, -1)
         scaling = getattr(attn, s.scaling)
         out = segment_attention(attn, attn.config, q, k, v, q_lengths, kv_lengths, scaling, s.eager, key_bias)
         out = getattr(attn, s.out)(out.reshape(h_q.shape[0], -1))
-        if s.layer_scale1:
-            out = getattr(blk, s.layer_scale1)(out)
-        return h_q + out, k
+        return h_q + _scaled(blk, s.layer_scale1, out), k
+
+    @staticmethod
+    def _qk(attn, proj: str, norm: str | None, x: torch.Tensor) -> torch.Tensor:
+        y = getattr(attn, proj)(x)
+        return getattr(attn, norm)(y) if norm else y
 
     # --- token merging (ToMe / ToFu) and DART-ViT: a layer split at the residual after attention ---
 
@@ -106,7 +118,7 @@ class _EncoderCall:
         """Keys of layer ``layer``'s attention for ``h`` ``[N, D]``: ``[N, H, d]``."""
         s, blk = self.spec, self.layers[layer]
         attn = getattr(blk, s.attn)
-        return getattr(attn, s.k)(getattr(blk, s.norm1)(h)).view(h.shape[0], getattr(attn, s.heads), -1)
+        return self._qk(attn, s.k, s.k_norm, getattr(blk, s.norm1)(h)).view(h.shape[0], getattr(attn, s.heads), -1)
 
     def attention_part(
         self,
@@ -126,28 +138,50 @@ class _EncoderCall:
     def mlp_part(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """``h + mlp(norm2(h))`` (with LayerScale where the family has it), ``[M, D]``."""
         s, blk = self.spec, self.layers[layer]
-        mlp = blk.mlp(getattr(blk, s.norm2)(h))
-        if s.layer_scale2:
-            mlp = getattr(blk, s.layer_scale2)(mlp)
-        return h + mlp
+        return h + _scaled(blk, s.layer_scale2, blk.mlp(getattr(blk, s.norm2)(h)))
+
+
+def _scaled(blk: nn.Module, name: str | None, x: torch.Tensor) -> torch.Tensor:
+    """LayerScale of a block: a module (DINOv2) is called, a parameter (InternViT) multiplies."""
+    if name is None:
+        return x
+    scale = getattr(blk, name)
+    return scale * x if isinstance(scale, torch.Tensor) else scale(x)
 
 
 def _make_forward(spec: _Spec):
     def encoder_forward(self, hidden_states=None, attention_mask=None, inputs_embeds=None, **kwargs):
-        """Forward of a compressed ViT encoder: ``[B, N, D]`` in, ``[B, N, D]`` out (full length)."""
-        pop_output_flags(kwargs, type(self).__name__)
+        """Forward of a compressed ViT encoder: ``[B, N, D]`` in, ``[B, N, D]`` out (full length).
+
+        Each image (tile) is a segment; its leading CLS token (if the family has one) is always kept
+        and never counted. When the caller reads an inner layer (``vision_feature_layer``) that layer
+        is where the compressed schedule ends (:mod:`ipcv.models._capture`).
+        """
+        owner = type(self).__name__
+        flags = _capture.pop_flags(kwargs)
         h = hidden_states if hidden_states is not None else inputs_embeds
         if attention_mask is not None:
             raise ValueError(
-                f"{type(self).__name__} is compressed by ipcv: an attention_mask is not supported "
+                f"{owner} is compressed by ipcv: an attention_mask is not supported "
                 "(images of one batch must have the same number of patches)"
             )
         B, N, D = h.shape
         protected = torch.zeros(B, N, dtype=torch.bool, device=h.device)
         protected[:, : spec.prefix_tokens] = True
-        call = _EncoderCall(getattr(self, spec.layers), spec, B, N, kwargs)
-        depth = len(getattr(self, spec.layers))
-        out = run_vision(call, depth, h.reshape(B * N, D), [N] * B, self._ipcv_vision, protected.flatten())
+        layers = getattr(self, spec.layers)
+        call = _EncoderCall(layers, spec, B, N, kwargs)
+        with _capture.detached(owner, len(layers), flags) as capture:
+            settings = self._ipcv_vision
+            _capture.check_read_layer(settings, capture, owner)
+            states = {0: h}
+            out = h.reshape(B * N, D)
+            if capture.layer > 0:
+                out = run_vision(call, capture.layer, out, [N] * B, settings, protected.flatten())
+            states[capture.layer] = out.view(B, N, D)
+            for layer in range(capture.layer, len(layers)):  # after the layer read: full length, as before
+                out = call.full(layer, out)
+            states[len(layers)] = out.view(B, N, D)
+            capture.deliver(states)
         return BaseModelOutput(last_hidden_state=out.view(B, N, D))
 
     return encoder_forward

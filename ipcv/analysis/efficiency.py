@@ -1,0 +1,143 @@
+"""Table 4, Figure 1 and Figure 4 from the efficiency benchmark (``python -m ipcv.bench efficiency``),
+beside the paper's Table 4 (``data/paper/table4_efficiency_mmbench.csv``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from . import accuracy
+
+BENCH = accuracy.DATA / "bench" / "efficiency_qwen2vl2b_cpu.json"
+
+
+def load(path: str | Path = BENCH) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _paper_key(name: str) -> tuple[str, str]:
+    """``"IPCV | ViT 35% / LLM 35%"`` -> ``("vit35_llm35", "IPCV")``; ``"vanilla"`` -> ``("vanilla", "Vanilla")``."""
+    if name == "vanilla":
+        return "vanilla", "Vanilla"
+    method, ratios = (p.strip() for p in name.split("|"))
+    vit, llm = re.findall(r"(\d+)%", ratios)
+    return f"vit{vit}_llm{llm}", {"DART(ViT)": "DART (ViT)"}.get(method, method)
+
+
+def table4(bench: dict) -> pd.DataFrame:
+    """Our rows beside the paper's: relative total latency, relative prefill, FLOPs and KV cache.
+
+    Columns: setting, method; ``total %`` / ``prefill %`` / ``FLOPs %`` / ``KV MB`` measured here;
+    ``paper total %`` / ``paper prefill %`` / ``paper FLOPs %`` / ``paper KV %`` from Table 4 (FLOPs and KV
+    relative to the paper's vanilla, since the paper's model is the 7B and its input larger)."""
+    paper = accuracy.paper_table("table4").set_index(["setting", "method"])
+    base = paper.loc[("vanilla", "Vanilla")]
+    ours_base_kv = next(r for r in bench["rows"] if r["setting"] == "vanilla")["kv_cache_mb"]
+    out = []
+    for r in bench["rows"]:
+        key = _paper_key(r["setting"])
+        entry = {
+            "setting": key[0], "method": key[1],
+            "total %": 100 * r["total_ratio"], "prefill %": 100 * r["prefill_ratio"], "FLOPs %": 100 * r["flop_ratio"],
+            "KV %": 100 * r["kv_cache_mb"] / ours_base_kv, "KV MB": r["kv_cache_mb"],
+        }  # fmt: skip
+        if key in paper.index:
+            p = paper.loc[key]
+            entry |= {
+                "paper total %": p.latency_pct, "paper prefill %": p.prefill_pct,
+                "paper FLOPs %": 100 * p.tflops / base.tflops, "paper KV %": 100 * p.kv_cache_mb / base.kv_cache_mb,
+            }  # fmt: skip
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def figure1(bench: dict, ax=None):
+    """Vision tower vs the rest of prefill (mostly the LLM), as shares of vanilla's prefill time."""
+    shares = pd.DataFrame(bench["figure1"])
+    ax = ax or plt.subplots(figsize=(7, 2.8))[1]
+    y = range(len(shares))
+    ax.barh(y, 100 * shares.vision_share, color="#3b6ea5", label="vision encoder")
+    ax.barh(y, 100 * shares.llm_share, left=100 * shares.vision_share, color="#d9a441", hatch="//", label="LLM prefill")
+    for i, s in shares.iterrows():
+        ax.text(2, i, f"{100 * s.vision_share:.0f} %  ({s.visual_tokens} visual tokens)", va="center", color="white")
+    ax.set_yticks(list(y), shares.input)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of prefill time (%)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Qwen2-VL-2B architecture, random weights, {bench['device']}", fontsize=9)
+    return ax
+
+
+def mmb_accuracy(store_rows: list[dict]) -> tuple[dict[tuple[str, str], float], str]:
+    """MMBench-EN accuracy per Table 4 row: from the store's table4 rows when it has any (label
+    "measured"), else the paper's Table 4 column (label "paper")."""
+    rows = [
+        r for r in store_rows
+        if r.get("table") == "table4" and r.get("task") == "mmbench_en_dev" and not accuracy.is_pipeline_check(r)
+    ]  # fmt: skip
+    if rows:
+        return {(r["table_setting"], r["method"]): accuracy.value(r, "mmbench_en_dev") for r in rows}, "measured"
+    paper = accuracy.paper_table("table4")
+    return {(s, m): a for s, m, a in paper[["setting", "method", "mmb_acc"]].itertuples(index=False)}, "paper"
+
+
+def figure4(table: pd.DataFrame, acc: dict, source: str, styles: dict | None = None):
+    """Accuracy vs relative total latency, (a) ViT-side methods (b) LLM-side methods."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    frame = table.assign(acc=[acc.get((s, m)) for s, m in zip(table.setting, table.method)])
+    vanilla = frame[frame.method == "Vanilla"].iloc[0]
+    markers = ["o", "s", "^", "D", "v", "P"]
+    for ax, side, title in (
+        (axes[0], "vit100", "(a) ViT-side methods (+ LLM-side DART)"),
+        (axes[1], None, "(b) LLM-side methods"),
+    ):
+        part = frame[frame.setting.str.startswith("vit100")] if side else frame[~frame.setting.str.startswith("vit100")]
+        part = part[part.method != "Vanilla"]
+        for i, (method, group) in enumerate(part.groupby("method", sort=False)):
+            group = group.sort_values("total %")
+            style = (styles or {}).get(method, {})
+            ax.plot(group["total %"], group.acc, marker=markers[i % len(markers)], label=method, **style)
+        ax.scatter([vanilla["total %"]], [vanilla.acc], marker="*", s=120, color="black", label="Vanilla", zorder=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("total latency, % of vanilla (measured here)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"MMBench-EN accuracy ({source})")
+    return fig
+
+
+def findings(bench: dict, table: pd.DataFrame, source: str) -> str:
+    """The closing paragraph, from this run's benchmark file."""
+    t = table.set_index(["setting", "method"])
+    parts = [
+        f"Measured on {bench['device']} with {bench['weights']}, {bench['dtype']}, {bench['attention']} attention, "
+        f"{bench['new_tokens']} generated tokens per call, median of {bench['repeats']} runs."
+    ]
+    key = ("vit35_llm35", "IPCV")
+    if key in t.index:
+        r = t.loc[key]
+        paper = f" (paper, Qwen2-VL-7B on a GPU: {r['paper total %']:.1f} % and {r['paper prefill %']:.1f} %)"
+        parts.append(
+            f"IPCV at ViT 35 % / LLM 35 % ran in {r['total %']:.1f} % of vanilla's total time and "
+            f"{r['prefill %']:.1f} % of its prefill{paper}, for {r['FLOPs %']:.1f} % of the FLOPs."
+        )
+    shares = bench["figure1"]
+    parts.append(
+        "The vision encoder's share of vanilla's prefill was "
+        + ", ".join(f"{100 * s['vision_share']:.0f} % for the {s['input']}" for s in shares)
+        + "."
+    )
+    load = bench.get("load_average_before_after")
+    if load and max(load) > 2.5:
+        parts.append(
+            f"The machine was busy while this ran (load average {load[0]:.1f} before, {load[1]:.1f} after, on 2 "
+            "cores): treat the latency ratios as approximate."
+        )
+    parts.append(
+        f"Accuracy in Figure 4 is {'from the results store' if source == 'measured' else 'Table 4’s column'}; "
+        "the latency axis is measured here."
+    )
+    return " ".join(parts)

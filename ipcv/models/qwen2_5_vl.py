@@ -1,0 +1,100 @@
+"""Adapter for Qwen2.5-VL: its vision tower (``Qwen2_5_VisionTransformerPretrainedModel``) and its
+language decoder (``Qwen2_5_VLTextModel`` under ``Qwen2_5_VLModel``).
+
+Vision: as Qwen2-VL's tower (packed patches, 2D rotary, fused ``qkv``, 2x2 ``merger``; the block ops
+are :class:`ipcv.models.qwen2_vl._TowerCall`) with two differences. The packed sequence is reordered
+by ``window_index`` before block 0 so that every attention window is contiguous, and every block
+except those in ``fullatt_block_indexes`` attends within its window only. IPCV selects per image /
+frame (eq. 2) in that order; windowed blocks then attend per window over the kept tokens (a window
+whose tokens were all removed has no queries, and in stabilized blocks its keys are dropped too).
+``last_hidden_state`` stays in window order, as the original returns it; the merger's output is put
+back in image order. Language: the same mRoPE decoder code as Qwen2-VL (:mod:`ipcv.models._mrope`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
+from transformers.utils.generic import get_max_seqlen
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
+
+from ..engine import run_vision
+from . import _mrope
+from ._decoder import DecoderFamily, language_adapter
+from .base import Adapter, EncoderShape, pop_output_flags
+from .qwen2_vl import Windows, _TowerCall, vision_segments
+
+
+def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    """Forward of a compressed Qwen2.5-VL vision tower: same inputs and outputs as the original
+    (``last_hidden_state`` ``[L, hidden_size]`` full length in window order, ``pooler_output`` the
+    merger's output in image order)."""
+    pop_output_flags(kwargs, type(self).__name__)
+    position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size, kwargs=kwargs)
+    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config, kwargs=kwargs)
+    window_index, cu_window = get_vision_window_index(
+        grid_thw, spatial_merge_size=self.spatial_merge_size, window_size=self.window_size,
+        patch_size=self.patch_size, kwargs=kwargs,
+    )  # fmt: skip
+    max_window = get_max_seqlen(cu_window, self.config, kwargs=kwargs, kwarg_name="max_window_seqlen")
+    hidden_states = self.patch_embed(hidden_states)
+    L = hidden_states.shape[0]
+    hidden_states = self.permute_input_for_window_attn(hidden_states, window_index, seq_len=L)
+    cos, sin = self.rotary_pos_emb(hidden_states, position_ids)
+    pe = tuple(self.permute_input_for_window_attn(t, window_index, seq_len=L) for t in (cos, sin))
+    windows = Windows(cu_window.to(hidden_states.device), max_window, frozenset(self.fullatt_block_indexes))
+    call = _TowerCall(self, cu_seqlens, max_seqlen, pe, kwargs, qwen25.eager_attention_forward, windows)
+    seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
+    merged = self.merger(hidden_states)[torch.argsort(window_index)]
+    return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=merged)
+
+
+def _locate(model: nn.Module) -> nn.Module | None:
+    if isinstance(model, qwen25.Qwen2_5_VLForConditionalGeneration):
+        model = model.model
+    if isinstance(model, qwen25.Qwen2_5_VLModel):
+        model = model.visual
+    if isinstance(model, qwen25.Qwen2_5_VisionTransformerPretrainedModel):
+        return model
+    return None
+
+
+def _shape(tower: nn.Module) -> EncoderShape:
+    """Blocks with a gated MLP (3 matrices: ``mlp_dim`` counts 3/2 of its width), windows of
+    ``(window_size / patch_size)^2`` patches, patch embedding and the merger."""
+    c = tower.config
+    D, m = c.hidden_size, c.spatial_merge_size**2
+    merger = 2 * (m * D * m * D + m * D * c.out_hidden_size) // m  # per input patch
+    embed = 2 * c.in_channels * c.temporal_patch_size * c.patch_size**2 * D
+    window = (c.window_size // c.patch_size) ** 2
+    return EncoderShape(
+        len(tower.blocks), D, 3 * c.intermediate_size // 2, embed, merger, 0, c.num_heads,
+        window_tokens=window, full_blocks=tuple(c.fullatt_block_indexes),
+    )  # fmt: skip
+
+
+def _locate_language(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    if isinstance(model, qwen25.Qwen2_5_VLForConditionalGeneration):
+        model = model.model
+    if isinstance(model, qwen25.Qwen2_5_VLModel):
+        return model, model.language_model
+    return None
+
+
+LANGUAGE = language_adapter(
+    DecoderFamily(locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=_mrope.positions)
+)
+
+ADAPTER = Adapter(
+    family="qwen2_5_vl",
+    classes=("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel", "Qwen2_5_VisionTransformerPretrainedModel"),
+    locate=_locate,
+    depth=lambda tower: len(tower.blocks),
+    forward=tower_forward,
+    shape=_shape,
+    language=LANGUAGE,
+    segments=vision_segments,
+)

@@ -1,0 +1,44 @@
+"""python -m ipcv.bench efficiency on a tiny Qwen2-VL: the command's structure and its JSON (timings on a
+tiny model mean nothing; the analytic columns and token counts are checked)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from conftest import tiny_qwen2vl
+
+import ipcv
+from ipcv.analysis import efficiency as analysis
+from ipcv.bench import efficiency
+
+
+def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path):
+    monkeypatch.setattr(efficiency, "build_model", lambda dtype, attn: tiny_qwen2vl(attn, layers=4))
+    monkeypatch.setattr(efficiency, "FIGURE1_INPUTS", (("low", "image", 56, 1), ("video", "video", 56, 4)))
+    real_inputs = efficiency.inputs  # Table 4's 448 px prompt at 112 px; Figure 1's inputs as given
+    monkeypatch.setattr(efficiency, "inputs", lambda m, side=448: real_inputs(m, side=112 if side == 448 else side))
+    settings = {
+        "vanilla": (None, None),
+        "IPCV | ViT 35% / LLM 35%": (ipcv.IPCV(0.35, stabilize_layers=2), ipcv.DART(0.35)),
+        "DART | ViT 100% / LLM 35%": (None, ipcv.DART(0.35)),
+    }
+    monkeypatch.setattr(efficiency, "paper_settings", lambda vit, llm: settings)
+    out = tmp_path / "eff.json"
+    args = argparse.Namespace(repeats=1, new_tokens=3, only=None, dtype="fp32", attn="eager", out=out)
+    efficiency.main(args)
+    bench = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in bench["rows"]}
+    assert set(rows) == set(settings)
+    n = 112 // 14 * (112 // 14) // 4  # 16 LLM visual tokens
+    assert rows["vanilla"]["visual_tokens_per_layer"] == [n] * 4
+    assert rows["DART | ViT 100% / LLM 35%"]["visual_tokens_per_layer"] == [n, n] + [ipcv.keep_count(n, 0.35)] * 2
+    assert rows["IPCV | ViT 35% / LLM 35%"]["flop_ratio"] < rows["DART | ViT 100% / LLM 35%"]["flop_ratio"] < 1
+    assert rows["vanilla"]["total_ratio"] == 1.0 and all(r["prefill_s"] <= r["total_s"] for r in rows.values())
+    assert [s["visual_tokens"] for s in bench["figure1"]] == [4, 2 * 4]
+    assert all(0 < s["vision_share"] < 1 for s in bench["figure1"])
+    assert bench["weights"].startswith("random") and bench["device"].startswith("CPU")
+    table = analysis.table4(bench).set_index(["setting", "method"])
+    assert table.loc[("vit35_llm35", "IPCV"), "paper total %"] == pytest.approx(60.8)
+    assert "IPCV at ViT 35 % / LLM 35 %" in analysis.findings(bench, table.reset_index(), "paper")
