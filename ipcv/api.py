@@ -51,8 +51,11 @@ def _language_targets(model: nn.Module, adapter: Adapter, language) -> tuple[nn.
 def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
     """Patch ``model`` in place so it runs compressed; returns ``model``.
 
-    Calling it again replaces the previous settings of both sides (a side given as None runs
-    uncompressed). Accepted models: see :func:`supported_models`; anything else raises TypeError.
+    Calls compose: a side given as None keeps what an earlier call set there, so
+    ``compress(model, vision=ipcv.IPCV(0.35))`` then ``compress(model, language=ipcv.DART(0.35))``
+    runs both; a side given again is replaced. To run a side uncompressed again, call
+    :func:`restore` (both sides) and compress the side you want. Accepted models: see
+    :func:`supported_models`; anything else raises TypeError.
 
     Args:
         vision: the vision-side method: ``ipcv.IPCV(...)`` or a baseline (``ipcv.ToMe``,
@@ -78,6 +81,10 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
             f"{', '.join(m.__name__ for m in LANGUAGE_RUNNERS)}"
         )
     adapter, target = find(model)
+    if vision is None:
+        vision = getattr(target, _SETTINGS, None)  # compose: keep the vision side an earlier call set
+    if language is None:
+        language = settings(model, "language")
     if vision is not None:
         vision.check_depth(adapter.depth(target))
         check_attention(target.config, type(model).__name__)
@@ -131,8 +138,9 @@ def settings(model: nn.Module, side: str = "vision"):
 @contextmanager
 def compressed(model: nn.Module, vision=None, language=None) -> Iterator[nn.Module]:
     """``with ipcv.compressed(model, vision=ipcv.IPCV(0.35), language=ipcv.DART(0.35)):`` compress
-    inside the block only; on exit both sides are back to what they were (uncompressed, or their
-    earlier settings)."""
+    inside the block only, composed like :func:`compress` (a side given as None keeps its current
+    settings); on exit both sides are back to what they were (uncompressed, or their earlier
+    settings)."""
     previous = settings(model, "vision"), settings(model, "language")
     compress(model, vision=vision, language=language)
     try:
@@ -159,6 +167,7 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
     adapter, target = find(model)
     found = adapter.language.locate(model) if adapter.language is not None else None
     with _trace.trace() as record:
+        record.made_by = "stats"
 
         def on_vision(module, args, kwargs):
             if _trace.active() is record and adapter.segments is not None:

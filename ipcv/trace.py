@@ -96,6 +96,9 @@ class Trace:
     timing: bool = False
     states: bool = False
     calls: list[CallRecord | ReductionRecord] = field(default_factory=list)
+    # "stats" when made by ipcv.stats (every encoder and decoder call counted), else "trace"
+    # (compressed calls only); ipcv.costs accepts "stats" only
+    made_by: str = "trace"
     sections: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     vision: list[VisionCall] = field(default_factory=list)
     decoder: list[DecoderRecord] = field(default_factory=list)

@@ -304,3 +304,82 @@ def test_report(monkeypatch, tmp_path, capsys):
     report.print_values(k=10, cosine=0.5)
     assert capsys.readouterr().out == "method  cosine\n   NGR   0.988\nk       10\ncosine  0.500\n"
     assert "weights are random" in repr(report.RunNote("w", "cpu", trained=False))
+
+
+# --- the "what we saw" paragraphs follow the run's numbers ---------------------------------------------
+
+
+def test_findings_state_the_runs_numbers_and_verdicts():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ipcv.analysis import findings
+
+    ctx = findings.context(SimpleNamespace(label="tiny random Qwen2-VL at /tmp/x"), "cpu", 1, 56)
+    assert ctx.startswith("In this run (weights: tiny random Qwen2-VL at /tmp/x; 1 photograph at 56 px;")
+
+    def restore(ngr, copy):
+        rows = [(0.5, "NGR", ngr), (0.5, "copy", copy), (0.5, "frozen", 0.05)]
+        return pd.DataFrame(rows, columns=["keep_ratio", "method", "cosine"])
+
+    ablation = pd.DataFrame(dict(variant=["IPCV", "w/o AS", "w/o Reint."], all_cos=[0.8, 0.7, 0.4]))
+    baselines = pd.DataFrame(
+        dict(method=["IPCV", "ToMe"], keep_ratio=[0.5, 0.5], all_cos=[0.8, 0.9], flop_ratio=[0.6, 0.61])
+    )
+    lost = findings.reintegration(ctx, restore(0.80, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
+    won = findings.reintegration(ctx, restore(0.90, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
+    assert "**not reproduced**" in lost and "at most 0.010" in lost
+    assert "reproduced as fidelity" in won and "by up to 0.090" in won and "not reproduced**" not in won.split("\n")[2]
+    assert "ToMe does not reach it" in won and "dropping AS alone costs 0.100; dropping Reint. alone costs 0.400" in won
+    spans = pd.DataFrame(
+        dict(
+            method=["IPCV", "ToMe", "ToMe"],
+            keep_ratio=[0.5, 0.5, 0.2],
+            all_cos=[0.8, 0.9, 0.7],
+            flop_ratio=[0.6, 0.7, 0.5],
+        )
+    )
+    assert findings.at_equal_cost(spans, 0.6) == {"ToMe": pytest.approx(0.8)}
+    assert findings.at_equal_cost(spans, 0.65) == {"ToMe": pytest.approx(0.85)}
+
+    summary = pd.DataFrame(dict(keep_ratio=[0.5], all_top_k=[True]))
+    budgets = pd.DataFrame(dict(patches=[16], per_image=[8], one_top_k=[8]))
+    below = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.3}), budgets, 0.5, False).markdown()
+    above = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.7}), budgets, 0.5, False).markdown()
+    assert "less of the trained saliency mass" in below and "0.30 of it at keep 50 %" in below
+    assert "more of the trained saliency mass" in above and "rocket" not in above  # photo remarks: default build only
+
+
+def test_status_claims_follow_the_builds_results(tmp_path):
+    def write(name, **cols):
+        pd.DataFrame(cols).to_csv(tmp_path / f"{name}.csv", index=False)
+
+    empty = status.claims(tmp_path)
+    assert (empty["reproduced in this build?"] == status.NOT_RUN).sum() >= 8  # nothing run: nothing claimed
+    write("reintegration", keep_ratio=[0.35] * 3, method=["NGR", "copy", "frozen"], cosine=[0.9, 0.8, 0.05])
+    write("ngr_premise", comparison=["NGR neighbours (mean of k)", "one random kept token",
+                                     "k random kept tokens (mean)"], cosine=[0.5, 0.7, 0.6])  # fmt: skip
+    t = status.claims(tmp_path).set_index("paper")["reproduced in this build?"]
+    assert t["§1, §3.2, §3.4"].startswith("**Yes**") and "0.100" in t["§1, §3.2, §3.4"]
+    assert t["§3.2, Figure 2"].startswith("**No**") and "0.50" in t["§3.2, Figure 2"]
+    write("reintegration", keep_ratio=[0.35] * 3, method=["NGR", "copy", "frozen"], cosine=[0.8, 0.9, 0.05])
+    assert status.claims(tmp_path).set_index("paper").loc["§1, §3.2, §3.4"].iloc[1].startswith("**Not reproduced**")
+
+
+def test_method_styles_stay_apart_in_grey_scale():
+    from ipcv.analysis import plots
+
+    styles = [plots.method_style(m) for m in ("IPCV", "ToMe", "ToFu", "DART (ViT)")]
+    for key in ("marker", "ls", "color"):
+        assert len({str(s[key]) for s in styles}) == len(styles), key
+    assert plots.method_style("ToMe").get("mfc") == "none"  # drawn hollow: visible on top of ToFu
+    spare = [plots.method_style(f"other {i}", i) for i in range(3)]
+    assert len({s["marker"] for s in spare + styles}) == 7
+
+
+def test_markdown_table_escapes_pipes():
+    from ipcv import book
+
+    text = book.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["{doc}`z`"]}))
+    assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x\\|y | {doc}`z` |"]

@@ -54,6 +54,20 @@ def test_depth_validation_uses_the_model(kwargs, pattern):
     ipcv.compress(tower, vision=ipcv.IPCV(0.5, prune_layer=3, stabilize_layers=3))  # the edge is allowed
 
 
+def test_too_deep_default_says_which_value_fits():
+    tower = make_tower(depth=6)  # the defaults (prune 3 + stabilize 7) need 10 blocks
+    with pytest.raises(
+        ValueError, match=r"use stabilize_layers=3 or smaller, e\.g\. ipcv\.IPCV\(0\.35, prune_layer=3, "
+    ):
+        ipcv.compress(tower, vision=ipcv.IPCV(0.35))
+    with pytest.raises(
+        ValueError, match=r"prune_layer=8 .*use a smaller value, e\.g\. ipcv\.IPCV\(0\.35, prune_layer=2, "
+    ):
+        ipcv.compress(tower, vision=ipcv.IPCV(0.35, prune_layer=8))
+    ipcv.compress(tower, vision=ipcv.IPCV(0.35, prune_layer=3, stabilize_layers=3))  # what the first message says
+    ipcv.compress(tower, vision=ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=4))  # what the second says
+
+
 def test_unsupported_model_names_class_and_supported_ones():
     with pytest.raises(
         TypeError, match=r"cannot compress a Linear; supported models: .*Qwen2VLForConditionalGeneration.*Dinov2Model"

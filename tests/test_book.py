@@ -111,3 +111,68 @@ def test_status_page_includes_existing_paper_tables():
     for line in text.splitlines():
         if line.startswith(":file: ../data/"):
             assert (book.ROOT / "book" / line.split(":file: ")[1]).resolve().exists(), line
+
+
+# --- install, repository address, markers ----------------------------------------------------------
+
+
+def _requirement_names(requirements) -> set[str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    names = set()
+    for text in requirements:
+        req = Requirement(text)
+        if canonicalize_name(req.name) != "ipcv":  # the extras' references to each other
+            names.add(canonicalize_name(req.name))
+    return names
+
+
+def test_environment_yml_lists_every_dependency_of_the_extras():
+    import tomllib
+
+    project = tomllib.loads((book.ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = _requirement_names(project["dependencies"])
+    for extra in ("pretrained", "test", "book", "eval"):  # eval: the lmms-eval plugin, where present
+        wanted |= _requirement_names(extras.get(extra, []))
+    assert "accelerate" in wanted, "device_map (notebooks, released weights) needs accelerate"
+    env = yaml.safe_load((book.ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = _requirement_names(p for p in pip if not p.startswith("-"))
+    assert wanted - listed == set(), f"environment.yml lacks {sorted(wanted - listed)}"
+    assert "-e .[dev]" in pip
+
+
+def test_install_cells_read_the_one_repository_address():
+    url = book.repository_url()
+    assert url == "" or url.startswith("https://")
+    paths = [*SOURCES, *(book.SMOKE_DIR / p.name for p in SOURCES)]
+    for path in [p for p in paths if p.exists()]:
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(book.INSTALL_MARK)]
+        if not cells and path.stem[:2] not in METHOD_SECTIONS:
+            continue  # the experiment notebooks (07, 08) load saved results and have no install cell yet
+        assert [c.source for c in cells] == [book.install_cell(url)], f"{path}: run `python -m ipcv.book sync-url`"
+        assert "remove-cell" in cells[0].metadata.get("tags", [])
+    for path in [*SOURCES, *book.ROOT.glob("book/*.md"), book.ROOT / "README.md"]:
+        assert "ipcv-project" not in path.read_text(), f"{path} still names the placeholder address"
+
+
+def test_repository_url_must_be_https_or_empty(tmp_path):
+    config = tmp_path / "_config.yml"
+    config.write_text("repository:\n  url: github.com/x/y\n")
+    with pytest.raises(ValueError, match=r"repository\.url='github\.com/x/y' must be an https:// address or empty"):
+        book.repository_url(config)
+    config.write_text("repository:\n  url: https://github.com/x/y\n")
+    assert book.repository_url(config) == "https://github.com/x/y"
+    assert 'REPOSITORY = "https://github.com/x/y"' in book.install_cell("https://github.com/x/y").replace("'", '"')
+
+
+def test_book_copies_hide_the_nbval_markers():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)")])
+    smoke = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)")])
+    book.clean(nb)
+    book.clean(smoke, checked_outputs_only=True)
+    assert nb.cells[0].source == "print(1)"
+    assert smoke.cells[0].source == "# NBVAL_CHECK_OUTPUT\nprint(1)"  # nbval keeps them

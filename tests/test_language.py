@@ -140,6 +140,30 @@ def test_token_counts_per_layer_by_hand(model, settings, tokens):
     assert ipcv.costs(model, st).decoder_tokens_per_layer == tuple(tokens)
 
 
+def test_compress_composes_sides_and_costs_refuses_a_trace(model):
+    # the trap: compress(language=...) after compress(vision=...) used to drop the vision side silently
+    vision, language = ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=2), ipcv.FastV(0.5, layer=2)
+    try:
+        ipcv.compress(model, vision=vision)
+        ipcv.compress(model, language=language)
+        assert (ipcv.settings(model), ipcv.settings(model, "language")) == (vision, language)
+        with torch.no_grad(), ipcv.stats(model) as st:
+            model(**SINGLE, use_cache=True)
+        assert st.decoder[-1].visual == [[24], [24], [12], [12]]  # the tower kept 24 of 48 -> 24 visual tokens
+        other = ipcv.DARTViT(0.5)
+        ipcv.compress(model, vision=other)  # a side given again is replaced, the other one stays
+        assert (ipcv.settings(model), ipcv.settings(model, "language")) == (other, language)
+        with torch.no_grad(), ipcv.trace() as t:
+            model(**SINGLE, use_cache=True)
+        with pytest.raises(ValueError, match=r"ipcv\.trace\(\).*ipcv\.stats\(model\)"):
+            ipcv.costs(model, t)
+        with pytest.raises(TypeError, match=r"stats must be .*ipcv\.stats\(model\).*got dict"):
+            ipcv.costs(model, {})
+    finally:
+        ipcv.restore(model)
+    assert (ipcv.settings(model), ipcv.settings(model, "language")) == (None, None)
+
+
 def test_token_accounting_matches_hand_count(model):
     # SINGLE: 24 visual tokens, 6 text tokens; FastV(0.5) at layer 2 keeps 12; IPCV(0.5) in the tower
     vision, language = ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=2), ipcv.FastV(0.5, layer=2)
@@ -239,8 +263,8 @@ def test_restore_both_sides_bit_exact_and_context_manager():
     classes = [type(m) for m in model.modules()]
     first = (ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=2), ipcv.DART(0.5))
     ipcv.compress(model, vision=first[0], language=first[1])
-    with ipcv.compressed(model, language=ipcv.FastV(0.2)):
-        assert ipcv.settings(model) is None and ipcv.settings(model, "language") == ipcv.FastV(0.2)
+    with ipcv.compressed(model, language=ipcv.FastV(0.2)):  # composes: the vision side stays
+        assert ipcv.settings(model) == first[0] and ipcv.settings(model, "language") == ipcv.FastV(0.2)
     assert (ipcv.settings(model), ipcv.settings(model, "language")) == first
     with torch.no_grad():
         assert not torch.equal(model(**TWO_IMAGES).logits, ref)

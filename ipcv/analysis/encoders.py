@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -257,6 +258,14 @@ def qwen2vl_encoder(tower: nn.Module, label: str, trained: bool, processor=None)
 # --------------------------------------------------------------------------- loading by name
 
 
+def weights_label(model: str) -> str:
+    """What ``model`` names, said as it is: a local directory (whose weights may be trained or random:
+    nothing here can tell) or a model hub id (the weights published under that name)."""
+    if Path(model).expanduser().is_dir():
+        return f"loaded from the local directory {model} (trained or random: not checked)"
+    return f"{model} from the model hub"
+
+
 def load_encoder(model: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str = "float32") -> Encoder:
     """The encoder a notebook's ``model`` parameter names.
 
@@ -275,11 +284,13 @@ def load_encoder(model: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str =
     if cfg.model_type == "qwen2_vl":
         from transformers import AutoImageProcessor, Qwen2VLForConditionalGeneration
 
-        full = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype, device_map=device)
+        # device_map loads the weights straight onto the GPU (needs accelerate); on a CPU it is not needed
+        placed = {} if torch.device(device).type == "cpu" else {"device_map": device}
+        full = Qwen2VLForConditionalGeneration.from_pretrained(model, dtype=torch_dtype, **placed)
         tower = full.model.visual.eval()
         del full  # only the vision tower is kept; the language model is freed
         processor = AutoImageProcessor.from_pretrained(model)
-        return qwen2vl_encoder(tower, f"{model} vision tower, released weights", True, processor)
+        return qwen2vl_encoder(tower, f"{weights_label(model)}, vision tower only", True, processor)
     from transformers import AutoImageProcessor, AutoModel, CLIPVisionModel, SiglipVisionModel
 
     if cfg.model_type in ("clip", "clip_vision_model"):
@@ -292,6 +303,4 @@ def load_encoder(model: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str =
         raise ValueError(f"model={model!r} ({cfg.model_type}) is not an encoder the notebooks know")
     proc = AutoImageProcessor.from_pretrained(model)
     extra = {} if cfg.model_type == "dinov2" else {"interpolate_pos_encoding": True}
-    return vit_encoder(
-        vit.to(device).eval(), f"{model}, released weights", True, proc.image_mean, proc.image_std, None, extra
-    )
+    return vit_encoder(vit.to(device).eval(), weights_label(model), True, proc.image_mean, proc.image_std, None, extra)

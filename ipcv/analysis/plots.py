@@ -17,6 +17,26 @@ from matplotlib.figure import Figure
 PALETTE = "colorblind"
 WIDTH = 8.0  # inches
 
+# One look per compared method, kept apart by colour (Okabe-Ito, distinct for colour-blind readers),
+# marker, line style and fill, so that every method stays distinguishable in grey-scale print and
+# where two curves lie on top of each other (ToMe and ToFu: ToMe is drawn hollow and larger).
+METHOD_STYLES: dict[str, dict] = {
+    "IPCV": dict(color="#000000", marker="o", ls="-", ms=6, zorder=3),
+    "ToMe": dict(color="#E69F00", marker="s", ls="--", ms=9, mfc="none", mew=1.6, zorder=4),
+    "ToFu": dict(color="#0072B2", marker="^", ls=":", ms=5, zorder=5),
+    "DART (ViT)": dict(color="#CC79A7", marker="D", ls="-.", ms=5, zorder=3),
+}
+_SPARE_STYLES = [
+    dict(color="#009E73", marker="v", ls=(0, (5, 1, 1, 1)), ms=6),
+    dict(color="#D55E00", marker="P", ls=(0, (1, 2)), ms=6),
+    dict(color="#56B4E9", marker="X", ls=(0, (6, 3)), ms=6),
+]
+
+
+def method_style(name: str, index: int = 0) -> dict:
+    """Matplotlib keyword arguments of ``name``'s curve (a spare look for a method not listed)."""
+    return dict(METHOD_STYLES.get(name) or _SPARE_STYLES[index % len(_SPARE_STYLES)])
+
 
 def setup() -> None:
     """The book's figure style."""
@@ -253,10 +273,61 @@ def pareto(df: pd.DataFrame, cost: str, cost_label: str) -> Figure:
     else:
         axes[1].axis("off")
     for ax, (y, ylabel, title) in zip(axes, panels, strict=False):
-        lines(df, cost, y, "method", cost_label, ylabel, title, ax=ax, sort=False, style="method", markers=True,
-              dashes=False)  # fmt: skip
+        for i, (method, part) in enumerate(df.groupby("method", sort=False)):
+            ax.plot(part[cost], part[y], label=method, lw=1.6, **method_style(method, i))
+        ax.set_xlabel(cost_label)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
         for _, r in df.iterrows():
             ax.annotate(f"{r.keep_ratio:g}", (r[cost], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- the primer's pipeline diagram
+
+
+def pipeline(patches: int = 1024, settings=None) -> Figure:
+    """IPCV's schedule in Qwen2-VL-7B's vision tower, drawn from the code that runs it: the query
+    tokens entering each block (``ipcv.flops.encoder_flops(...).tokens_per_block``, the same
+    schedule the engine follows), coloured by phase, with the steps of the method marked."""
+    import ipcv
+    from ipcv.flops import encoder_flops
+
+    from .costs import encoder_shape, qwen2vl_7b_tower
+
+    settings = settings or ipcv.IPCV(0.35)
+    shape = encoder_shape(qwen2vl_7b_tower())
+    tokens = encoder_flops(shape, [patches], settings).tokens_per_block
+    lp, d = settings.prune_layer, settings.stabilize_layers
+    phase = (
+        ["all tokens"] * lp
+        + ["AS: kept queries, keys/values of all"] * d
+        + ["kept tokens only"] * (len(tokens) - lp - d)
+    )
+    colours = {
+        "all tokens": "#0072B2",
+        "AS: kept queries, keys/values of all": "#E69F00",
+        "kept tokens only": "#009E73",
+    }
+    hatches = {"all tokens": "", "AS: kept queries, keys/values of all": "//", "kept tokens only": ".."}
+    fig, ax = plt.subplots(figsize=(WIDTH, 3.6))
+    for i, (n, p) in enumerate(zip(tokens, phase)):
+        ax.bar(i, n, color=colours[p], hatch=hatches[p], edgecolor="white", width=0.85,
+               label=p if p not in phase[:i] else None)  # fmt: skip
+    top = max(tokens)
+    ax.annotate(f"score (eq. 1) at block {lp},\nkeep top {settings.keep_ratio:g} per image (eq. 2)",
+                xy=(lp - 0.5, top * 0.9), xytext=(lp + 1.5, top * 1.05), fontsize=8,
+                arrowprops=dict(arrowstyle="->", lw=1, color="black"))  # fmt: skip
+    ax.annotate("NGR restores every removed token\n(eq. 5-10), 2x2 merge, LLM", xy=(len(tokens) - 0.5, tokens[-1]),
+                xytext=(len(tokens) - 11, top * 0.62), fontsize=8,
+                arrowprops=dict(arrowstyle="->", lw=1, color="black"))  # fmt: skip
+    ax.set_ylim(0, top * 1.3)
+    ax.set_xlim(-0.7, len(tokens) - 0.3)
+    ax.set_xlabel("vision block (Qwen2-VL-7B tower: 32 blocks)")
+    ax.set_ylabel("query tokens per block")
+    ax.set_title(f"IPCV({settings.keep_ratio:g}) on one {patches}-patch image: what each block computes", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=3, frameon=False)
     fig.tight_layout()
     return fig

@@ -54,8 +54,11 @@ class RunNote:
 
 
 def run_note(enc: Encoder, device: str | torch.device) -> RunNote:
-    """The note for this notebook's encoder and device; display it near the top."""
-    return RunNote(enc.label, device_name(device), enc.trained)
+    """The note for this notebook's encoder and device; display it near the top. During a book
+    build it also saves them (``run.csv``) for the status page."""
+    note = RunNote(enc.label, device_name(device), enc.trained)
+    save_summary("run", {"weights": note.weights, "device": note.device})
+    return note
 
 
 def fmt(value, digits: int = 3) -> str:

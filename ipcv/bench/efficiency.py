@@ -74,9 +74,8 @@ def run(args: argparse.Namespace) -> dict:
         settings = {k: v for k, v in settings.items() if k == "vanilla" or any(o in k for o in args.only)}
 
     def apply(vision, language):
-        if vision is None and language is None:
-            ipcv.restore(model)
-        else:
+        ipcv.restore(model)  # compress composes with earlier calls: start each setting from the plain model
+        if vision is not None or language is not None:
             ipcv.compress(model, vision=vision, language=language)
 
     skipped = {}

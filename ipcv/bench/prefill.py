@@ -239,9 +239,8 @@ def run(args: argparse.Namespace) -> dict:
     settings, refused = runnable(paper_settings() if args.protocol == "ours" else protocol_settings(args.protocol))
 
     def call(vision, language):
-        if vision is None and language is None:
-            ipcv.restore(model)
-        else:
+        ipcv.restore(model)  # compress composes with earlier calls: start each setting from the plain model
+        if vision is not None or language is not None:
             ipcv.compress(model, vision=vision, language=language)
         with torch.inference_mode():
             return model(**kw, use_cache=True, logits_to_keep=1)
