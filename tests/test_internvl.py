@@ -73,7 +73,7 @@ def languages(keep):
         "DART": ipcv.DART(keep),
         "FastV": ipcv.FastV(keep),
         "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last"),
+        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last", recycle_in_budget=True),
     }
 
 

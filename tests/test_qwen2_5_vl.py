@@ -133,7 +133,7 @@ def test_keep_all_bit_exact_every_method_and_restore(attn):
             ipcv.DART(1.0),
             ipcv.FastV(1.0),
             ipcv.V2Drop(1.0, layers=(1, 3), budget="last"),
-            ipcv.SparseVLM(1.0, layers=(1, 2), budget="last"),
+            ipcv.SparseVLM(1.0, layers=(1, 2), budget="last", recycle_in_budget=True),
         ]
         for v, lang in zip(visions, languages):
             with ipcv.compressed(m, vision=v, language=lang):
@@ -213,7 +213,7 @@ def languages(keep):
         "DART": ipcv.DART(keep),
         "FastV": ipcv.FastV(keep),
         "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last"),
+        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last", recycle_in_budget=True),
     }
 
 
