@@ -81,7 +81,10 @@ def test_small_book_has_no_broken_link_or_placeholder(small_book):
 
 
 # CI installs chromium (.ci/run); there a missing browser is a failure, not a skip
-@pytest.mark.skipif(book.chromium() is None and not os.environ.get("CI"), reason="no chromium (apt-get install -y chromium)")
+NO_BROWSER = book.chromium() is None and not os.environ.get("CI")
+
+
+@pytest.mark.skipif(NO_BROWSER, reason="no chromium (apt-get install -y chromium)")
 def test_maths_is_typeset_in_headless_chromium(small_book, tmp_path):
     dom = book.render(small_book / "book" / "check.html", tmp_path / "profile", tmp_path / "check.png")
     formulas, rendered = book.typeset_maths(dom)
