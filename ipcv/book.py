@@ -138,7 +138,7 @@ def sync_url(paths: Iterable[Path]) -> list[Path]:
         nb = nbformat.read(path, as_version=4)
         cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(INSTALL_MARK)]
         if not cells:
-            continue  # a notebook without an install cell (07, 08 load saved results)
+            continue  # a notebook without an install cell
         if len(cells) != 1:
             raise SystemExit(f"{path}: expected one install cell starting {INSTALL_MARK!r}, found {len(cells)}")
         if cells[0].source != source:
