@@ -28,7 +28,6 @@ __all__ = ["ADAPTERS", "find", "compress", "compressed", "restore", "settings", 
 _SETTINGS = "_ipcv_vision"
 _LANGUAGE = "_ipcv_language"
 _subclasses: dict[tuple[type, object], type] = {}
-_find = find  # the old private name (ipcv.analysis)
 
 
 def _patched_class(cls: type, forward) -> type:

@@ -29,9 +29,9 @@ def qwen2vl_7b_tower(device: str | torch.device = "meta") -> nn.Module:
 
 def encoder_shape(model: nn.Module) -> EncoderShape:
     """The sizes :mod:`ipcv.flops` counts with, for any model :func:`ipcv.compress` accepts."""
-    from ipcv.api import _find
+    from ipcv.models.registry import find
 
-    adapter, target = _find(model)
+    adapter, target = find(model)
     return adapter.shape(target)
 
 

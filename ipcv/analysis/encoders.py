@@ -108,9 +108,9 @@ class Encoder:
     @property
     def encoder(self) -> nn.Module:
         """The module :func:`ipcv.compress` patches (it owns the block loop)."""
-        from ipcv.api import _find
+        from ipcv.models.registry import find
 
-        return _find(self.model)[1]
+        return find(self.model)[1]
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -20,6 +20,7 @@ import torch
 
 from .. import api
 from ..flops import costs
+from ..models.registry import find
 
 
 class _Clock:
@@ -82,7 +83,7 @@ def measured_generate(model: torch.nn.Module, generate: Callable, *args, **kwarg
     def first_forward_done(module, args, output):
         marks.setdefault("prefill", clock.mark())
 
-    encoder = api._find(model)[1]
+    encoder = find(model)[1]
     handles = [
         model.register_forward_hook(first_forward_done),
         encoder.register_forward_pre_hook(lambda module, args: spans.append([clock.mark()])),
