@@ -78,9 +78,22 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
             f"{', '.join(m.__name__ for m in LANGUAGE_RUNNERS)}"
         )
     adapter, target = find(model)
+    reduced = getattr(vision, "output", "full") == "reduced"
     if vision is not None:
         vision.check_depth(adapter.depth(target))
         check_attention(target.config, type(model).__name__)
+    if reduced:
+        found = adapter.language.locate(model) if adapter.language is not None else None
+        if adapter.family != "qwen2_vl" or found is None:
+            raise NotImplementedError(
+                f"vision={vision!r}: output='reduced' is built for Qwen2-VL only (a whole "
+                f"Qwen2VLForConditionalGeneration or Qwen2VLModel), got {type(model).__name__}; use output='full'"
+            )
+        if language is not None:
+            raise ValueError(
+                f"vision={vision!r} with language={language!r}: output='reduced' (the IPCV paper's runs of the "
+                "ViT-side baselines) runs no LLM-side method; use output='full' to combine them"
+            )
     if language is not None:
         outer, decoder = _language_targets(model, adapter, language)
         language.check_depth(len(decoder.layers))
@@ -91,6 +104,10 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
     if vision is not None:
         target.__class__ = _patched_class(type(target), adapter.forward)
         setattr(target, _SETTINGS, vision)
+    if reduced:  # the outer call drops the unkept merge units, the decoder runs without them
+        outer, decoder = found
+        outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
+        decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
     if language is not None:
         outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
         decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
