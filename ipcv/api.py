@@ -183,7 +183,8 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
                 record.vision.append(_trace.VisionCall(segs, getattr(module, _SETTINGS, None)))
 
         def on_decoder(module, args, kwargs, output):
-            if _trace.active() is record and getattr(module, _LANGUAGE, None) is None:
+            # a patched decoder (LLM-side method, or a ViT-side output="reduced") records its own calls
+            if _trace.active() is record and getattr(type(module), "_ipcv_base", None) is None:
                 adapter.language.record_plain(module, args, kwargs, output)
 
         handles = [target.register_forward_pre_hook(on_vision, with_kwargs=True)]
