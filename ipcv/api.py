@@ -84,9 +84,23 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
         vision = getattr(target, _SETTINGS, None)  # compose: keep the vision side an earlier call set
     if language is None:
         language = settings(model, "language")
+    reduced = getattr(vision, "output", "full") == "reduced"
     if vision is not None:
         vision.check_depth(adapter.depth(target))
         check_attention(target.config, type(model).__name__)
+    if reduced:
+        found = adapter.language.locate(model) if adapter.language is not None else None
+        if adapter.family != "qwen2_vl" or found is None:
+            raise NotImplementedError(
+                f"vision={vision!r}: output='reduced' is built for Qwen2-VL only (a whole "
+                f"Qwen2VLForConditionalGeneration or Qwen2VLModel), got {type(model).__name__}; use output='full'"
+            )
+        if language is not None:
+            raise ValueError(
+                f"vision={vision!r} with language={language!r}: output='reduced' (the IPCV paper's runs of the "
+                "ViT-side baselines) runs no LLM-side method; use output='full' to combine them (a language side "
+                "set by an earlier compress call counts: ipcv.restore(model) first)"
+            )
     if language is not None:
         outer, decoder = _language_targets(model, adapter, language)
         language.check_depth(len(decoder.layers))
@@ -97,6 +111,10 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
     if vision is not None:
         target.__class__ = _patched_class(type(target), adapter.forward)
         setattr(target, _SETTINGS, vision)
+    if reduced:  # the outer call drops the unkept merge units, the decoder runs without them
+        outer, decoder = found
+        outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
+        decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
     if language is not None:
         outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
         decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
@@ -174,7 +192,8 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
                 record.vision.append(_trace.VisionCall(segs, getattr(module, _SETTINGS, None)))
 
         def on_decoder(module, args, kwargs, output):
-            if _trace.active() is record and getattr(module, _LANGUAGE, None) is None:
+            # a patched decoder (LLM-side method, or a ViT-side output="reduced") records its own calls
+            if _trace.active() is record and getattr(type(module), "_ipcv_base", None) is None:
                 adapter.language.record_plain(module, args, kwargs, output)
 
         handles = [target.register_forward_pre_hook(on_vision, with_kwargs=True)]

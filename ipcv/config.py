@@ -147,12 +147,6 @@ def _check_vit_protocol(owner: str, settings) -> None:
 
 
 def _check_vit_depth(name: str, self, depth: int) -> None:
-    if self.output != "full":
-        raise NotImplementedError(
-            f"{name}: output={self.output!r} (the LLM receives only the kept / merged tokens, as in the IPCV "
-            "paper's runs) is not built yet: it needs the Qwen2-VL adapter to shorten input ids, attention "
-            "mask, mRoPE positions and cache (follow-up of issue 8); use output='full'"
-        )
     if self.scope != "segment":
         raise NotImplementedError(
             f"{name}: scope={self.scope!r} (one budget across all images, as the IPCV authors ran it) is not "
@@ -183,9 +177,8 @@ class ToMe:
         output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
             a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
             baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
-            shorter sequence. ``"reduced"`` is not built yet: :meth:`check_depth` refuses it with
-            NotImplementedError (follow-up of issue 8: the Qwen2-VL adapter must shorten input ids,
-            mask, mRoPE positions and cache).
+            shorter sequence (Qwen2-VL only, whole model, no LLM-side method; the rule that turns
+            kept patches into whole 2x2 merge units is :func:`ipcv.models.qwen2_vl.reduced_units`).
         scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
             authors' runs): one budget over all patches of the call.
         schedule: ``"even"`` (ToMe's constant r per block, spread over all blocks to reach the
@@ -208,7 +201,7 @@ class ToMe:
         _check_vit_protocol("ToMe", self)
 
     def check_depth(self, depth: int) -> None:
-        """Raise for settings not built yet (``output="reduced"``, ``scope="global"``) or a
+        """Raise for settings not built yet (``scope="global"``) or a
         ``start_layer`` outside the encoder."""
         _check_vit_depth("ToMe", self, depth)
 
@@ -297,9 +290,8 @@ class DARTViT:
         output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
             a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
             baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
-            shorter sequence. ``"reduced"`` is not built yet: :meth:`check_depth` refuses it with
-            NotImplementedError (follow-up of issue 8: the Qwen2-VL adapter must shorten input ids,
-            mask, mRoPE positions and cache).
+            shorter sequence (Qwen2-VL only, whole model, no LLM-side method; the rule that turns
+            kept patches into whole 2x2 merge units is :func:`ipcv.models.qwen2_vl.reduced_units`).
         scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
             authors' runs): one budget over all patches of the call.
     """
@@ -330,13 +322,8 @@ class DARTViT:
 
     def check_depth(self, depth: int) -> None:
         """Raise ValueError if ``prune_layer`` is not a block of an encoder of ``depth`` blocks;
-        NotImplementedError for ``output="reduced"`` (not built yet)."""
-        if self.output != "full":
-            raise NotImplementedError(
-                f"DARTViT: output={self.output!r} (the LLM receives only the kept / merged tokens, as in the IPCV "
-                "paper's runs) is not built yet: it needs the Qwen2-VL adapter to shorten input ids, attention "
-                "mask, mRoPE positions and cache (follow-up of issue 8); use output='full'"
-            )
+        ``output="reduced"`` is checked by
+        :func:`ipcv.compress` (Qwen2-VL only)."""
         if not 0 <= self.prune_layer < depth:
             raise ValueError(
                 f"DARTViT: prune_layer={self.prune_layer} is outside the allowed range [0, {depth - 1}] "

@@ -18,7 +18,9 @@ The same schedule functions give the analytic FLOP count (:data:`COUNTS`, used b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +51,28 @@ def _protected_counts(seg_lengths: Sequence[int], protected: torch.Tensor | None
     return [int(p.sum()) for p in protected.split(list(seg_lengths))]
 
 
+# per tower call, the ``source`` maps of the runners that ran in it (see :func:`collect_sources`)
+_SOURCES: ContextVar[list[torch.Tensor] | None] = ContextVar("ipcv_vit_sources", default=None)
+
+
+@contextmanager
+def collect_sources() -> Iterator[list[torch.Tensor]]:
+    """Collect, for the runs inside this context, the ``[L]`` source map of each call of a baseline
+    runner (for every position of the full-length output, the packed position of the token whose
+    final state it holds; itself if it survived). A runner that removed nothing appends nothing.
+    Used by adapters for ``output="reduced"``; the list lives only as long as the context."""
+    sink: list[torch.Tensor] = []
+    token = _SOURCES.set(sink)
+    try:
+        yield sink
+    finally:
+        _SOURCES.reset(token)
+
+
 def _record(method: str, seg_lengths, keep_counts, tokens_per_block, source: torch.Tensor) -> None:
+    sink = _SOURCES.get()
+    if sink is not None:
+        sink.append(source)
     record = _trace.active()
     if record is not None:
         record.calls.append(

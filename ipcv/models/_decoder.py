@@ -33,6 +33,9 @@ from .base import DecoderShape, LanguageAdapter, pop_output_flags
 # spans(batch, length, device) -> [B, L] visual span per position (-1 text) or None, for the current call
 _SPANS: ContextVar[Callable | None] = ContextVar("ipcv_visual_spans", default=None)
 _CACHE_RECORD = "_ipcv_pruned"
+# (drop [B, L] bool, method name): prompt positions a ViT-side baseline's output="reduced" removes
+# before the first decoder layer, for the current outer call (see DecoderFamily.reduce)
+_DROP: ContextVar[tuple[torch.Tensor, str] | None] = ContextVar("ipcv_reduced_drop", default=None)
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,16 @@ class DecoderFamily:
         each gets its own budget.
     positions: ``(inputs_embeds, position_ids, past_length) -> (rotary ids, text ids [B, L] or None)``:
         what the decoder's ``rotary_emb`` takes and what its layers / mask take as ``position_ids``.
+    reduce: ``(outer, args, kwargs) -> (args, kwargs, drop [B, L] bool or None)``: for a ViT-side
+        baseline with ``output="reduced"``, the outer call's arguments to run and the prompt positions
+        the LLM does not receive (removed before layer 0); None for a family without it.
     """
 
     locate: Callable[[nn.Module], tuple[nn.Module, nn.Module] | None]
     layout: Callable[[nn.Module, tuple, dict], object]
     spans: Callable[[object, int, int, torch.device], torch.Tensor | None]
     positions: Callable[[torch.Tensor, torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor | None]]
+    reduce: Callable[[nn.Module, tuple, dict], tuple[tuple, dict, torch.Tensor | None]] | None = None
 
 
 @dataclass
@@ -163,6 +170,52 @@ class _DecoderCall:
         self.stages.append((layer, slots.valid))
 
 
+def _run_reduced(call: _DecoderCall, h: torch.Tensor, attention_mask, reduced) -> torch.Tensor:
+    """All layers of one prefill call on the prompt without the positions ``drop`` ``[B, L]`` marks
+    (every layer's cache holds only the rest, left-filled to one length per batch); positions,
+    rotary angles and the causal mask are those of the full prompt, gathered. Returns ``[B, L, D]``
+    full length (before the final norm): a dropped position holds its input embedding."""
+    drop, name = reduced
+    B, L, _ = h.shape
+    valid = torch.ones(B, L, dtype=torch.bool, device=h.device) if attention_mask is None else attention_mask.bool()
+    keep = valid & ~drop.to(h.device)
+    rows = [keep[b].nonzero().flatten() for b in range(B)]
+    n = max(r.numel() for r in rows)
+    index = torch.zeros(B, n, dtype=torch.long, device=h.device)
+    kept = torch.zeros(B, n, dtype=torch.bool, device=h.device)
+    for b, r in enumerate(rows):
+        index[b, n - r.numel() :] = r
+        kept[b, n - r.numel() :] = True
+    call.select(0, index, Slots(index, kept, torch.full_like(index, -1)))
+    x = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
+    for i in range(call.num_layers):
+        x = call.layer(i, x)
+    out = h.clone()
+    batch = torch.arange(B, device=h.device)[:, None].expand_as(index)
+    out[batch[kept], index[kept]] = x[kept]
+    record = _trace.active()
+    if record is not None:
+        spans_of = _SPANS.get()
+        span = None if spans_of is None else spans_of(B, L, h.device)
+        visual = torch.zeros_like(keep) if span is None else (span.to(h.device) >= 0) & keep
+        tokens = kept.sum(1).tolist()
+        per_span = []
+        for b in range(B):
+            if span is None or not bool((span[b] >= 0).any()):
+                per_span.append([])
+                continue
+            s = span[b].to(h.device)
+            per_span.append(torch.bincount(s[keep[b] & (s >= 0)], minlength=int(s.max()) + 1).tolist())
+        n_layers = call.num_layers
+        record.decoder.append(
+            _trace.DecoderRecord(
+                f"{name}(reduced)", [tokens] * n_layers, [visual.sum(1).tolist()] * n_layers, [tokens] * n_layers,
+                [per_span], [0],
+            )
+        )  # fmt: skip
+    return out
+
+
 def _record_plain(model, inputs_embeds, attention_mask, cache, method: str = "vanilla") -> None:
     """Token counts of a decoder call that pruned nothing (into the active trace, if any)."""
     record = _trace.active()
@@ -209,10 +262,16 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
     def lm_forward(self, *args, **kwargs):
         """Forward of the outer model under an LLM-side method: the original, with the visual token
         layout of this call made visible to the decoder."""
+        drop = None
+        if family.reduce is not None:
+            args, kwargs, drop = family.reduce(self, args, kwargs)
         token = _SPANS.set(spans_of(self, args, kwargs))
+        name = type(getattr(getattr(self, "visual", None), "_ipcv_vision", None)).__name__
+        dropped = _DROP.set(None if drop is None else (drop, name))
         try:
             return type(self)._ipcv_base.forward(self, *args, **kwargs)
         finally:
+            _DROP.reset(dropped)
             _SPANS.reset(token)
 
     def observe_outer(outer: nn.Module) -> list:
@@ -251,7 +310,7 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
         its own cache, with the original positions of the new tokens. Anything else: the original
         forward.
         """
-        settings = self._ipcv_language
+        settings = getattr(self, "_ipcv_language", None)  # None: only a ViT-side output="reduced"
         base = type(self)._ipcv_base
         pop_output_flags(kwargs, type(self).__name__)
         pruned = getattr(past_key_values, _CACHE_RECORD, None) if past_key_values is not None else None
@@ -272,9 +331,12 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
             valid = torch.ones_like(span, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
             pos = torch.arange(span.shape[1], device=span.device).expand_as(span)
             slots = Slots(pos, valid, span.masked_fill(~valid, -1))
-            if not prunes_anything(settings, slots):
+            if settings is None or not prunes_anything(settings, slots):
                 slots = None
-        if pruned is None and slots is None:
+        reduced = _DROP.get() if pruned is None and past == 0 and inputs_embeds is not None else None
+        if reduced is not None and reduced[0].shape != inputs_embeds.shape[:2]:
+            reduced = None
+        if pruned is None and slots is None and reduced is None:
             out = base.forward(
                 self, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
@@ -295,6 +357,12 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
         )  # fmt: skip
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
+        if reduced is not None:  # prefill of a ViT-side output="reduced": drop the units before layer 0
+            call = _DecoderCall(self, mask, position_embeddings, text_position_ids, past_key_values, use_cache, kwargs)
+            h = _run_reduced(call, inputs_embeds, attention_mask, reduced)
+            if past_key_values is not None:
+                setattr(past_key_values, _CACHE_RECORD, _PrunedCache(call.stages))
+            return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
         if pruned is None:  # prefill: prune
             call = _DecoderCall(self, mask, position_embeddings, text_position_ids, past_key_values, use_cache, kwargs)
             h = run_language(call, inputs_embeds, slots, settings)
@@ -335,8 +403,11 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
             cache = [(base_count if k == 0 else counts[k - 1]).tolist() for k in layer_mask]
             record.decoder.append(
                 _trace.DecoderRecord(
-                    type(settings).__name__, [new] * len(self.layers), [[0] * B] * len(self.layers), cache
-                )
+                    type(settings).__name__ if settings is not None else "reduced",
+                    [new] * len(self.layers),
+                    [[0] * B] * len(self.layers),
+                    cache,
+                )  # fmt: skip
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
 

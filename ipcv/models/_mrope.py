@@ -92,3 +92,61 @@ def positions(inputs_embeds, position_ids, past_length):
     if position_ids.ndim == 3 and position_ids.shape[0] == 4:
         return position_ids[1:], position_ids[0]
     return position_ids, None
+
+
+def reduced_call(outer, args: tuple, kwargs: dict, units_key: str):
+    """``output="reduced"`` of a ViT-side baseline, at the outer model's call.
+
+    If the vision tower runs a baseline with ``output="reduced"`` and this call carries images or
+    video (``pixel_values*``, or ``mm_encoder_outputs`` as generate() pre-computes them), the
+    features are computed here (once, with the tower's mask of kept merge units, ``units_key``) and
+    handed on as ``mm_encoder_outputs``; the placeholders of the other units are marked for dropping.
+    The input ids, attention mask and 3D mRoPE positions stay those of the full prompt (so every kept
+    token keeps its original ``(t, h, w)`` position and the text after an image its own), and the
+    decoder removes the marked positions before its first layer (:mod:`ipcv.models._decoder`).
+
+    Returns: ``(args, kwargs, drop)``, with ``drop`` ``[B, L]`` bool (True: a placeholder the LLM does
+    not receive) or None when nothing is reduced in this call.
+    """
+    settings = getattr(getattr(outer, "visual", None), "_ipcv_vision", None)
+    if getattr(settings, "output", "full") != "reduced":
+        return args, kwargs, None
+    names = ("input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds")
+    kwargs = dict(zip(names, args)) | kwargs
+    encoded = dict(kwargs.get("mm_encoder_outputs") or {})
+    for kind, pixels, grid in (("image", "pixel_values", "image_grid_thw"),
+                               ("video", "pixel_values_videos", "video_grid_thw")):  # fmt: skip
+        if kwargs.get(pixels) is not None and encoded.get(kind) is None:
+            features = outer.get_image_features if kind == "image" else outer.get_video_features
+            encoded[kind] = features(kwargs.pop(pixels), kwargs.get(grid), return_dict=True)
+        kwargs.pop(pixels, None)
+    if not encoded:
+        return (), kwargs, None
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError(
+            f"{type(settings).__name__}(output='reduced'): input_ids=None is not supported with images or video "
+            "(the placeholders of the dropped merge units are found from the input ids); pass input_ids"
+        )
+    config = outer.config
+    drop = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    for kind, token_id in (("image", config.image_token_id), ("video", config.video_token_id)):
+        out = encoded.get(kind)
+        if out is None:
+            continue
+        units = out.get(units_key) if hasattr(out, "get") else None
+        if units is None:
+            raise ValueError(
+                f"{type(settings).__name__}(output='reduced'): mm_encoder_outputs[{kind!r}] was not computed by "
+                "the compressed tower (it has no mask of kept merge units); pass pixel values, or features "
+                "from this model's get_image_features / get_video_features"
+            )
+        placeholders = input_ids == token_id
+        if int(placeholders.sum()) != units.numel():
+            raise ValueError(
+                f"{type(settings).__name__}(output='reduced'): {int(placeholders.sum())} {kind} placeholder "
+                f"tokens in input_ids, but the {kind} features have {units.numel()} merge units"
+            )
+        drop[placeholders] = ~units.to(drop.device)  # row-major, the order masked_scatter fills them in
+    kwargs["mm_encoder_outputs"] = encoded
+    return (), kwargs, drop if bool(drop.any()) else None

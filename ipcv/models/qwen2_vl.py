@@ -11,6 +11,7 @@ Language: the shared decoder code (:mod:`ipcv.models._decoder`) with the mRoPE l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +22,13 @@ from transformers.utils.generic import is_flash_attention_requested
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
 from ..engine import Plan, run_vision
+from ..schedules import collect_sources
 from . import _mrope
 from ._attention import nonempty_segments, segment_attention
 from ._decoder import DecoderFamily, decoder_shape, language_adapter
 from .base import Adapter, EncoderShape, pop_output_flags
 
-__all__ = ["ADAPTER", "LANGUAGE", "decoder_shape", "tower_forward", "vision_segments"]
+__all__ = ["ADAPTER", "LANGUAGE", "decoder_shape", "reduced_units", "tower_forward", "vision_segments"]
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -177,9 +179,56 @@ class _TowerCall:
         return h + blk.mlp(blk.norm2(h))
 
 
+UNITS_KEY = "ipcv_units"
+"""Key of the ``[U]`` bool mask of kept merge units (all images / frames of the call, in order) that a
+tower with ``output="reduced"`` adds to its ``BaseModelOutputWithPooling``."""
+
+
+def reduced_units(source: torch.Tensor | None, seg_lengths: list[int], unit: int) -> torch.Tensor:
+    """Which 2x2 merge units (LLM tokens) of one tower call the LLM receives under ``output="reduced"``.
+
+    The rule (ours; the paper does not say how its ViT-side runs made whole merge units): a patch
+    *survives* if the final state at its position is its own (``source[i] == i``: a kept token of
+    DART-ViT, a token that others were merged into under ToMe / ToFu). In each image / frame with
+    ``s`` surviving patches, the ``round(s / unit)`` merge units (half up, at least one if ``s > 0``,
+    at most all) with the most surviving patches are kept, a tie going to the earlier unit. So the
+    LLM receives as many tokens per image / frame as there are surviving patches divided by the
+    unit size, and at keep 1.0 every unit.
+
+    Args:
+        source: ``[L]`` source map of the call (:func:`ipcv.schedules.collect_sources`), or None
+            when the runner removed nothing (every patch survives).
+        seg_lengths: patches per image / frame (each a multiple of ``unit``). unit: patches per merge
+            unit (``spatial_merge_size ** 2``).
+    Returns: ``[sum(seg_lengths) // unit]`` bool, True for a kept unit.
+    """
+    L = sum(seg_lengths)
+    if source is None:
+        return torch.ones(L // unit, dtype=torch.bool)
+    alive = (source.cpu() == torch.arange(L)).view(L // unit, unit).sum(1)
+    keep = torch.zeros(L // unit, dtype=torch.bool)
+    start = 0
+    for n in seg_lengths:
+        u = n // unit
+        per_unit = alive[start : start + u]
+        s = int(per_unit.sum())
+        k = min(u, max(int(s > 0), (2 * s + unit) // (2 * unit)))
+        order = torch.sort(per_unit, descending=True, stable=True).indices[:k]
+        keep[start + order] = True
+        start += u
+    return keep
+
+
 def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
     """Forward of a compressed Qwen2-VL vision tower: same inputs and outputs as the original
-    (``last_hidden_state`` ``[L, embed_dim]`` full length, ``pooler_output`` the merger's output)."""
+    (``last_hidden_state`` ``[L, embed_dim]`` full length, ``pooler_output`` the merger's output).
+
+    With a baseline's ``output="reduced"`` the output also holds, under :data:`UNITS_KEY`, the mask of
+    the merge units the LLM receives (:func:`reduced_units`). ``pooler_output`` stays full length:
+    transformers splits it per image by ``grid_thw`` and checks it against the placeholder count,
+    also when generate() encodes the images before prefill (``mm_encoder_outputs``); the outer
+    model's forward drops the other units before the first decoder layer (see
+    :func:`ipcv.models._mrope.reduced_call`)."""
     pop_output_flags(kwargs, type(self).__name__)
     position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size, kwargs=kwargs)
     cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config, kwargs=kwargs)
@@ -187,8 +236,13 @@ def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **k
     position_embeddings = self.rotary_pos_emb(hidden_states, position_ids)
     call = _TowerCall(self, cu_seqlens, max_seqlen, position_embeddings, kwargs, qwen.eager_attention_forward)
     seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
-    return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
+    with collect_sources() as sources:
+        hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
+    out = BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
+    if getattr(self._ipcv_vision, "output", "full") == "reduced":
+        units = reduced_units(sources[-1] if sources else None, seg_lengths, self.spatial_merge_size**2)
+        out[UNITS_KEY] = units.to(hidden_states.device)
+    return out
 
 
 def _locate(model: nn.Module) -> nn.Module | None:
@@ -228,8 +282,11 @@ def vision_segments(tower: nn.Module, args: tuple, kwargs: dict) -> list[int]:
 
 
 LANGUAGE = language_adapter(
-    DecoderFamily(locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=_mrope.positions)
-)
+    DecoderFamily(
+        locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=_mrope.positions,
+        reduce=partial(_mrope.reduced_call, units_key=UNITS_KEY),
+    )
+)  # fmt: skip
 
 
 ADAPTER = Adapter(
