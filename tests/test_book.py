@@ -57,7 +57,8 @@ def test_smoke_copy_is_in_sync(path):
     )
     injected = [c for c in copy.cells if "injected-parameters" in c.metadata.get("tags", [])]
     expected = {k: v for k, v in book.SMOKE.items() if k in book.parameters_of(path)}
-    assert copy.metadata.papermill["parameters"] == expected and len(injected) == 1
+    # papermill injects a cell only when it has parameters to inject (07 and 08 run on their defaults)
+    assert copy.metadata.papermill["parameters"] == expected and len(injected) == (1 if expected else 0)
     text = smoke.read_text()
     assert '"duration"' not in text and '"start_time"' not in text and str(book.ROOT) not in text
 
