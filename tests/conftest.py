@@ -10,6 +10,8 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VLForConditionalGeneration,
 )
 
+import ipcv
+
 torch.set_num_threads(2)
 
 # grids (t, h, w) in patches; h and w multiples of the 2x2 merge
@@ -68,3 +70,22 @@ def tiny_qwen2vl(attn: str = "eager", layers: int = 2) -> Qwen2VLForConditionalG
     cfg.text_config._attn_implementation = attn
     torch.manual_seed(0)
     return Qwen2VLForConditionalGeneration(cfg).eval()
+
+
+# the methods every model-family test runs, sized for tiny configs (decoders of a few layers, towers of 4-6 blocks)
+def family_languages(keep):
+    return {
+        "DART": ipcv.DART(keep),
+        "FastV": ipcv.FastV(keep),
+        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
+        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last", recycle_in_budget=True),
+    }
+
+
+def family_visions(keep):
+    return {
+        "IPCV": ipcv.IPCV(keep, prune_layer=2, stabilize_layers=2, neighbors=3),
+        "ToMe": ipcv.ToMe(keep),
+        "ToFu": ipcv.ToFu(keep),
+        "DARTViT": ipcv.DARTViT(keep, prune_layer=2),
+    }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import family_languages as languages
+from conftest import family_visions as visions
 from reference import keep_budget, masked_attention, reference_ipcv
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
@@ -66,24 +68,6 @@ SINGLE = prompts([2])  # one image of two tiles
 SEVERAL = prompts([2, 1])  # two images: 2 tiles + 1 tile
 PADDED = prompts([1], [2, 1])
 CASES = {"single": SINGLE, "several": SEVERAL, "padded": PADDED}
-
-
-def languages(keep):
-    return {
-        "DART": ipcv.DART(keep),
-        "FastV": ipcv.FastV(keep),
-        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last", recycle_in_budget=True),
-    }
-
-
-def visions(keep):
-    return {
-        "IPCV": ipcv.IPCV(keep, prune_layer=2, stabilize_layers=2, neighbors=3),
-        "ToMe": ipcv.ToMe(keep),
-        "ToFu": ipcv.ToFu(keep),
-        "DARTViT": ipcv.DARTViT(keep, prune_layer=2),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import family_languages as languages
+from conftest import family_visions as visions
 from reference import masked_attention, reference_ipcv
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -59,24 +61,6 @@ def prompts(*samples, n=49, seed=3):
 
 SINGLE, TWO, PADDED = prompts(1), prompts(2), prompts(1, 2)
 CASES = {"single": SINGLE, "two_images": TWO, "padded": PADDED}
-
-
-def languages(keep):
-    return {
-        "DART": ipcv.DART(keep),
-        "FastV": ipcv.FastV(keep),
-        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last", recycle_in_budget=True),
-    }
-
-
-def visions(keep):
-    return {
-        "IPCV": ipcv.IPCV(keep, prune_layer=2, stabilize_layers=2, neighbors=3),
-        "ToMe": ipcv.ToMe(keep),
-        "ToFu": ipcv.ToFu(keep),
-        "DARTViT": ipcv.DARTViT(keep, prune_layer=2),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import family_languages as languages
 from conftest import pixels
 from reference import masked_attention, reference_ipcv
 from test_language import prompts
@@ -206,15 +207,6 @@ TWO_IMAGES = prompts([("image", [1, 8, 12]), ("image", [1, 4, 6])])
 VIDEO = prompts([("video", [2, 4, 8])])
 PADDED = prompts([("image", [1, 8, 12])], [("image", [1, 4, 6]), ("image", [1, 4, 4])])
 CASES = {"single": SINGLE, "two_images": TWO_IMAGES, "video": VIDEO, "padded": PADDED}
-
-
-def languages(keep):
-    return {
-        "DART": ipcv.DART(keep),
-        "FastV": ipcv.FastV(keep),
-        "V2Drop": ipcv.V2Drop(keep, layers=(1, 3), budget="last"),
-        "SparseVLM": ipcv.SparseVLM(keep, layers=(1, 2), budget="last", recycle_in_budget=True),
-    }
 
 
 def test_shares_the_mrope_decoder_code_with_qwen2_vl():
