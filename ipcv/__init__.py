@@ -8,7 +8,7 @@ model classes.
 """
 
 from . import presets
-from .api import compress, compressed, restore, settings, stats, supported_models
+from .api import compress, compressed, restore, settings, stats, supported_models, vision_attention
 from .config import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop, keep_count
 from .flops import costs
 from .trace import trace
@@ -34,4 +34,5 @@ __all__ = [
     "stats",
     "supported_models",
     "trace",
+    "vision_attention",
 ]

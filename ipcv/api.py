@@ -19,11 +19,14 @@ from . import schedules  # noqa: F401  (registers ToMe, ToFu, DARTViT in VISION_
 from . import trace as _trace
 from .engine import VISION_RUNNERS
 from .language import LANGUAGE_RUNNERS
-from .models._attention import check_attention
+from .models._attention import VARLEN, check_attention, register_varlen
 from .models.base import Adapter
 from .models.registry import ADAPTERS, find, supported_models
 
-__all__ = ["ADAPTERS", "find", "compress", "compressed", "restore", "settings", "stats", "supported_models"]
+__all__ = [
+    "ADAPTERS", "find", "compress", "compressed", "restore", "settings", "stats", "supported_models",
+    "vision_attention",
+]  # fmt: skip
 
 _SETTINGS = "_ipcv_vision"
 _LANGUAGE = "_ipcv_language"
@@ -205,3 +208,46 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
         finally:
             for h in handles:
                 h.remove()
+
+
+VISION_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "varlen")
+_PACKED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # towers that attend over packed segments (cu_seqlens)
+
+
+def vision_attention(model: nn.Module, implementation: str) -> str:
+    """Choose the attention kernel of ``model``'s vision tower only (the LLM keeps its own); returns
+    the implementation it had, so ``vision_attention(model, previous)`` undoes it.
+
+    ``"varlen"``: one variable-length attention call per block over all images / frames, by
+    PyTorch's own kernel (``torch.nn.attention.varlen``, flash or cuDNN; CUDA, bf16 / fp16) registered
+    in transformers' attention interface, for users without the ``flash-attn`` package; on CPU or in
+    float32 it runs scaled_dot_product_attention per segment. For towers that pack their images
+    (Qwen2-VL, Qwen2.5-VL). ``"flash_attention_2"`` / ``"_3"`` need the ``flash-attn`` package.
+    Works on compressed and uncompressed models alike (the compressed blocks use the same kernel).
+    """
+    if implementation not in VISION_ATTENTION:
+        raise ValueError(f"implementation={implementation!r} is not allowed: use one of {VISION_ATTENTION}")
+    adapter, target = find(model)
+    name = implementation
+    if implementation == "varlen":
+        if adapter.family not in _PACKED_FAMILIES:
+            raise ValueError(
+                f"implementation='varlen' needs a tower that packs its images ({', '.join(_PACKED_FAMILIES)}); "
+                f"a {type(model).__name__} ({adapter.family}) batches them: use 'sdpa' or 'flash_attention_2'"
+            )
+        name = register_varlen()
+    elif implementation.startswith("flash"):
+        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+        available = is_flash_attn_2_available() if implementation.endswith("2") else is_flash_attn_3_available()
+        if not available:
+            raise ValueError(
+                f"implementation={implementation!r} needs the flash-attn package (and a CUDA GPU); use 'varlen' "
+                "(PyTorch's own varlen kernel) or 'sdpa'"
+            )
+    configs = {id(m.config): m.config for m in target.modules() if hasattr(m, "config")}
+    configs.setdefault(id(target.config), target.config)
+    previous = target.config._attn_implementation or "eager"
+    for config in configs.values():
+        config._attn_implementation = name
+    return "varlen" if previous == VARLEN else previous

@@ -335,3 +335,79 @@ def test_flash_varlen_path_matches_eager(emulated_flash, settings):
     if settings.scope == "global":
         assert 0 in t.calls[0].keep_counts  # a frame lost all its tokens: the empty-segment path ran
     torch.testing.assert_close(outs[emulated_flash], outs["eager"], rtol=1e-4, atol=1e-4)
+
+
+# --- ipcv.vision_attention("varlen"): PyTorch's varlen kernel through transformers' interface -----
+
+
+@pytest.mark.parametrize("grid", [SINGLE, SEVERAL, VIDEO, MIXED], ids=["single", "several", "video", "mixed"])
+def test_varlen_attention_matches_eager_and_keep_all_is_exact(grid):
+    outs = {}
+    for attn in ("eager", "varlen"):
+        tower = make_tower("eager")
+        assert ipcv.vision_attention(tower, attn) == "eager"
+        vanilla = run(tower, grid).last_hidden_state
+        ipcv.compress(tower, vision=ipcv.IPCV(1.0, prune_layer=2, stabilize_layers=2))
+        assert torch.equal(run(tower, grid).last_hidden_state, vanilla)  # keep 1.0: the plain blocks
+        ipcv.compress(tower, vision=ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2))
+        outs[attn] = (vanilla, run(tower, grid).last_hidden_state)
+        assert ipcv.vision_attention(tower, "eager") == attn  # the previous one comes back
+    for got, want in zip(outs["varlen"], outs["eager"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_vision_attention_refuses_what_it_cannot_do():
+    tower = make_tower()
+    with pytest.raises(ValueError, match="implementation='flash'.*allowed"):
+        ipcv.vision_attention(tower, "flash")
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        with pytest.raises(ValueError, match="flash-attn package"):
+            ipcv.vision_attention(tower, "flash_attention_2")
+    from transformers import Dinov2Config, Dinov2Model
+
+    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(ValueError, match="varlen.*packs its images"):
+        ipcv.vision_attention(dino, "varlen")
+    from ipcv.models._attention import varlen_attention_forward
+
+    q = torch.zeros(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="vision towers only"):
+        varlen_attention_forward(None, q, q, q)  # a language model's call: no segment boundaries
+
+
+def _meta_tower_call(grid):
+    """A Qwen2-VL tower call whose tensors all live on the meta device, on the varlen path in bf16:
+    any read of a device value by the host (``.item()``, ``.tolist()``, ``nonzero``, boolean
+    indexing, ``int(t)``) raises there, so a run that finishes never waits for the GPU."""
+    from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
+
+    from ipcv.models import qwen2_vl as adapter
+    from ipcv.models._attention import register_varlen
+
+    tower = make_tower()
+    tower.config._attn_implementation = register_varlen()
+    g = torch.tensor(grid)
+    with torch.no_grad():
+        cu, max_len = get_vision_attention_seqlens(g, tower.config, kwargs={})
+        h = tower.patch_embed(pixels(grid))
+        pe = tower.rotary_pos_emb(h, get_vision_position_ids(g, tower.spatial_merge_size, kwargs={}))
+    tower.to("meta", torch.bfloat16)
+    to_meta = lambda t: t.to("meta", torch.bfloat16 if t.is_floating_point() else t.dtype)  # noqa: E731
+    call = adapter._TowerCall(
+        tower, to_meta(cu), max_len, tuple(map(to_meta, pe)), {}, adapter.qwen.eager_attention_forward
+    )
+    return call, len(tower.blocks), to_meta(h), cu.diff().tolist()
+
+
+@pytest.mark.parametrize("grid", [SINGLE, SEVERAL, VIDEO, MIXED], ids=["single", "several", "video", "mixed"])
+def test_ipcv_block_loop_never_reads_the_device(grid):
+    from ipcv.engine import run_ipcv
+
+    with pytest.raises(RuntimeError, match="meta"):  # the detector works: a host read fails on meta
+        torch.ones(3, device="meta").sum().item()
+    call, depth, h, seg = _meta_tower_call(grid)
+    with torch.no_grad():
+        out = run_ipcv(call, depth, h, seg, ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2))
+    assert out.shape == h.shape and out.device.type == "meta"

@@ -19,7 +19,7 @@ def load(path: str | Path = BENCH) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _paper_key(name: str) -> tuple[str, str]:
+def paper_key(name: str) -> tuple[str, str]:
     """``"IPCV | ViT 35% / LLM 35%"`` -> ``("vit35_llm35", "IPCV")``; ``"vanilla"`` -> ``("vanilla", "Vanilla")``."""
     if name == "vanilla":
         return "vanilla", "Vanilla"
@@ -39,7 +39,7 @@ def table4(bench: dict) -> pd.DataFrame:
     ours_base_kv = next(r for r in bench["rows"] if r["setting"] == "vanilla")["kv_cache_mb"]
     out = []
     for r in bench["rows"]:
-        key = _paper_key(r["setting"])
+        key = paper_key(r["setting"])
         entry = {
             "setting": key[0], "method": key[1],
             "total %": 100 * r["total_ratio"], "prefill %": 100 * r["prefill_ratio"], "FLOPs %": 100 * r["flop_ratio"],

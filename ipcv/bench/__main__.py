@@ -1,4 +1,4 @@
-"""``python -m ipcv.bench {vision,knn-memory,prefill,efficiency} [options]`` (also installed as ``ipcv-bench``)."""
+"""``python -m ipcv.bench {vision,knn-memory,prefill,efficiency,gpu} [options]`` (also installed as ``ipcv-bench``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import efficiency, knn_memory, prefill, vision
+from . import efficiency, gpu, knn_memory, prefill, vision
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,9 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     knn_memory.add_arguments(sub.add_parser("knn-memory", help="extra memory of the kNN step"))
     prefill.add_arguments(sub.add_parser("prefill", help="Qwen2-VL-2B prefill time, FLOPs, KV cache: paper settings"))
     efficiency.add_arguments(sub.add_parser("efficiency", help="Qwen2-VL-2B generate(): Table 4 rows, Figure 1 shares"))
+    gpu.add_arguments(sub.add_parser("gpu", help="on a CUDA GPU: method checks, Qwen2-VL-7B latency, tower scaling"))
     args = parser.parse_args(argv)
     commands = {"vision": vision.main, "knn-memory": knn_memory.main, "prefill": prefill.main}
-    commands["efficiency"] = efficiency.main
+    commands["efficiency"], commands["gpu"] = efficiency.main, gpu.main
     commands[args.command](args)
 
 

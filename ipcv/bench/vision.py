@@ -106,18 +106,20 @@ FAMILIES = {
 }  # fmt: skip
 
 
-def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0, family: str = "qwen2_vl"):
+def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0, family: str | Family = "qwen2_vl"):
     torch.manual_seed(seed)
     with torch.device(device):
-        tower = FAMILIES[family].build()
-    tower.config._attn_implementation = attn
-    return tower.to(dtype).eval()
+        tower = (FAMILIES[family] if isinstance(family, str) else family).build()
+    tower = tower.to(dtype).eval()
+    ipcv.vision_attention(tower, attn) if attn == "varlen" else setattr(tower.config, "_attn_implementation", attn)
+    return tower
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, family: Family | None = None) -> dict:
+    """Time the tower of ``args.family`` (or of ``family``, a tower not in :data:`FAMILIES`)."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    family = FAMILIES[args.family]
-    tower = build_tower(device, dtype, args.attn, family=args.family)
+    family = family or FAMILIES[args.family]
+    tower = build_tower(device, dtype, args.attn, family=family)
     settings = {"vanilla": None} | {
         f"ipcv{k:g}": ipcv.IPCV(k, args.prune_layer, args.stabilize_layers, args.neighbors) for k in args.keep
     }
@@ -211,7 +213,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per setting (median reported)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--attn", default="sdpa", help="eager | sdpa | flash_attention_2")
+    p.add_argument("--attn", default="sdpa", help="eager | sdpa | varlen | flash_attention_2")
     p.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: data/bench/...)")
 
 

@@ -2,6 +2,12 @@
 
 Layout: a call's tokens are *packed*, ``[L, D]``, cut into segments (one per image or video frame,
 the attention segments of the encoder) by their lengths. Nothing here knows transformers.
+
+On a GPU nothing here waits for the device: segment lengths and budgets are Python integers known
+before any kernel runs, segments of one size are processed as one batch (a Python loop runs over
+the distinct sizes, never over segments), and the few index tensors built from those integers are
+copied to the device asynchronously (:func:`device_index`). Only ``scope="global"`` (and protected
+tokens) read counts back from the device once per call, to learn how many tokens each segment kept.
 """
 
 from __future__ import annotations
@@ -30,6 +36,38 @@ def feature_difference_scores(h_lp: torch.Tensor, h_prev: torch.Tensor) -> torch
 
 def _uniform(values: Sequence[int]) -> bool:
     return len(set(values)) <= 1
+
+
+def device_index(values: Sequence[int], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A 1-D tensor of the integers ``values`` on ``device``; on CUDA copied from pinned host memory
+    without blocking, so the host does not wait for the kernels already queued."""
+    t = torch.tensor(list(values), dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def segment_groups(*per_segment: Sequence[int]) -> dict[tuple[int, ...], list[int]]:
+    """Segments grouped by their values in ``per_segment`` (e.g. length and budget): key -> the
+    indices of the segments sharing it, in order. One batched op then serves each group."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for s, key in enumerate(zip(*per_segment)):
+        groups.setdefault(key, []).append(s)
+    return groups
+
+
+def offsets(lengths: Sequence[int]) -> list[int]:
+    """Where each run starts when runs of ``lengths`` are laid end to end: ``[0, l0, l0 + l1, ...]``."""
+    out, total = [], 0
+    for n in lengths:
+        out.append(total)
+        total += n
+    return out
+
+
+def _rows(starts: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
+    """``[G, width]`` rows ``start + j`` of G equally long runs beginning at ``starts``."""
+    return device_index(starts, device).unsqueeze(1) + torch.arange(width, device=device)
 
 
 def select_tokens(
@@ -72,16 +110,14 @@ def select_tokens(
     if scope != "segment":
         raise ValueError(f"scope={scope!r} is not allowed: use 'segment' or 'global'")
     budgets = [keep_count(n - p, keep_ratio) + p for n, p in zip(seg_lengths, n_protected)]
-    if _uniform(seg_lengths) and _uniform(budgets):  # one batched top-k (video frames, ViT batches)
-        n, k = seg_lengths[0], budgets[0]
-        local = scores.view(-1, n).topk(k, dim=1).indices.sort(dim=1).values
-        offsets = torch.arange(0, L, n, device=scores.device).unsqueeze(1)
-        return (local + offsets).flatten(), budgets
-    keeps, start = [], 0
-    for n, k in zip(seg_lengths, budgets):
-        keeps.append(scores[start : start + n].topk(k).indices.sort().values + start)
-        start += n
-    return torch.cat(keeps), budgets
+    keep = torch.empty(sum(budgets), dtype=torch.long, device=scores.device)
+    starts, out_starts = offsets(seg_lengths), offsets(budgets)
+    for (n, k), members in segment_groups(seg_lengths, budgets).items():  # one batched top-k per size
+        rows = _rows([starts[s] for s in members], n, scores.device)  # [G, n]
+        local = scores[rows].topk(k, dim=1).indices.sort(dim=1).values
+        out = _rows([out_starts[s] for s in members], k, scores.device)
+        keep[out.flatten()] = rows.gather(1, local).flatten()
+    return keep, budgets
 
 
 def nearest_kept(
@@ -145,25 +181,20 @@ def find_neighbors(
         return Neighbors(idx, torch.full((R, k), 1.0 / k, device=device))
     rem_counts = [n - c for n, c in zip(seg_lengths, keep_counts)]
     k_max = min(neighbors, max(keep_counts))
-    if _uniform(seg_lengths) and _uniform(keep_counts):  # batched over segments
-        S, c = len(keep_counts), keep_counts[0]
-        h_keep = h_lp[keep].view(S, c, -1)
-        h_rem = h_lp[rem].view(S, -1, h_lp.shape[-1])
-        local = nearest_kept(h_rem, h_keep, k_max, block_elements)  # [S, r, k]
-        offsets = torch.arange(0, K, c, device=device).view(S, 1, 1)
-        idx = (local + offsets).reshape(R, k_max)
-        return Neighbors(idx, torch.full((R, k_max), 1.0 / k_max, device=device))
     idx = torch.zeros((R, k_max), dtype=torch.long, device=device)
     weight = torch.zeros((R, k_max), dtype=torch.float32, device=device)
-    kstart = rstart = 0
-    for c, r in zip(keep_counts, rem_counts):
-        if r:
-            k = min(neighbors, c)
-            local = nearest_kept(h_lp[rem[rstart : rstart + r]], h_lp[keep[kstart : kstart + c]], k, block_elements)
-            idx[rstart : rstart + r, :k] = local + kstart
-            weight[rstart : rstart + r, :k] = 1.0 / k
-        kstart += c
-        rstart += r
+    h_keep, h_rem = h_lp[keep], h_lp[rem]
+    kstarts, rstarts = offsets(keep_counts), offsets(rem_counts)
+    for (c, r), members in segment_groups(keep_counts, rem_counts).items():  # batched over equal segments
+        if not r:
+            continue
+        k = min(neighbors, c)
+        kept_rows = _rows([kstarts[s] for s in members], c, device)  # [G, c] rows of the kept sequence
+        rem_rows = _rows([rstarts[s] for s in members], r, device)  # [G, r] rows of the removed sequence
+        local = nearest_kept(h_rem[rem_rows], h_keep[kept_rows], k, block_elements)  # [G, r, k]
+        flat = rem_rows.flatten()
+        idx[flat, :k] = kept_rows.gather(1, local.flatten(1)).view(-1, k)
+        weight[flat, :k] = 1.0 / k
     return Neighbors(idx, weight)
 
 
@@ -194,7 +225,8 @@ def scatter_tokens(h_keep: torch.Tensor, h_rem: torch.Tensor, keep: torch.Tensor
 
 
 def complement(keep: torch.Tensor, length: int) -> torch.Tensor:
-    """Indices in ``range(length)`` not in ``keep``, sorted."""
+    """Indices in ``range(length)`` not in ``keep`` (distinct indices), sorted. Their number is known,
+    ``length - len(keep)``, so no count is read back from the device."""
     mask = torch.ones(length, dtype=torch.bool, device=keep.device)
     mask[keep] = False
-    return mask.nonzero().flatten()
+    return torch.nonzero_static(mask, size=length - keep.numel()).flatten()

@@ -10,6 +10,8 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import is_flash_attention_requested
 
+from ..methods.ipcv import device_index, offsets
+
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
 
@@ -26,10 +28,9 @@ def check_attention(config, owner: str) -> None:
 
 
 def cumulative(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
-    """``[S + 1]`` int32 cumulative lengths (cu_seqlens) of segments."""
-    out = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
-    out[1:] = torch.tensor(list(lengths), dtype=torch.int32, device=device).cumsum(0)
-    return out
+    """``[S + 1]`` int32 cumulative lengths (cu_seqlens) of segments, computed on the host and copied
+    to the device without blocking (:func:`ipcv.methods.ipcv.device_index`)."""
+    return device_index(offsets([*lengths, 0]), device, torch.int32)
 
 
 def segment_attention(
@@ -106,3 +107,90 @@ def nonempty_segments(plan) -> tuple[list[int], list[int], torch.Tensor | None]:
     q_lengths = [c for c, _ in pairs if c]
     kv_lengths = [n for c, n in pairs if c]
     return q_lengths, kv_lengths, torch.cat(rows)
+
+
+# --- a varlen kernel without the flash-attn package: PyTorch's own, through transformers' attention interface ---
+
+VARLEN = "ipcv_flash_varlen"
+"""Name under which :func:`register_varlen` puts :func:`varlen_attention_forward` in transformers'
+attention registry. It contains "flash" on purpose: transformers' vision towers hand an
+implementation whose name says flash the packed ``cu_seqlens`` (one varlen call per block) instead
+of splitting the sequence per image in Python."""
+
+
+def torch_varlen():
+    """PyTorch's varlen attention (``torch.nn.attention.varlen.varlen_attn``, PyTorch >= 2.9), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def varlen_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """Which kernel :func:`varlen_attention_forward` runs for tensors of ``device`` / ``dtype``."""
+    if device.type in ("cuda", "meta") and dtype in (torch.float16, torch.bfloat16) and torch_varlen() is not None:
+        return "torch varlen_attn (flash / cuDNN)"
+    return "sdpa per segment"
+
+
+def varlen_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    is_causal: bool | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Bidirectional attention over packed segments, transformers' attention-function signature.
+
+    ``query`` / ``key`` / ``value`` ``[1, H, L, d]`` hold every segment end to end; ``cu_seq_lens_q`` /
+    ``cu_seq_lens_k`` ``[S + 1]`` are their boundaries (query and key segments may differ in length:
+    IPCV's stabilized blocks). On CUDA in bf16 / fp16 one call of PyTorch's varlen kernel serves all
+    segments and nothing waits for the device; elsewhere (CPU, float32) each segment runs through
+    ``scaled_dot_product_attention``, which reads the boundaries back (the reference path).
+    Returns ``([1, L, H, d], None)``. Only for vision towers: a call without boundaries, with a mask,
+    causal, or with dropout is refused.
+    """
+    if cu_seq_lens_q is None or cu_seq_lens_k is None or max_length_q is None or max_length_k is None:
+        raise ValueError(
+            f"attn_implementation={VARLEN!r} serves vision towers only (packed bidirectional segments with "
+            "cu_seqlens); set it on the vision tower (ipcv.vision_attention), not on a language model"
+        )
+    if attention_mask is not None or is_causal or dropout:
+        raise ValueError(
+            f"attn_implementation={VARLEN!r}: attention_mask, is_causal=True and dropout are not supported "
+            f"(got mask={attention_mask is not None}, is_causal={is_causal}, dropout={dropout})"
+        )
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [L, H, d]
+    if varlen_kernel(q.device, q.dtype).startswith("torch"):
+        out = torch_varlen()(
+            q, k, v, cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32), int(max_length_q),
+            int(max_length_k), scale=scaling, enable_gqa=k.shape[1] != q.shape[1],
+        )  # fmt: skip
+        return out.unsqueeze(0), None
+    bq, bk = cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist()
+    outs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[c:e].transpose(0, 1), v[c:e].transpose(0, 1), scale=scaling,
+            enable_gqa=k.shape[1] != q.shape[1],
+        ).transpose(0, 1)
+        for a, b, c, e in zip(bq[:-1], bq[1:], bk[:-1], bk[1:])
+    ]  # fmt: skip
+    return torch.cat(outs).unsqueeze(0), None
+
+
+def register_varlen() -> str:
+    """Put :func:`varlen_attention_forward` in transformers' attention registry under :data:`VARLEN`
+    (idempotent) and return that name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    return VARLEN

@@ -24,7 +24,7 @@ from transformers.vision_utils import get_vision_attention_seqlens, get_vision_p
 from ..engine import Plan, run_vision
 from ..schedules import collect_sources
 from . import _mrope
-from ._attention import nonempty_segments, segment_attention
+from ._attention import cumulative, nonempty_segments, segment_attention
 from ._decoder import DecoderFamily, decoder_shape, language_adapter
 from .base import Adapter, EncoderShape, pop_output_flags
 
@@ -98,8 +98,7 @@ class _TowerCall:
         if windowed not in self._kept_inputs:
             counts = self.windows.counts(plan.keep) if windowed else plan.keep_counts
             counts = [c for c in counts if c]
-            cu = torch.zeros(len(counts) + 1, dtype=self.cu_seqlens.dtype, device=plan.keep.device)
-            cu[1:] = torch.tensor(counts, dtype=cu.dtype, device=cu.device).cumsum(0)
+            cu = cumulative(counts, plan.keep.device).to(self.cu_seqlens.dtype)
             max_len = max(counts) if is_flash_attention_requested(self.tower.config) else None
             cos, sin = self.pe
             self._kept_inputs[windowed] = (cu, max_len, (cos[plan.keep], sin[plan.keep]))

@@ -1,0 +1,93 @@
+"""python -m ipcv.bench gpu: its CPU variant (--device cpu --size tiny) runs every part on tiny configs of
+the Qwen2-VL classes. Timings on a tiny CPU model mean nothing; checked here are the command's
+structure, its JSON, the exactness and tolerance checks, token counts and the analytic columns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+import ipcv
+from ipcv.bench import gpu
+from ipcv.bench.prefill import paper_settings
+from ipcv.engine import VISION_RUNNERS
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        parts=["check", "latency", "tower"], device="cpu", size="tiny", dtype="fp32", attn="varlen",
+        protocol="ours", repeats=1, new_tokens=2, out=tmp_path / "gpu.json",
+    )  # fmt: skip
+    return argparse.Namespace(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    args = _args(tmp_path_factory.mktemp("gpu"))
+    gpu.main(args)
+    return json.loads(args.out.read_text())
+
+
+def test_json_names_where_it_ran(bench):
+    for key in ("device", "torch", "transformers", "date", "weights"):
+        assert bench[key]
+    assert bench["device"].startswith("CPU") and "tiny" in bench["weights"] and bench["size"] == "tiny"
+
+
+def test_check_keep_all_exact_and_kernels_agree(bench):
+    check = bench["check"]
+    assert set(check["attention_implementations"]) == {"eager", "sdpa", "varlen"}
+    assert check["attention_implementations"]["varlen"] == "sdpa per segment"  # no CUDA: the reference path
+    methods = set(paper_settings(vit=(0.35,), llm=(0.35,))) - {"vanilla"}
+    rows = check["rows"]
+    assert {(r["dtype"], r["attention"], r["setting"]) for r in rows} == {
+        (d, a, m) for d in ("fp32", "bf16") for a in ("eager", "sdpa", "varlen") for m in methods
+    }
+    assert all(r["keep1_exact"] and r["finite"] for r in rows)
+    fp32 = [r for r in rows if r["dtype"] == "fp32" and r["attention"] != "eager"]
+    assert all(r["same_decisions"] and r["within"] and r["rel"] < 1e-5 for r in fp32)
+    assert check["failures"] == [] and all(r["ok"] for r in rows)
+
+
+def test_latency_rows_for_every_input(bench):
+    lat = bench["latency"]
+    assert [i["input"] for i in lat["inputs"]] == [x[0] for x in gpu.SIZES["tiny"][2]]
+    names = set(paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05)))
+    for inp in lat["inputs"]:
+        rows = {r["setting"]: r for r in inp["rows"]}
+        assert set(rows) | set(inp["refused"]) == names
+        n = (inp["frames"] // 2 if inp["kind"] == "video" else 1) * (inp["side"] // 28) ** 2  # LLM visual tokens
+        assert rows["vanilla"]["visual_tokens_llm"] == n and rows["vanilla"]["total_ratio"] == 1.0
+        ipcv_row = rows["IPCV | ViT 35% / LLM 35%"]
+        assert ipcv_row["flop_ratio"] < rows["DART | ViT 100% / LLM 35%"]["flop_ratio"] < 1
+        assert ipcv_row["kv_cache_mb"] < rows["vanilla"]["kv_cache_mb"]
+        assert all(r["peak_gib"] is None for r in rows.values())  # CPU: no peak is claimed
+        assert all(r["prefill_s"] <= r["total_s"] for r in rows.values())
+
+
+def test_tower_part_and_targets(bench):
+    assert [t["attention"] for t in bench["tower"]] == ["eager", "sdpa", "varlen"]
+    for t in bench["tower"]:
+        rows = {(r["patches"], r["setting"]): r for r in t["rows"]}
+        assert {p for p, _ in rows} == set(gpu.SIZES["tiny"][3])
+        assert all(rows[p, "ipcv0.35"]["flop_ratio"] < 1 for p in gpu.SIZES["tiny"][3])
+    targets = {t["target"]: t for t in bench["targets"]}
+    assert len(targets) == 3 and all(isinstance(t["met"], bool) for t in targets.values())
+
+
+def test_refuses_without_cuda_and_real_size_on_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device.*--device cpu --size tiny"):
+            gpu.run(_args(tmp_path, device="cuda", size="real"))
+    with pytest.raises(SystemExit, match="only --size tiny"):
+        gpu.run(_args(tmp_path, size="real"))
+
+
+def test_sync_counter_leaves_the_runner_as_it_was():
+    runner = VISION_RUNNERS[ipcv.IPCV]
+    with gpu.count_syncs(torch.device("cpu")) as seen:
+        assert VISION_RUNNERS[ipcv.IPCV] is runner and seen == []
+    assert VISION_RUNNERS[ipcv.IPCV] is runner
