@@ -141,3 +141,86 @@ def findings(bench: dict, table: pd.DataFrame, source: str) -> str:
         "the latency axis is measured here."
     )
     return " ".join(parts)
+
+
+# --- python -m ipcv.bench gpu -----------------------------------------------------------------------------
+
+
+def gpu_runs(folder: Path = BENCH.parent) -> list[Path]:
+    """GPU measurements committed in ``data/bench`` (``gpu_<gpu>.json``; the CPU variant's ``*_tiny`` excluded)."""
+    return sorted(p for p in folder.glob("gpu_*.json") if not p.stem.endswith("_tiny"))
+
+
+def gpu_checks(bench: dict) -> pd.DataFrame:
+    """One line per dtype and attention implementation: how many methods were checked, how many gave
+    the unpatched model's logits bit for bit at keep 1.0, agreed with eager within tolerance at 0.35,
+    or made another decision on a near-tie; the largest relative difference; syncs in IPCV's blocks."""
+    rows = pd.DataFrame(bench["check"]["rows"])
+    out = []
+    for (dtype, attn), g in rows.groupby(["dtype", "attention"], sort=False):
+        entry = {
+            "dtype": dtype, "attention": attn, "kernel": g.kernel.iloc[0], "methods": len(g),
+            "keep 1.0 exact": int(g.keep1_exact.sum()),
+        }  # fmt: skip
+        if "within" in g and g.within.notna().any():
+            same = g[g.same_decisions.astype(bool)]
+            entry |= {
+                "within tolerance": int((same.within == True).sum()),  # noqa: E712 (None = not compared)
+                "near-tie flips": int((~g.same_decisions.astype(bool)).sum()),
+                "max rel (same decisions)": same.rel.max() if len(same) else float("nan"),
+                "tolerance": g.tolerance.min(),
+            }  # fmt: skip
+        if "syncs_in_ipcv_blocks" in g and g.syncs_in_ipcv_blocks.notna().any():
+            entry["syncs in IPCV blocks"] = int(g.syncs_in_ipcv_blocks.max())
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def gpu_latency(bench: dict, which: int = 0) -> pd.DataFrame:
+    """Table 4's columns for one input of the latency part, the paper's relative numbers beside."""
+    part = bench["latency"]["inputs"][which]
+    frame = pd.DataFrame(part["rows"])
+    out = pd.DataFrame(
+        {
+            "setting": frame.setting, "total ms": 1e3 * frame.total_s, "total %": 100 * frame.total_ratio,
+            "prefill %": 100 * frame.prefill_ratio, "vision ms": 1e3 * frame.vision_s,
+            "FLOPs %": 100 * frame.flop_ratio, "KV MB": frame.kv_cache_mb, "peak GiB": frame.peak_gib,
+        }
+    )  # fmt: skip
+    for ours, theirs in (("paper total %", "paper_total_pct"), ("paper prefill %", "paper_prefill_pct")):
+        out[ours] = frame[theirs] if theirs in frame else float("nan")
+    return out
+
+
+def gpu_targets(bench: dict) -> pd.DataFrame:
+    return pd.DataFrame(bench["targets"])
+
+
+def gpu_findings(bench: dict) -> str:
+    """The paragraph under the GPU section, from the file's own numbers."""
+    checks = gpu_checks(bench)
+    where = f"{bench['device']}, {bench['weights']}"
+    parts = [f"Measured on {where} (torch {bench['torch']}, transformers {bench['transformers']})."]
+    exact = int(checks["keep 1.0 exact"].sum())
+    parts.append(
+        f"At keep 1.0, {exact} of {int(checks.methods.sum())} method runs gave the unpatched model's logits bit "
+        "for bit, over " + ", ".join(f"{d} / {a}" for d, a in zip(checks.dtype, checks.attention)) + "."
+    )
+    if "near-tie flips" in checks:
+        flips = int(checks["near-tie flips"].sum())
+        parts.append(
+            f"At keep 0.35 every method agreed with its eager run within tolerance where both made the same "
+            f"decisions; {flips} run(s) decided a near-tie differently under another kernel's rounding."
+            if not bench["check"]["failures"]
+            else f"Checks that failed: {', '.join(bench['check']['failures'])}."
+        )
+    for t in bench.get("targets", []):
+        parts.append(
+            f"Target '{t['target']}': {t['value']:.3f} against {t['limit']} ({'met' if t['met'] else 'missed'})."
+        )
+    if bench["size"] == "tiny":
+        parts.append(
+            "These are tiny models on a CPU: the run checks the command and the methods' exactness, and its "
+            "timings mean nothing; the speed targets are for the GPU run."
+        )
+    return " ".join(parts)
