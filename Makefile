@@ -12,7 +12,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # notebooks are re-executed in their smoke configuration (tests/notebooks/, made by `python -m ipcv.book smoke`)
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
 
-.PHONY: setup test test-fast book bench lint clean
+.PHONY: setup test test-fast book bench gpu-wheels lint clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,12 @@ book: setup
 bench: setup
 	$(PY) -m ipcv.bench vision
 	$(PY) -m ipcv.bench knn-memory
+
+# the pinned transformers as a wheel, for a GPU machine with PyTorch but no network (README: On a GPU)
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform any -d .whl "$$(grep -o '"transformers[^"]*"' pyproject.toml | tr -d '"')"
 
 lint: setup
 	$(VENV)/bin/ruff check ipcv tests notebooks book/_ext

@@ -411,3 +411,28 @@ def test_ipcv_block_loop_never_reads_the_device(grid):
     with torch.no_grad():
         out = run_ipcv(call, depth, h, seg, ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2))
     assert out.shape == h.shape and out.device.type == "meta"
+
+
+def test_torch_varlen_call_adapts_to_older_signatures(monkeypatch):
+    """PyTorch 2.9's varlen_attn has neither ``scale`` nor ``enable_gqa``: the queries are pre-scaled and
+    grouped heads repeated, and the result is the reference path's (CPU, per segment)."""
+    from ipcv.models import _attention
+
+    def old_kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False):  # 2.9's parameters
+        assert key.shape[1] == query.shape[1]  # grouped heads were repeated
+        out, _ = _attention.varlen_attention_forward(
+            None, *(x.transpose(0, 1).unsqueeze(0) for x in (query, key, value)), scaling=None,
+            cu_seq_lens_q=cu_seq_q, cu_seq_lens_k=cu_seq_k, max_length_q=max_q, max_length_k=max_k,
+        )  # fmt: skip
+        return out[0]
+
+    monkeypatch.setattr(_attention, "torch_varlen", lambda: old_kernel)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(10, 4, 8, generator=g), torch.randn(12, 2, 8, generator=g), torch.randn(12, 2, 8, generator=g)
+    cu_q, cu_k = torch.tensor([0, 6, 10], dtype=torch.int32), torch.tensor([0, 7, 12], dtype=torch.int32)
+    got = _attention._torch_varlen(q, k, v, cu_q, cu_k, 6, 7, 0.3)
+    want, _ = _attention.varlen_attention_forward(
+        None, *(x.transpose(0, 1).unsqueeze(0) for x in (q, k, v)), scaling=0.3,
+        cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k, max_length_q=6, max_length_k=7,
+    )  # fmt: skip
+    torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-6)

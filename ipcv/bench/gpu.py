@@ -331,11 +331,14 @@ def _peak_gib(device: torch.device) -> float | None:
 
 
 def _paper_table4() -> dict[tuple[str, str], dict]:
-    from ..analysis.accuracy import paper_table
     from ..analysis.efficiency import paper_key
+    from ..analysis.paper import paper_table
 
-    frame = paper_table("table4")
-    rows = {(r["setting"], r["method"]): r for r in frame.to_dict("records")}
+    try:
+        frame = paper_table("table4")
+    except FileNotFoundError:  # installed without a checkout's data/: no paper columns
+        frame = None
+    rows = {} if frame is None else {(r["setting"], r["method"]): r for r in frame.to_dict("records")}
 
     def key(name: str) -> tuple[str, str]:  # "IPCV | ViT 35% / LLM 35%" (ours) or "IPCV | vit35_llm35" (presets)
         if "%" in name or name == "vanilla":

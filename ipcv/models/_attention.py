@@ -3,6 +3,7 @@ attention functions (eager, sdpa, flash_attention_*), shared by the adapters."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -171,11 +172,8 @@ def varlen_attention_forward(
         )
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [L, H, d]
     if varlen_kernel(q.device, q.dtype).startswith("torch"):
-        out = torch_varlen()(
-            q, k, v, cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32), int(max_length_q),
-            int(max_length_k), scale=scaling, enable_gqa=k.shape[1] != q.shape[1],
-        )  # fmt: skip
-        return out.unsqueeze(0), None
+        cu_q, cu_k = cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32)
+        return _torch_varlen(q, k, v, cu_q, cu_k, int(max_length_q), int(max_length_k), scaling).unsqueeze(0), None
     bq, bk = cu_seq_lens_q.tolist(), cu_seq_lens_k.tolist()
     outs = [
         torch.nn.functional.scaled_dot_product_attention(
@@ -185,6 +183,25 @@ def varlen_attention_forward(
         for a, b, c, e in zip(bq[:-1], bq[1:], bk[:-1], bk[1:])
     ]  # fmt: skip
     return torch.cat(outs).unsqueeze(0), None
+
+
+def _torch_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scaling: float | None) -> torch.Tensor:
+    """PyTorch's varlen kernel across its releases: ``scale`` and ``enable_gqa`` arrived after 2.9, so
+    without them the queries are pre-scaled and grouped key/value heads repeated."""
+    fn = torch_varlen()
+    params = inspect.signature(fn).parameters
+    kwargs = {}
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+    if scaling is not None:
+        if "scale" in params:
+            kwargs["scale"] = scaling
+        else:  # the kernel's own scale is 1 / sqrt(d)
+            q = q * (scaling * q.shape[-1] ** 0.5)
+    return fn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
 def register_varlen() -> str:
