@@ -91,3 +91,18 @@ def test_sync_counter_leaves_the_runner_as_it_was():
     with gpu.count_syncs(torch.device("cpu")) as seen:
         assert VISION_RUNNERS[ipcv.IPCV] is runner and seen == []
     assert VISION_RUNNERS[ipcv.IPCV] is runner
+
+
+def test_status_claim_uses_only_real_gpu_runs(bench, tmp_path, monkeypatch):
+    from ipcv.analysis import efficiency, status
+
+    (tmp_path / "gpu_cpu.json").write_text(json.dumps(bench))  # a tiny CPU run is no GPU measurement
+    assert efficiency.gpu_runs(tmp_path) == []
+    monkeypatch.setattr(efficiency, "BENCH", tmp_path / "efficiency.json")  # the claim reads data/bench beside it
+    assert "has not been run" in status._claim_table4()
+    real = bench | {"size": "real", "device": "NVIDIA Test GPU"}
+    (tmp_path / "gpu_nvidia.json").write_text(json.dumps(real))
+    assert efficiency.gpu_runs(tmp_path) == [tmp_path / "gpu_nvidia.json"]
+    row = next(r for r in bench["latency"]["inputs"][0]["rows"] if r["setting"] == "IPCV | ViT 35% / LLM 35%")
+    claim = status._claim_table4()
+    assert claim.startswith("**Measured on NVIDIA Test GPU**") and f"{100 * row['total_ratio']:.1f} %" in claim

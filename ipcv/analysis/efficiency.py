@@ -147,8 +147,9 @@ def findings(bench: dict, table: pd.DataFrame, source: str) -> str:
 
 
 def gpu_runs(folder: Path = BENCH.parent) -> list[Path]:
-    """GPU measurements committed in ``data/bench`` (``gpu_<gpu>.json``; the CPU variant's ``*_tiny`` excluded)."""
-    return sorted(p for p in folder.glob("gpu_*.json") if not p.stem.endswith("_tiny"))
+    """GPU measurements committed in ``data/bench`` (``gpu_<gpu>.json`` of the real architectures; runs of the
+    CPU variant on tiny configs are not GPU measurements and are left out)."""
+    return sorted(p for p in folder.glob("gpu_*.json") if load(p).get("size") == "real")
 
 
 def gpu_checks(bench: dict) -> pd.DataFrame:
