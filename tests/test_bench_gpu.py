@@ -106,3 +106,12 @@ def test_status_claim_uses_only_real_gpu_runs(bench, tmp_path, monkeypatch):
     row = next(r for r in bench["latency"]["inputs"][0]["rows"] if r["setting"] == "IPCV | ViT 35% / LLM 35%")
     claim = status._claim_table4()
     assert claim.startswith("**Measured on NVIDIA Test GPU**") and f"{100 * row['total_ratio']:.1f} %" in claim
+
+
+def test_parts_run_in_separate_calls_merge_into_one_file(bench):
+    tower_only = {k: v for k, v in bench.items() if k not in ("check", "latency")}
+    merged = gpu.merge(bench, tower_only)
+    assert merged["check"] == bench["check"] and merged["latency"] == bench["latency"]
+    assert len(merged["targets"]) == 3
+    other = gpu.merge(bench | {"device": "another GPU"}, tower_only)
+    assert "check" not in other  # another device's parts are never mixed in

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 import subprocess
@@ -262,6 +263,7 @@ def check(args, device: torch.device) -> dict:
                     out = _logits(model, kw)
                 logits[attn, name], decisions[attn, name] = out, _decisions(t)
                 row["finite"] = bool(torch.isfinite(out).all())
+                row["vanilla_finite"] = bool(torch.isfinite(vanilla).all())  # random fp16 weights may overflow
                 if attn != "eager":
                     rel_vanilla = _rel(vanilla, logits["eager", "vanilla"])
                     tolerance = max(2 * rel_vanilla, FLOOR[dtype])
@@ -273,7 +275,9 @@ def check(args, device: torch.device) -> dict:
                 if device.type == "cuda" and vis is not None and type(vis) is ipcv.IPCV and attn != "eager":
                     row["syncs_in_ipcv_blocks"] = len(syncs)
                     row["sync_messages"] = sorted(set(syncs))[:5]
-                ok = row["keep1_exact"] and row["finite"] and row.get("within") is not False
+                # a method is not blamed for an overflow the unpatched model has too
+                finite = row["finite"] or not row["vanilla_finite"]
+                ok = row["keep1_exact"] and finite and row.get("within") is not False
                 row["ok"] = ok
                 if not ok:
                     failures.append(f"{dtype} {attn} {name}")
@@ -571,9 +575,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="JSON (default: data/bench/gpu_<device>.json)")
 
 
+def merge(previous: dict, result: dict) -> dict:
+    """``result`` with the parts it did not run taken from ``previous``, a file of the same device, size and
+    library versions (so the parts can run in separate calls), the targets recomputed."""
+    same = all(previous.get(k) == result.get(k) for k in ("device", "size", "torch", "transformers"))
+    if not same:
+        return result
+    merged = {**{k: previous[k] for k in ("check", "latency", "tower") if k in previous}, **result}
+    merged["targets"] = targets(merged.get("tower", []), merged.get("latency"))
+    return merged
+
+
 def main(args: argparse.Namespace) -> None:
     result = run(args)
     out = args.out or Path("data/bench") / f"gpu_{slug(result['device'])}{'_tiny' if args.size == 'tiny' else ''}.json"
+    if out.is_file():
+        result = merge(json.loads(out.read_text()), result)
     write_json(out, result)
     print(f"\n{result['device']}; weights: {result['weights']}\nwritten to {out}")
     failures = result.get("check", {}).get("failures", [])
