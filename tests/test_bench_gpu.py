@@ -115,3 +115,14 @@ def test_parts_run_in_separate_calls_merge_into_one_file(bench):
     assert len(merged["targets"]) == 3
     other = gpu.merge(bench | {"device": "another GPU"}, tower_only)
     assert "check" not in other  # another device's parts are never mixed in
+
+
+def test_table4_rows_are_found_for_every_benchmark_name():
+    from ipcv.bench.common import paper_table4, table4_key
+    from ipcv.bench.prefill import protocol_settings
+
+    paper = paper_table4()
+    assert paper[table4_key("vanilla")]["latency_pct"] == 100.0
+    assert paper[table4_key("IPCV | ViT 35% / LLM 35%")]["latency_pct"] == 60.8  # the paper's headline figure
+    ours = paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
+    assert {table4_key(n) for n in ours} == set(paper) == {table4_key(n) for n in protocol_settings("paper")}

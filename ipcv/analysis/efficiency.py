@@ -4,12 +4,12 @@ beside the paper's Table 4 (``data/paper/table4_efficiency_mmbench.csv``)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..bench.common import table4_key as paper_key
 from . import accuracy
 
 BENCH = accuracy.DATA / "bench" / "efficiency_qwen2vl2b_cpu.json"
@@ -17,15 +17,6 @@ BENCH = accuracy.DATA / "bench" / "efficiency_qwen2vl2b_cpu.json"
 
 def load(path: str | Path = BENCH) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def paper_key(name: str) -> tuple[str, str]:
-    """``"IPCV | ViT 35% / LLM 35%"`` -> ``("vit35_llm35", "IPCV")``; ``"vanilla"`` -> ``("vanilla", "Vanilla")``."""
-    if name == "vanilla":
-        return "vanilla", "Vanilla"
-    method, ratios = (p.strip() for p in name.split("|"))
-    vit, llm = re.findall(r"(\d+)%", ratios)
-    return f"vit{vit}_llm{llm}", {"DART(ViT)": "DART (ViT)"}.get(method, method)
 
 
 def table4(bench: dict) -> pd.DataFrame:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -64,3 +66,32 @@ def median(xs: list[float]) -> float:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# the paper's Table 4, in the checkout's data/ (absent from an installed package: then no paper columns)
+PAPER_TABLE4 = Path(__file__).resolve().parents[2] / "data" / "paper" / "table4_efficiency_mmbench.csv"
+
+
+def table4_key(name: str) -> tuple[str, str]:
+    """A benchmark row's name -> Table 4's ``(setting, method)``: ``"IPCV | ViT 35% / LLM 35%"`` ->
+    ``("vit35_llm35", "IPCV")``, ``"IPCV | vit35_llm35"`` (a preset row) likewise, ``"vanilla"`` ->
+    ``("vanilla", "Vanilla")``."""
+    if name == "vanilla":
+        return "vanilla", "Vanilla"
+    method, rest = (p.strip() for p in name.split("|"))
+    method = {"DART(ViT)": "DART (ViT)"}.get(method, method)
+    if "%" not in rest:
+        return rest, method
+    vit, llm = re.findall(r"(\d+)%", rest)
+    return f"vit{vit}_llm{llm}", method
+
+
+def paper_table4(path: Path = PAPER_TABLE4) -> dict[tuple[str, str], dict[str, float]]:
+    """Table 4's rows by ``(setting, method)``, numbers as floats; empty without the file."""
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        return {
+            (r["setting"], r["method"]): {k: float(v) for k, v in r.items() if k not in ("setting", "method")}
+            for r in csv.DictReader(f)
+        }

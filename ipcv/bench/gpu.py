@@ -55,7 +55,7 @@ from ipcv.models._attention import varlen_kernel
 from ..eval.measure import measured_generate
 from ..eval.methods import format_method
 from . import vision
-from .common import environment, median, write_json
+from .common import environment, median, paper_table4, table4_key, write_json
 from .prefill import QWEN2_VL_2B_TEXT, QWEN2_VL_2B_TOKENS, inputs, paper_settings, protocol_settings, text_ids
 from .vision import DTYPES, QWEN2_VL_7B_VISION
 
@@ -334,25 +334,6 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def _paper_table4() -> dict[tuple[str, str], dict]:
-    from ..analysis.efficiency import paper_key
-    from ..analysis.paper import paper_table
-
-    try:
-        frame = paper_table("table4")
-    except FileNotFoundError:  # installed without a checkout's data/: no paper columns
-        frame = None
-    rows = {} if frame is None else {(r["setting"], r["method"]): r for r in frame.to_dict("records")}
-
-    def key(name: str) -> tuple[str, str]:  # "IPCV | ViT 35% / LLM 35%" (ours) or "IPCV | vit35_llm35" (presets)
-        if "%" in name or name == "vanilla":
-            return paper_key(name)
-        method, setting = (p.strip() for p in name.split("|"))
-        return setting, method
-
-    return {"key": key, "rows": rows}
-
-
 def latency(args, device: torch.device) -> dict:
     spec = SIZES[args.size][1]
     model = build(spec, device, DTYPES[args.dtype])
@@ -360,7 +341,7 @@ def latency(args, device: torch.device) -> dict:
     settings = paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
     if args.protocol != "ours":
         settings = protocol_settings(args.protocol)
-    paper = _paper_table4()
+    paper = paper_table4()
     results = []
     for label, kind, side, frames in SIZES[args.size][2]:
         kw = prompt(model, kind, side, frames)
@@ -400,9 +381,9 @@ def latency(args, device: torch.device) -> dict:
                 kv_cache_mb=rec[0].kv_mb, peak_gib=peaks[name], visual_tokens_llm=rec[0].visual_in[0],
                 totals_s=[r.total_s for r in rec], prefills_s=[r.prefill_s for r in rec],
             )  # fmt: skip
-            key = paper["key"](name)
-            if kind == "image" and side == 448 and key in paper["rows"]:
-                p = paper["rows"][key]
+            key = table4_key(name)
+            if kind == "image" and side == 448 and key in paper:
+                p = paper[key]
                 row |= dict(paper_total_pct=p["latency_pct"], paper_prefill_pct=p["prefill_pct"])
             rows.append(row)
         results.append(dict(input=label, kind=kind, side=side, frames=frames, rows=rows, refused=refused))
