@@ -126,3 +126,9 @@ def test_table4_rows_are_found_for_every_benchmark_name():
     assert paper[table4_key("IPCV | ViT 35% / LLM 35%")]["latency_pct"] == 60.8  # the paper's headline figure
     ours = paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
     assert {table4_key(n) for n in ours} == set(paper) == {table4_key(n) for n in protocol_settings("paper")}
+
+
+def test_identical_is_bitwise_and_nan_aware():
+    a = torch.tensor([1.0, float("nan"), -0.5])
+    assert gpu.identical(a, a.clone()) and not gpu.identical(a, a + 1e-7 * torch.tensor([1.0, 0.0, 0.0]))
+    assert not gpu.identical(a, torch.tensor([1.0, 2.0, -0.5])) and not gpu.identical(a, a[:2])
