@@ -164,10 +164,15 @@ def _vit_baseline(method: str, keep: float, family: str, protocol: str):
         )  # fmt: skip
     if protocol == "official":  # ToMe's own schedule, per image, the reduced token set goes on
         return ToMe(keep, output="reduced") if method == "ToMe" else ToFu(keep, output="reduced")
-    release = dict(output="reduced", scope="global", schedule="release", start_layer=start)
+    # the authors' ports: one matching over the call, their schedule, unweighted means, keys after the
+    # rotary embedding, no proportional attention
+    release = dict(
+        output="reduced", scope="global", schedule="release", start_layer=start, merge="mean",
+        proportional_attention=False, metric="rotated_keys",
+    )  # fmt: skip
     if method == "ToMe":
         return ToMe(keep, **release)
-    return ToFu(keep, prune_layers=tofu_release_prune_layers(keep, start), merge="average", **release)
+    return ToFu(keep, prune_layers=tofu_release_prune_layers(keep, start), **release)
 
 
 _ABLATIONS = {
