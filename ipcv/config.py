@@ -173,7 +173,7 @@ class ToMe:
         output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
             a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
             baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
-            shorter sequence (Qwen2-VL only, whole model, no LLM-side method; the rule that turns
+            shorter sequence (Qwen2-VL and Qwen2.5-VL only, whole model, no LLM-side method; the rule that turns
             kept patches into whole 2x2 merge units is :func:`ipcv.models.qwen2_vl.reduced_units`).
         scope: ``"segment"`` (ours): every image / frame gets its own budget and merges stay inside
             it. ``"global"`` (the IPCV authors' runs): one matching over all unprotected patches of
@@ -299,7 +299,7 @@ class DARTViT:
         output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
             a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
             baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
-            shorter sequence (Qwen2-VL only, whole model, no LLM-side method; the rule that turns
+            shorter sequence (Qwen2-VL and Qwen2.5-VL only, whole model, no LLM-side method; the rule that turns
             kept patches into whole 2x2 merge units is :func:`ipcv.models.qwen2_vl.reduced_units`).
         scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
             authors' runs): one budget over all patches of the call.
@@ -332,7 +332,7 @@ class DARTViT:
     def check_depth(self, depth: int) -> None:
         """Raise ValueError if ``prune_layer`` is not a block of an encoder of ``depth`` blocks;
         ``output="reduced"`` is checked by
-        :func:`ipcv.compress` (Qwen2-VL only)."""
+        :func:`ipcv.compress` (Qwen2-VL and Qwen2.5-VL only)."""
         if not 0 <= self.prune_layer < depth:
             raise ValueError(
                 f"DARTViT: prune_layer={self.prune_layer} is outside the allowed range [0, {depth - 1}] "

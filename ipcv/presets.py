@@ -18,7 +18,8 @@ the paper's runs").
 A row is ``(table, setting, method)`` with ``setting`` and ``method`` exactly as in
 ``data/paper/*.csv``; ``setting`` ``vitV_llmL`` means the ViT keeps V % of its patches and the LLM
 L % of the visual tokens. The ViT-side baselines' rows use ``output="reduced"`` (the LLM receives only
-the kept merge units), which :func:`ipcv.compress` runs on Qwen2-VL only (other families: NotImplementedError).
+the kept merge units), which :func:`ipcv.compress` runs on Qwen2-VL and Qwen2.5-VL (other families:
+NotImplementedError).
 """
 
 from __future__ import annotations

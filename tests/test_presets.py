@@ -135,7 +135,7 @@ def test_tofu_release_split():
 
 def test_reduced_output_is_built():
     """The paper rows' output="reduced" passes the settings check (any encoder depth); which models run
-    it (Qwen2-VL only) is checked by ipcv.compress (tests/test_reduced_output.py)."""
+    it (Qwen2-VL, Qwen2.5-VL) is checked by ipcv.compress (tests/test_reduced_output.py)."""
     tower_settings, _ = presets.paper_settings("table4", "vit35_llm35", "ToMe")
     assert tower_settings.output == "reduced"
     ipcv.ToMe(0.35, output="reduced").check_depth(32)
@@ -177,3 +177,14 @@ def test_paper_protocol_vit_baselines_are_the_release_ports():
     assert tome == ipcv.ToMe(0.35, **release)
     tofu, lang = presets.paper_settings("table1", "vit20_llm20", "ToFu")
     assert lang is None and tofu == ipcv.ToFu(0.2, prune_layers=7, **release)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "official"])
+def test_table4_rows_run_in_the_prefill_bench(protocol):
+    """``python -m ipcv.bench prefill --protocol paper`` runs every row of Table 4 (the official protocol
+    refuses only the 5 % rows whose layer-averaged budget cannot be reached, said in the book)."""
+    from ipcv.bench.prefill import protocol_settings, runnable
+
+    ok, refused = runnable(protocol_settings(protocol))
+    expected = {} if protocol == "paper" else {"V2Drop | vit100_llm5", "SparseVLM | vit100_llm5"}
+    assert set(refused) == set(expected) and len(ok) + len(refused) == len(presets.paper_rows("table4"))
