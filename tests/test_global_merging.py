@@ -381,3 +381,24 @@ def test_bad_values_and_combinations_are_refused(model):  # noqa: F811
         ipcv.compress(model, vision=release_settings(ipcv.ToMe, 0.35, 1, output="reduced"), language=ipcv.DART(0.35))
     with pytest.raises(NotImplementedError, match=r"built for the mRoPE families \(.qwen2_vl., .qwen2_5_vl.\) only"):
         ipcv.compress(make_tower(), vision=release_settings(ipcv.ToMe, 0.35, 1, output="reduced"))
+
+
+def test_global_on_a_family_with_cls_tokens():
+    """InternVL (tiles with a CLS token, no rotary): one matching over all tiles' patches; the CLS tokens
+    are never merged nor merged into; the reduced output is refused with the families that have it."""
+    from test_internvl import SEVERAL, tiny_internvl
+
+    m = tiny_internvl()
+    with torch.no_grad(), ipcv.compressed(m, vision=ipcv.ToMe(0.35, scope="global")), ipcv.trace() as tr:
+        m(**SEVERAL)
+        m.generate(**SEVERAL, max_new_tokens=2, do_sample=False)
+    record = tr.calls[0]
+    assert record.seg_lengths == [65, 65, 65]  # three tiles of 64 patches + CLS
+    assert sum(record.keep_counts) == 3 + 67  # CLS tokens + keep_count(192, 0.35) patches of the call
+    cls = torch.tensor([0, 65, 130])
+    assert torch.equal(record.source[cls], cls)
+    patches = torch.ones(195, dtype=torch.bool)
+    patches[cls] = False
+    assert not bool(torch.isin(record.source[patches], cls).any())
+    with pytest.raises(NotImplementedError, match=r"mRoPE families \('qwen2_vl', 'qwen2_5_vl'\)"):
+        ipcv.compress(m, vision=ipcv.ToMe(0.35, scope="global", output="reduced"))

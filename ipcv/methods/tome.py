@@ -1,6 +1,9 @@
 """Token merging (ToMe, Bolya et al. 2023) and Token Fusion (ToFu, Kim et al. 2024) as pure
 functions on tensors: bipartite soft matching, size-weighted merging, MLERP merging, pruning, and
-the per-block reduction schedule of the IPCV paper's baselines (Appendix C).
+the per-block reduction schedule of the IPCV paper's baselines (Appendix C); for the IPCV authors'
+ports of ToMe / ToFu (their runs of those baselines): their schedule (:func:`release_schedule`), the
+order in which they pass tokens on (:func:`release_matching`) and their unweighted mean
+(:func:`merge_mean`).
 
 Layout: a batch of groups ``[B, N, ...]`` (one group = the unprotected tokens of one image or video
 frame; groups of one batch have the same length). A reduction is described by a :class:`Matching`
