@@ -6,14 +6,14 @@
 ``protocol="paper"`` is what the authors ran (their evaluation scripts and the Qwen2-VL ports of the
 baselines in the first commit of their release, github Perkzi/IPCV): LLM-side pruning at decoder
 layer 3 (FastV: 2, as Table 4's KV column shows) on the first visual block only, budgets rounded as
-``int(n * (1 - reduction))``, IPCV's one budget over all images (``scope="global"``), the ViT-side
-baselines handing the LLM only their kept / merged tokens and no LLM-side pruner behind them.
-``protocol="official"`` runs each compared method as its own official code defines it, at the row's
-ratios (DART and FastV at layer 2, V2Drop and SparseVLM with their layer-averaged budgets, ToMe with
-its even schedule). Where a method has no
-official code of its own (DART(ViT), ToFu), both protocols use the authors' version. What the two
-protocols still cannot reproduce is listed in the book ("Differences from the official code and from
-the paper's runs").
+``int(n * (1 - reduction))``, IPCV's, DART(ViT)'s and the ToMe / ToFu ports' one budget over all
+images (``scope="global"``), the ViT-side baselines handing the LLM only their kept / merged tokens and
+no LLM-side pruner behind them. ``protocol="official"`` runs each compared method as its own official
+code defines it, at the row's ratios (DART and FastV at layer 2, V2Drop and SparseVLM with their
+layer-averaged budgets, ToMe with its even schedule per image). DART(ViT) has no official code of its
+own: both protocols use the authors' version; ToFu has none either: the official protocol uses
+:class:`ipcv.ToFu`'s defaults (our reading of its paper). What the two protocols still cannot
+reproduce is listed in the book ("Differences from the official code and from the paper's runs").
 
 A row is ``(table, setting, method)`` with ``setting`` and ``method`` exactly as in
 ``data/paper/*.csv``; ``setting`` ``vitV_llmL`` means the ViT keeps V % of its patches and the LLM
