@@ -400,5 +400,7 @@ def test_global_on_a_family_with_cls_tokens():
     patches = torch.ones(195, dtype=torch.bool)
     patches[cls] = False
     assert not bool(torch.isin(record.source[patches], cls).any())
+    counted = vision_flops(m, record.seg_lengths, ipcv.ToMe(0.35, scope="global")).tokens_per_block
+    assert counted == tuple(sum(c) for c in record.tokens_per_block)  # the analytic count removes what ran
     with pytest.raises(NotImplementedError, match=r"mRoPE families \('qwen2_vl', 'qwen2_5_vl'\)"):
         ipcv.compress(m, vision=ipcv.ToMe(0.35, scope="global", output="reduced"))
