@@ -30,6 +30,8 @@ __all__ = [
 
 _SETTINGS = "_ipcv_vision"
 _LANGUAGE = "_ipcv_language"
+# families whose adapters hand the LLM only a ViT-side baseline's kept merge units (output="reduced")
+REDUCED_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl")
 _subclasses: dict[tuple[type, object], type] = {}
 
 
@@ -93,10 +95,11 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
         check_attention(target.config, type(model).__name__)
     if reduced:
         found = adapter.language.locate(model) if adapter.language is not None else None
-        if adapter.family != "qwen2_vl" or found is None:
+        if adapter.family not in REDUCED_FAMILIES or found is None:
             raise NotImplementedError(
-                f"vision={vision!r}: output='reduced' is built for Qwen2-VL only (a whole "
-                f"Qwen2VLForConditionalGeneration or Qwen2VLModel), got {type(model).__name__}; use output='full'"
+                f"vision={vision!r}: output='reduced' is built for the mRoPE families {REDUCED_FAMILIES} only, "
+                f"on a whole model with its decoder (e.g. Qwen2VLForConditionalGeneration, Qwen2VLModel, "
+                f"Qwen2_5_VLForConditionalGeneration), got {type(model).__name__}; use output='full'"
             )
         if language is not None:
             raise ValueError(

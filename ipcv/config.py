@@ -141,17 +141,13 @@ def _check_vit_protocol(owner: str, settings) -> None:
     _check_choice(owner, "output", settings.output, OUTPUTS)
     _check_choice(owner, "scope", settings.scope, SCOPES)
     _check_choice(owner, "schedule", settings.schedule, ("even", "release"))
+    _check_choice(owner, "metric", settings.metric, ("keys", "rotated_keys"))
     _check_int(owner, "start_layer", settings.start_layer)
     if settings.start_layer < 0:
         raise ValueError(f"{owner}: start_layer={settings.start_layer} is not allowed: it must be >= 0")
 
 
 def _check_vit_depth(name: str, self, depth: int) -> None:
-    if self.scope != "segment":
-        raise NotImplementedError(
-            f"{name}: scope={self.scope!r} (one budget across all images, as the IPCV authors ran it) is not "
-            "built for this method yet; use scope='segment'"
-        )
     if self.schedule == "release" and not self.start_layer < depth:
         raise ValueError(
             f"{name}: start_layer={self.start_layer} is outside the allowed range [0, {depth - 1}] "
@@ -177,15 +173,24 @@ class ToMe:
         output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
             a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
             baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
-            shorter sequence (Qwen2-VL only, whole model, no LLM-side method; the rule that turns
+            shorter sequence (Qwen2-VL and Qwen2.5-VL only, whole model, no LLM-side method; the rule that turns
             kept patches into whole 2x2 merge units is :func:`ipcv.models.qwen2_vl.reduced_units`).
-        scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
-            authors' runs): one budget over all patches of the call.
+        scope: ``"segment"`` (ours): every image / frame gets its own budget and merges stay inside
+            it. ``"global"`` (the IPCV authors' runs): one matching over all unprotected patches of
+            the call, across images and frames, in the order the authors' port keeps them
+            (:func:`ipcv.methods.tome.release_matching`); the per-block count comes from the call's
+            total (``schedule="release"``: :func:`ipcv.methods.tome.release_schedule` of the total;
+            ``"even"``: down to ``keep_count(total, keep_ratio)``), so images end with unequal counts.
         schedule: ``"even"`` (ToMe's constant r per block, spread over all blocks to reach the
             target) or ``"release"`` (the IPCV authors' runs: from block ``start_layer`` on, each
             block keeps ``max(target / current, 0.8)`` of the current tokens, the merged count
             rounded down to a multiple of 4, until the target is reached).
         start_layer: first block that merges with ``schedule="release"`` (authors: 3).
+        merge: ``"average"`` (ToMe: size-weighted average) or ``"mean"`` (the IPCV authors' port: the
+            unweighted mean of the tokens merged, whatever each stands for).
+        metric: the similarity features: ``"keys"`` (ToMe: the attention keys averaged over heads;
+            in Qwen2-VL before the 2D rotary embedding) or ``"rotated_keys"`` (the IPCV authors'
+            Qwen2-VL port: after it). The same in encoders without rotary embedding.
     """
 
     keep_ratio: float
@@ -194,15 +199,17 @@ class ToMe:
     scope: Scope = "segment"
     schedule: Literal["even", "release"] = "even"
     start_layer: int = 3
+    merge: Literal["average", "mean"] = "average"
+    metric: Literal["keys", "rotated_keys"] = "keys"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_ratio", _check_keep_ratio("ToMe", self.keep_ratio))
         _check_bool("ToMe", "proportional_attention", self.proportional_attention)
+        _check_choice("ToMe", "merge", self.merge, ("average", "mean"))
         _check_vit_protocol("ToMe", self)
 
     def check_depth(self, depth: int) -> None:
-        """Raise for settings not built yet (``scope="global"``) or a
-        ``start_layer`` outside the encoder."""
+        """Raise ValueError for a ``start_layer`` outside the encoder (``schedule="release"``)."""
         _check_vit_depth("ToMe", self, depth)
 
 
@@ -225,9 +232,10 @@ class ToFu:
         prune_layers: number of leading blocks that prune, ``0 <= prune_layers <= depth``;
             None: ``depth // 3``.
         proportional_attention: as in :class:`ToMe`.
-        merge: how the merging blocks combine tokens: ``"mlerp"`` (ToFu's MLERP) or ``"average"``
-            (size-weighted average, as the IPCV authors' ToFu port does).
-        output, scope, schedule, start_layer: as in :class:`ToMe`. With ``schedule="release"`` the
+        merge: how the merging blocks combine tokens: ``"mlerp"`` (ToFu's MLERP), ``"average"``
+            (size-weighted average) or ``"mean"`` (unweighted mean, as the IPCV authors' ToFu port
+            averages).
+        output, scope, schedule, start_layer, metric: as in :class:`ToMe`. With ``schedule="release"`` the
             authors' runs prune in the first half of the merging blocks and merge after; set
             ``prune_layers`` to match (see :func:`ipcv.presets.paper_settings`).
     """
@@ -235,11 +243,12 @@ class ToFu:
     keep_ratio: float
     prune_layers: int | None = None
     proportional_attention: bool = True
-    merge: Literal["mlerp", "average"] = "mlerp"
+    merge: Literal["mlerp", "average", "mean"] = "mlerp"
     output: Output = "full"
     scope: Scope = "segment"
     schedule: Literal["even", "release"] = "even"
     start_layer: int = 3
+    metric: Literal["keys", "rotated_keys"] = "keys"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_ratio", _check_keep_ratio("ToFu", self.keep_ratio))
@@ -248,7 +257,7 @@ class ToFu:
             if self.prune_layers < 0:
                 raise ValueError(f"ToFu: prune_layers={self.prune_layers} is not allowed: it must be >= 0")
         _check_bool("ToFu", "proportional_attention", self.proportional_attention)
-        _check_choice("ToFu", "merge", self.merge, ("mlerp", "average"))
+        _check_choice("ToFu", "merge", self.merge, ("mlerp", "average", "mean"))
         _check_vit_protocol("ToFu", self)
 
     def pruning_blocks(self, depth: int) -> int:
@@ -290,7 +299,7 @@ class DARTViT:
         output: what the encoder hands on. ``"full"`` (ours): full length, each merged / pruned token
             a copy of the token that stands for it. ``"reduced"`` (the IPCV paper's runs of this
             baseline, Table 4's KV column): only the kept / merged tokens, so the LLM receives a
-            shorter sequence (Qwen2-VL only, whole model, no LLM-side method; the rule that turns
+            shorter sequence (Qwen2-VL and Qwen2.5-VL only, whole model, no LLM-side method; the rule that turns
             kept patches into whole 2x2 merge units is :func:`ipcv.models.qwen2_vl.reduced_units`).
         scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
             authors' runs): one budget over all patches of the call.
@@ -323,7 +332,7 @@ class DARTViT:
     def check_depth(self, depth: int) -> None:
         """Raise ValueError if ``prune_layer`` is not a block of an encoder of ``depth`` blocks;
         ``output="reduced"`` is checked by
-        :func:`ipcv.compress` (Qwen2-VL only)."""
+        :func:`ipcv.compress` (Qwen2-VL and Qwen2.5-VL only)."""
         if not 0 <= self.prune_layer < depth:
             raise ValueError(
                 f"DARTViT: prune_layer={self.prune_layer} is outside the allowed range [0, {depth - 1}] "

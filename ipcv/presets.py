@@ -6,19 +6,20 @@
 ``protocol="paper"`` is what the authors ran (their evaluation scripts and the Qwen2-VL ports of the
 baselines in the first commit of their release, github Perkzi/IPCV): LLM-side pruning at decoder
 layer 3 (FastV: 2, as Table 4's KV column shows) on the first visual block only, budgets rounded as
-``int(n * (1 - reduction))``, IPCV's one budget over all images (``scope="global"``), the ViT-side
-baselines handing the LLM only their kept / merged tokens and no LLM-side pruner behind them.
-``protocol="official"`` runs each compared method as its own official code defines it, at the row's
-ratios (DART and FastV at layer 2, V2Drop and SparseVLM with their layer-averaged budgets, ToMe with
-its even schedule). Where a method has no
-official code of its own (DART(ViT), ToFu), both protocols use the authors' version. What the two
-protocols still cannot reproduce is listed in the book ("Differences from the official code and from
-the paper's runs").
+``int(n * (1 - reduction))``, IPCV's, DART(ViT)'s and the ToMe / ToFu ports' one budget over all
+images (``scope="global"``), the ViT-side baselines handing the LLM only their kept / merged tokens and
+no LLM-side pruner behind them. ``protocol="official"`` runs each compared method as its own official
+code defines it, at the row's ratios (DART and FastV at layer 2, V2Drop and SparseVLM with their
+layer-averaged budgets, ToMe with its even schedule per image). DART(ViT) has no official code of its
+own: both protocols use the authors' version; ToFu has none either: the official protocol uses
+:class:`ipcv.ToFu`'s defaults (our reading of its paper). What the two protocols still cannot
+reproduce is listed in the book ("Differences from the official code and from the paper's runs").
 
 A row is ``(table, setting, method)`` with ``setting`` and ``method`` exactly as in
 ``data/paper/*.csv``; ``setting`` ``vitV_llmL`` means the ViT keeps V % of its patches and the LLM
 L % of the visual tokens. The ViT-side baselines' rows use ``output="reduced"`` (the LLM receives only
-the kept merge units), which :func:`ipcv.compress` runs on Qwen2-VL only (other families: NotImplementedError).
+the kept merge units), which :func:`ipcv.compress` runs on Qwen2-VL and Qwen2.5-VL (other families:
+NotImplementedError).
 """
 
 from __future__ import annotations
@@ -164,10 +165,15 @@ def _vit_baseline(method: str, keep: float, family: str, protocol: str):
         )  # fmt: skip
     if protocol == "official":  # ToMe's own schedule, per image, the reduced token set goes on
         return ToMe(keep, output="reduced") if method == "ToMe" else ToFu(keep, output="reduced")
-    release = dict(output="reduced", scope="global", schedule="release", start_layer=start)
+    # the authors' ports: one matching over the call, their schedule, unweighted means, keys after the
+    # rotary embedding, no proportional attention
+    release = dict(
+        output="reduced", scope="global", schedule="release", start_layer=start, merge="mean",
+        proportional_attention=False, metric="rotated_keys",
+    )  # fmt: skip
     if method == "ToMe":
         return ToMe(keep, **release)
-    return ToFu(keep, prune_layers=tofu_release_prune_layers(keep, start), merge="average", **release)
+    return ToFu(keep, prune_layers=tofu_release_prune_layers(keep, start), **release)
 
 
 _ABLATIONS = {

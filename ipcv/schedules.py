@@ -6,11 +6,13 @@
 
 Each runner has :func:`ipcv.engine.run_ipcv`'s signature, talks to the model only through the
 per-call ops object of an adapter (``full``, ``kept``, ``keys``, ``attention_part``,
-``mlp_part``) and registers itself in :data:`ipcv.engine.VISION_RUNNERS`. Every image / video
-frame (segment) ends with ``keep_count(n, keep_ratio)`` of its ``n`` unprotected tokens; matching
-and merging never cross segments; protected tokens (CLS) are never merged, pruned nor counted. The
-output is full length, in original order: every merged or pruned position gets a copy of the
-token that stands for it.
+``mlp_part``) and registers itself in :data:`ipcv.engine.VISION_RUNNERS`. By default
+(``scope="segment"``) every image / video frame (segment) ends with ``keep_count(n, keep_ratio)``
+of its ``n`` unprotected tokens and matching and merging never cross segments; ``scope="global"``
+(the IPCV authors' runs) gives the call one budget and lets ToMe / ToFu merge and DART-ViT select
+across segments. Protected tokens (CLS) are never merged, pruned nor counted. The output is full
+length, in original order: every merged or pruned position gets a copy of the token that stands
+for it.
 
 The same schedule functions give the analytic FLOP count (:data:`COUNTS`, used by
 :func:`ipcv.flops.encoder_flops`), so what is counted is what runs.
@@ -35,10 +37,12 @@ from .methods.tome import (
     compose,
     identity_matching,
     merge_average,
+    merge_mean,
     merge_mlerp,
     merge_prune,
     merge_rounds,
     merge_schedule,
+    release_matching,
     release_schedule,
 )
 
@@ -103,12 +107,23 @@ def merge_plan(
     return [[r[layer] for r in per_segment] for layer in range(depth)]
 
 
+def global_plan(free: int, settings: ToMe | ToFu, depth: int) -> list[int]:
+    """``r[layer]``: unprotected tokens each block removes from the whole call under ``scope="global"``
+    (``free`` unprotected tokens in all): :func:`ipcv.methods.tome.release_schedule` of the total
+    (``schedule="release"``, as the IPCV authors' ports compute it from the packed length), or
+    :func:`ipcv.methods.tome.merge_schedule` down to ``keep_count(free, keep_ratio)`` (``"even"``)."""
+    if settings.schedule == "release":
+        return release_schedule(free, 1.0 - reduction_of(settings.keep_ratio), depth, settings.start_layer)
+    return merge_schedule(free, keep_count(free, settings.keep_ratio), depth)
+
+
+_MERGES: dict[str, Callable] = {"average": merge_average, "mean": merge_mean, "mlerp": merge_mlerp}
+
+
 def _merge_fn(settings: ToMe | ToFu, layer: int, depth: int) -> Callable:
-    if isinstance(settings, ToFu):
-        if layer < settings.pruning_blocks(depth):
-            return merge_prune
-        return merge_mlerp if settings.merge == "mlerp" else merge_average
-    return merge_average
+    if isinstance(settings, ToFu) and layer < settings.pruning_blocks(depth):
+        return merge_prune
+    return _MERGES[settings.merge]
 
 
 @dataclass
@@ -175,6 +190,44 @@ class _Merged:
             merged=True,
         )
 
+    def reduce_global(
+        self, h: torch.Tensor, metric: torch.Tensor, r: int, merge: Callable, order: torch.Tensor, bounds: torch.Tensor
+    ) -> tuple[_Merged, torch.Tensor, torch.Tensor]:
+        """``scope="global"``: remove ``r`` unprotected tokens of the whole call in one matching round
+        over all of them, in the release's order ``order`` (``[n]`` rows of ``h``), across segments
+        (:func:`ipcv.methods.tome.release_matching`). A token merged into another segment's token
+        leaves its segment. ``bounds``: ``[S]`` end row of each segment in the packed sequence.
+        Returns the new state, the metric of its tokens (merged as ToMe merges it, for a further
+        round) and the release's order of its unprotected tokens."""
+        M, device = h.shape[0], h.device
+        x, size, met = h[order][None], self.size[order][None], metric[order][None]
+        m, out_order = release_matching(met, r)
+        met, _ = merge_average(met, size, m)
+        x, size = merge(x, size, m)
+        survivors = order[m.keep[0]]  # rows of h
+        into = torch.arange(M, device=device)
+        into[order] = survivors[m.out_index[0]]
+        new_h, new_size, new_met = h.clone(), self.size.clone(), metric.clone()
+        new_h[survivors], new_size[survivors], new_met[survivors] = x[0], size[0], met[0]
+        survive = into == torch.arange(M, device=device)
+        new_row = survive.long().cumsum(0) - 1
+        rows = self.rows[survive]
+        counts = torch.bincount(torch.bucketize(rows, bounds, right=True), minlength=len(self.counts)).tolist()
+        state = _Merged(
+            h=new_h[survive],
+            rows=rows,
+            size=new_size[survive],
+            protected=self.protected[survive],
+            counts=counts,
+            assign=new_row[into[self.assign]],
+            merged=True,
+        )
+        return state, new_met[survive], new_row[order[out_order[0]]]
+
+
+def _metric_kw(settings: ToMe | ToFu) -> dict:
+    return {"rotated": True} if settings.metric == "rotated_keys" else {}
+
 
 def run_merging(
     ops: BlockOps,
@@ -196,9 +249,11 @@ def run_merging(
     seg = [int(n) for n in seg_lengths]
     L = h.shape[0]
     prot = torch.zeros(L, dtype=torch.bool, device=h.device) if protected is None else protected
-    plan = merge_plan(seg, _protected_counts(seg, protected), settings, depth)
     rows = torch.arange(L, device=h.device)
     state = _Merged(h, rows, torch.ones(L, device=h.device), prot, list(seg), rows)
+    if settings.scope == "global":
+        return _run_merging_global(ops, depth, state, seg, settings)
+    plan = merge_plan(seg, _protected_counts(seg, protected), settings, depth)
     tokens_per_block = []
     for layer in range(depth):
         r = plan[layer]
@@ -207,9 +262,36 @@ def run_merging(
             state.h = ops.full(layer, state.h)
             continue
         bias = state.size.log() if settings.proportional_attention and state.merged else None
-        h_mid, metric = ops.attention_part(layer, state.h, state.rows, state.counts, bias)
+        h_mid, metric = ops.attention_part(layer, state.h, state.rows, state.counts, bias, **_metric_kw(settings))
         if any(r):
             state = state.reduce(h_mid, metric, r, _merge_fn(settings, layer, depth))
+            h_mid = state.h
+        state.h = ops.mlp_part(layer, h_mid)
+    _record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
+    return state.h[state.assign]
+
+
+def _run_merging_global(ops: BlockOps, depth: int, state: _Merged, seg: list[int], settings: ToMe | ToFu):
+    """:func:`run_merging` with ``scope="global"``: one budget and one matching over all unprotected
+    tokens of the call per block (:meth:`_Merged.reduce_global`); the tokens stay stored in packed
+    order, grouped by segment, and attention stays inside each segment's tokens (a segment left
+    with no token is skipped); the release's order only decides the A / B split of each matching."""
+    order = (~state.protected).nonzero().flatten()  # the release's order: packed order at first
+    plan = global_plan(order.numel(), settings, depth)
+    bounds = torch.tensor(seg, device=state.h.device).cumsum(0)
+    tokens_per_block = []
+    for layer in range(depth):
+        r = plan[layer]
+        tokens_per_block.append(list(state.counts))
+        if not state.merged and not r:
+            state.h = ops.full(layer, state.h)
+            continue
+        bias = state.size.log() if settings.proportional_attention and state.merged else None
+        lengths = [c for c in state.counts if c]
+        h_mid, metric = ops.attention_part(layer, state.h, state.rows, lengths, bias, **_metric_kw(settings))
+        merge = _merge_fn(settings, layer, depth)
+        for step in merge_rounds(order.numel(), r):
+            state, metric, order = state.reduce_global(h_mid, metric, step, merge, order, bounds)
             h_mid = state.h
         state.h = ops.mlp_part(layer, h_mid)
     _record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
@@ -339,6 +421,8 @@ def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int
     pruning rounds copy. Not counted: key averaging, norms, argmax/sort, index copies.
     """
     seg = [int(n) for n in seg_lengths]
+    if settings.scope == "global":
+        return _count_merging_global(settings, seg, prefix, depth, dim, heads)
     plan = merge_plan(seg, [prefix] * len(seg), settings, depth)
     d = dim // heads
     counts, blocks, overhead = list(seg), [], 0
@@ -353,6 +437,35 @@ def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int
                 overhead += 2 * d * ((n + 1) // 2) * (n // 2) + (0 if prunes else 2 * dim * n)
                 n -= step
         counts = after
+    return blocks, overhead
+
+
+def _count_merging_global(settings: ToMe | ToFu, seg: list[int], prefix: int, depth: int, dim: int, heads: int):
+    """:func:`count_merging` with ``scope="global"``: each block removes :func:`global_plan`'s count
+    from the call, matched over all its unprotected tokens at once (``2 d |A| |B|`` on the call's
+    total); where the merges fall is data-dependent, so the tokens left are counted as if they fell
+    evenly over the segments (in proportion to their unprotected tokens, as DART-ViT's global scope)."""
+    free = [n - prefix for n in seg]
+    total = sum(free)
+    plan = global_plan(total, settings, depth)
+    d = dim // heads
+
+    def spread(left: int) -> list[int]:
+        shares = [left * f // total for f in free] if total else [0] * len(free)
+        shares[-1] += left - sum(shares)
+        return [s + prefix for s in shares]
+
+    counts, cur, blocks, overhead = list(seg), total, [], 0
+    for layer in range(depth):
+        r = plan[layer]
+        prunes = isinstance(settings, ToFu) and layer < settings.pruning_blocks(depth)
+        n = cur
+        for step in merge_rounds(n, r):
+            overhead += 2 * d * ((n + 1) // 2) * (n // 2) + (0 if prunes else 2 * dim * n)
+            n -= step
+        after = spread(n) if n != cur else list(counts)
+        blocks.append(BlockCount(list(counts), list(counts), after))
+        counts, cur = after, n
     return blocks, overhead
 
 

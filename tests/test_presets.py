@@ -135,14 +135,13 @@ def test_tofu_release_split():
 
 def test_reduced_output_is_built():
     """The paper rows' output="reduced" passes the settings check (any encoder depth); which models run
-    it (Qwen2-VL only) is checked by ipcv.compress (tests/test_reduced_output.py)."""
+    it (Qwen2-VL, Qwen2.5-VL) is checked by ipcv.compress (tests/test_reduced_output.py)."""
     tower_settings, _ = presets.paper_settings("table4", "vit35_llm35", "ToMe")
     assert tower_settings.output == "reduced"
     ipcv.ToMe(0.35, output="reduced").check_depth(32)
     ipcv.DARTViT(0.35, output="reduced").check_depth(32)
-    with pytest.raises(NotImplementedError, match=r"scope='global'") as refused:  # still not built for ToMe
-        tower_settings.check_depth(32)
-    assert "output=" not in str(refused.value)
+    tower_settings.check_depth(32)  # scope="global" is built for ToMe / ToFu too
+    assert tower_settings.scope == "global"
 
 
 def test_table4_kv_column_fits_the_paper_protocol():
@@ -163,3 +162,29 @@ def test_table4_kv_column_fits_the_paper_protocol():
         if r["method"] in ("ToMe", "ToFu"):
             assert abs(r["paper_tflops"] - r["table4_tflops_pct"]) < 0.5, r
             assert r["official_tflops"] - r["table4_tflops_pct"] > 5, r
+
+
+def test_paper_protocol_vit_baselines_are_the_release_ports():
+    """The authors' Qwen2-VL ports of ToMe / ToFu (first commit of their release): from block 3, one
+    matching over all patches of the call, their schedule, unweighted means, keys after the rotary
+    embedding, no proportional attention; the reduced token set goes to the LLM with no LLM pruner."""
+    tome, lang = presets.paper_settings("table4", "vit35_llm35", "ToMe")
+    assert lang is None
+    release = dict(
+        output="reduced", scope="global", schedule="release", start_layer=3, merge="mean",
+        proportional_attention=False, metric="rotated_keys",
+    )  # fmt: skip
+    assert tome == ipcv.ToMe(0.35, **release)
+    tofu, lang = presets.paper_settings("table1", "vit20_llm20", "ToFu")
+    assert lang is None and tofu == ipcv.ToFu(0.2, prune_layers=7, **release)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "official"])
+def test_table4_rows_run_in_the_prefill_bench(protocol):
+    """``python -m ipcv.bench prefill --protocol paper`` runs every row of Table 4 (the official protocol
+    refuses only the 5 % rows whose layer-averaged budget cannot be reached, said in the book)."""
+    from ipcv.bench.prefill import protocol_settings, runnable
+
+    ok, refused = runnable(protocol_settings(protocol))
+    expected = {} if protocol == "paper" else {"V2Drop | vit100_llm5", "SparseVLM | vit100_llm5"}
+    assert set(refused) == set(expected) and len(ok) + len(refused) == len(presets.paper_rows("table4"))

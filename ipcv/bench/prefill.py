@@ -145,13 +145,11 @@ def _qwen2_vl_7b_tower_shape():
 
 def _prefill_tflops(vision, visual_per_layer: list[int], visual: int, text: int) -> float:
     """Analytic prefill TFLOPs of Qwen2-VL-7B for one image of ``4 * visual`` patches: the vision tower
-    under ``vision`` (a global budget counted as one image) and the decoder layers with causal attention."""
+    under ``vision`` (one image: a global budget is that image's) and the decoder layers with causal attention."""
     import dataclasses
 
     from ipcv.flops import DecoderShape, decoder_layer_flops, encoder_flops
 
-    if vision is not None and getattr(vision, "scope", "segment") == "global":
-        vision = dataclasses.replace(vision, scope="segment")
     if vision is not None and getattr(vision, "output", "full") == "reduced":
         vision = dataclasses.replace(vision, output="full")
     tower = encoder_flops(_qwen2_vl_7b_tower_shape(), [4 * visual], vision).total
@@ -160,12 +158,29 @@ def _prefill_tflops(vision, visual_per_layer: list[int], visual: int, text: int)
     return (tower + decoder) / 1e12
 
 
+def reduced_visual_tokens(vision, patches: int, depth: int = 32, unit: int = 4) -> int:
+    """LLM visual tokens a ViT-side baseline with ``output="reduced"`` hands on for one image of
+    ``patches`` patches in a tower of ``depth`` blocks: its surviving patches from the schedule that runs
+    it (ToMe / ToFu: :func:`ipcv.schedules.global_plan` or :func:`ipcv.schedules.merge_plan`;
+    DART-ViT: :func:`ipcv.schedules.dart_vit_counts`), turned into merge units by the rule of
+    :func:`ipcv.models.qwen2_vl.reduced_units` (survivors / unit, half up, at least one)."""
+    from ipcv.schedules import dart_vit_counts, global_plan, merge_plan
+
+    if isinstance(vision, ipcv.DARTViT):
+        survivors = dart_vit_counts(vision, patches)
+    elif vision.scope == "global":
+        survivors = patches - sum(global_plan(patches, vision, depth))
+    else:
+        survivors = patches - sum(r[0] for r in merge_plan([patches], [0], vision, depth))
+    return min(patches // unit, max(int(survivors > 0), (2 * survivors + unit) // (2 * unit)))
+
+
 def table4_kv_fit(visual: int = TABLE4_VISUAL, text: int = TABLE4_TEXT) -> list[dict]:
     """Table 4's KV and TFLOPs columns (% of vanilla) beside what the presets imply, in both protocols,
     analytically: the KV cache is the sum over Qwen2-VL-7B's 28 layers of the tokens each layer
     caches; FLOPs are the vision tower's and the decoder layers' (:mod:`ipcv.flops`). ViT-side
-    baselines hand the LLM their reduced token set (``output="reduced"``): ``text + int(visual * keep)``
-    in every layer. No model runs; a row a protocol cannot reach is None."""
+    baselines hand the LLM their reduced token set (``output="reduced"``): ``text`` +
+    :func:`reduced_visual_tokens` in every layer. No model runs; a row a protocol cannot reach is None."""
     import csv
 
     layers, vanilla = QWEN2_VL_7B_LAYERS, QWEN2_VL_7B_LAYERS * (visual + text)
@@ -185,7 +200,7 @@ def table4_kv_fit(visual: int = TABLE4_VISUAL, text: int = TABLE4_TEXT) -> list[
         for protocol in ipcv.presets.PROTOCOLS:
             vision, language = ipcv.presets.paper_settings("table4", setting, method, protocol)
             if vision is not None and getattr(vision, "output", "full") == "reduced":
-                per_layer = [int(visual * vision.keep_ratio)] * layers
+                per_layer = [reduced_visual_tokens(vision, 4 * visual, QWEN2_VL_7B_VISION["depth"])] * layers
             else:
                 try:
                     if language is not None:

@@ -187,11 +187,19 @@ def check_tasks(tasks, include_path: str | None) -> None:
         raise SystemExit("--tasks:\n" + "\n".join(lines) + "\n(all names: lmms-eval --tasks list)")
 
 
-def not_built(setting: Setting) -> str | None:
-    """Why the library cannot run ``setting`` on any model yet (a settings switch that is refused
-    whatever the model), or None."""
+def not_built(setting: Setting, family: str | None = None) -> str | None:
+    """Why the library cannot run ``setting`` yet, or None: a settings switch that is refused whatever
+    the model, or (given the sweep's ``family``) a ViT-side baseline's ``output="reduced"`` on a family
+    that does not have it (:data:`ipcv.api.REDUCED_FAMILIES`)."""
+    from ..api import REDUCED_FAMILIES
+
     for text, side in ((setting.vision, "vision"), (setting.language, "language")):
         settings = parse_method(text, side)
+        if family is not None and getattr(settings, "output", "full") == "reduced" and family not in REDUCED_FAMILIES:
+            return (
+                f"output='reduced' is built for the mRoPE families {REDUCED_FAMILIES} only, not for {family!r} "
+                "(see the book's page on differences)"
+            )
         try:
             if settings is not None:
                 settings.check_depth(1 << 20)  # any depth: only what no model can run raises here
@@ -217,7 +225,7 @@ def run(sweep: Sweep, args) -> int:
             if not tasks:
                 continue
             bar.set_postfix_str(setting.name)
-            reason = not_built(setting)
+            reason = not_built(setting, sweep.family)
             if reason is not None:
                 failed += 1
                 tqdm.write(f"[{sweep.name}] {setting.name}: not run: {reason}")

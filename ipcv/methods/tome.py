@@ -1,6 +1,9 @@
 """Token merging (ToMe, Bolya et al. 2023) and Token Fusion (ToFu, Kim et al. 2024) as pure
 functions on tensors: bipartite soft matching, size-weighted merging, MLERP merging, pruning, and
-the per-block reduction schedule of the IPCV paper's baselines (Appendix C).
+the per-block reduction schedule of the IPCV paper's baselines (Appendix C); for the IPCV authors'
+ports of ToMe / ToFu (their runs of those baselines): their schedule (:func:`release_schedule`), the
+order in which they pass tokens on (:func:`release_matching`) and their unweighted mean
+(:func:`merge_mean`).
 
 Layout: a batch of groups ``[B, N, ...]`` (one group = the unprotected tokens of one image or video
 frame; groups of one batch have the same length). A reduction is described by a :class:`Matching`
@@ -57,11 +60,23 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Matching:
     r = min(r, (N + 1) // 2) if N >= 2 else 0
     if r <= 0:
         return identity_matching(B, N, device)
+    order, best_b = _links(metric)
+    return _matching(order, best_b, r, N)
+
+
+def _links(metric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tokens (even positions) by decreasing similarity of their best link (ties: lower position
+    first), ``[B, Na]`` positions in A, and each A token's most cosine-similar B token ``[B, Na]``."""
     m = metric.float()
     m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     a, b = m[:, 0::2], m[:, 1::2]  # [B, Na, C], [B, Nb, C]
     best, best_b = (a @ b.transpose(1, 2)).max(dim=-1)  # [B, Na]
-    order = best.argsort(dim=-1, descending=True, stable=True)
+    return best.argsort(dim=-1, descending=True, stable=True), best_b
+
+
+def _matching(order: torch.Tensor, best_b: torch.Tensor, r: int, N: int) -> Matching:
+    """The :class:`Matching` that merges the first ``r`` A tokens of ``order`` into their links."""
+    B, device = order.shape[0], order.device
     src_a = order[:, :r]  # [B, r] positions in A
     src = 2 * src_a  # token indices of A position i: 2i; of B position j: 2j + 1
     dst = 2 * best_b.gather(1, src_a) + 1
@@ -71,6 +86,28 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Matching:
     keep = survives.nonzero()[:, 1].view(B, N - r)
     rank = survives.long().cumsum(1) - 1  # output row of each surviving token
     return Matching(into, keep, rank.gather(1, into))
+
+
+def release_matching(metric: torch.Tensor, r: int) -> tuple[Matching, torch.Tensor]:
+    """The IPCV authors' ToMe / ToFu ports on Qwen2-VL (first commit of github Perkzi/IPCV): ToMe's
+    bipartite matching (:func:`bipartite_soft_matching`, same merged set) plus the order in which
+    their port hands the surviving tokens to the next block: first the A tokens that were not merged,
+    by decreasing similarity of their best link, then every B token in its previous order. The next
+    block splits A / B by alternating positions in *that* order, so the order decides later merges.
+
+    Args: as :func:`bipartite_soft_matching` (``metric`` ``[B, N, C]`` in the release's order).
+    Returns: the :class:`Matching` and ``[B, N - r]`` long, the surviving tokens (indices in
+        ``0..N-1``) in the release's output order.
+    """
+    B, N, _ = metric.shape
+    r = min(r, (N + 1) // 2) if N >= 2 else 0
+    if r <= 0:
+        m = identity_matching(B, N, metric.device)
+        return m, m.keep
+    order, best_b = _links(metric)
+    unmerged_a = 2 * order[:, r:]  # token indices of the A tokens left, by decreasing link similarity
+    b_tokens = torch.arange(1, N, 2, device=metric.device).expand(B, -1)
+    return _matching(order, best_b, r, N), torch.cat([unmerged_a, b_tokens], dim=1)
 
 
 def merge_average(x: torch.Tensor, size: torch.Tensor, m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +126,19 @@ def merge_average(x: torch.Tensor, size: torch.Tensor, m: Matching) -> tuple[tor
     den = torch.zeros_like(s).scatter_add_(1, m.into, s)
     keep = m.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
     return (num.gather(1, keep) / den.gather(1, m.keep).unsqueeze(-1)).to(x.dtype), den.gather(1, m.keep)
+
+
+def merge_mean(x: torch.Tensor, size: torch.Tensor, m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unweighted mean of the tokens merged into t (each counts once, whatever it stands for), as the
+    IPCV authors' ToMe / ToFu ports average; the returned sizes still add up (for the unmerge map).
+
+    Args / returns: as :func:`merge_average`.
+    """
+    if m.r == 0:
+        return x, size
+    merged, _ = merge_average(x, torch.ones_like(size), m)
+    den = torch.zeros_like(size.float()).scatter_add_(1, m.into, size.float())
+    return merged, den.gather(1, m.keep)
 
 
 def merge_mlerp(x: torch.Tensor, size: torch.Tensor, m: Matching) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,10 +8,15 @@ except those in ``fullatt_block_indexes`` attends within its window only. IPCV s
 frame (eq. 2) in that order; windowed blocks then attend per window over the kept tokens (a window
 whose tokens were all removed has no queries, and in stabilized blocks its keys are dropped too).
 ``last_hidden_state`` stays in window order, as the original returns it; the merger's output is put
-back in image order. Language: the same mRoPE decoder code as Qwen2-VL (:mod:`ipcv.models._mrope`).
+back in image order. Language: the same mRoPE decoder code as Qwen2-VL (:mod:`ipcv.models._mrope`),
+including a ViT-side baseline's ``output="reduced"``: its mask of kept merge units is computed from
+the run's source map taken back to image order, so the rule is Qwen2-VL's
+(:func:`ipcv.models.qwen2_vl.reduced_units`, ties to the earlier unit in raster order).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import nn
@@ -21,16 +26,28 @@ from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
 from ..engine import run_vision
+from ..schedules import collect_sources
 from . import _mrope
 from ._decoder import DecoderFamily, language_adapter
 from .base import Adapter, EncoderShape, pop_output_flags
-from .qwen2_vl import Windows, _TowerCall, vision_segments
+from .qwen2_vl import UNITS_KEY, Windows, _TowerCall, reduced_units, vision_segments
+
+
+def image_order_source(source: torch.Tensor, window_index: torch.Tensor, unit: int) -> torch.Tensor:
+    """A source map of the window-ordered packed sequence (``source[i]``: the position whose final
+    state position ``i`` holds) rewritten in image (raster) order. Window position ``w`` holds image
+    patch ``window_index[w // unit] * unit + w % unit`` (the tower reorders whole merge units)."""
+    image_of = (window_index.to(source.device)[:, None] * unit + torch.arange(unit, device=source.device)).flatten()
+    window_of = torch.argsort(image_of)  # window position of each image-order patch
+    return image_of[source[window_of]]
 
 
 def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
     """Forward of a compressed Qwen2.5-VL vision tower: same inputs and outputs as the original
     (``last_hidden_state`` ``[L, hidden_size]`` full length in window order, ``pooler_output`` the
-    merger's output in image order)."""
+    merger's output in image order). With a baseline's ``output="reduced"`` the output also holds,
+    under :data:`ipcv.models.qwen2_vl.UNITS_KEY`, the image-order mask of the merge units the LLM
+    receives (see :func:`ipcv.models.qwen2_vl.tower_forward`)."""
     pop_output_flags(kwargs, type(self).__name__)
     position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size, kwargs=kwargs)
     cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config, kwargs=kwargs)
@@ -47,9 +64,15 @@ def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **k
     windows = Windows(cu_window.to(hidden_states.device), max_window, frozenset(self.fullatt_block_indexes))
     call = _TowerCall(self, cu_seqlens, max_seqlen, pe, kwargs, qwen25.eager_attention_forward, windows)
     seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
+    with collect_sources() as sources:
+        hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
     merged = self.merger(hidden_states)[torch.argsort(window_index)]
-    return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=merged)
+    out = BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=merged)
+    if getattr(self._ipcv_vision, "output", "full") == "reduced":
+        unit = self.spatial_merge_size**2
+        source = image_order_source(sources[-1], window_index, unit) if sources else None
+        out[UNITS_KEY] = reduced_units(source, seg_lengths, unit).to(hidden_states.device)
+    return out
 
 
 def _locate(model: nn.Module) -> nn.Module | None:
@@ -85,8 +108,11 @@ def _locate_language(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 
 LANGUAGE = language_adapter(
-    DecoderFamily(locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=_mrope.positions)
-)
+    DecoderFamily(
+        locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=_mrope.positions,
+        reduce=partial(_mrope.reduced_call, units_key=UNITS_KEY),
+    )
+)  # fmt: skip
 
 ADAPTER = Adapter(
     family="qwen2_5_vl",

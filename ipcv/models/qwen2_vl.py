@@ -146,6 +146,7 @@ class _TowerCall:
         rows: torch.Tensor,
         seg_lengths: list[int],
         log_size: torch.Tensor | None = None,
+        rotated: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``h + attn(norm1(h))`` of block ``layer`` for the (possibly merged) tokens ``h`` ``[M, D]``.
 
@@ -154,8 +155,10 @@ class _TowerCall:
         seg_lengths: tokens per segment (attention never crosses segments; in a windowed block it
             never crosses windows either).
         log_size: ``[M]`` additive logit bias per key (proportional attention), or None.
+        rotated: take the metric from the keys after the 2D rotary embedding (as the IPCV authors'
+            ToMe / ToFu ports do) instead of before it.
         Returns: the residual stream after attention ``[M, D]`` and the keys averaged over heads,
-            before rotary, ``[M, d]`` (ToMe's similarity metric).
+            before rotary (``rotated``: after it), ``[M, d]`` (ToMe's similarity metric).
         """
         blk = self.blocks[layer]
         attn = blk.attn
@@ -165,6 +168,8 @@ class _TowerCall:
         cos, sin = self.pe
         cos, sin = cos[rows], sin[rows]
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        if rotated:
+            metric = k.mean(1)
         if self._windowed(layer):  # rows increase, so the tokens of one window are contiguous
             seg_lengths = [c for c in self.windows.counts(rows) if c]
         out = segment_attention(

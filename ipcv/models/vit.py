@@ -127,11 +127,13 @@ class _EncoderCall:
         rows: torch.Tensor,
         seg_lengths: list[int],
         log_size: torch.Tensor | None = None,
+        rotated: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``h + attn(norm1(h))`` of layer ``layer`` for tokens ``h`` ``[M, D]`` in segments of
         ``seg_lengths``; ``rows`` is unused (positions were added before the first layer);
-        ``log_size`` ``[M]`` is an additive logit bias per key. Returns the residual stream ``[M, D]``
-        and the keys averaged over heads ``[M, d]``."""
+        ``log_size`` ``[M]`` is an additive logit bias per key; ``rotated`` changes nothing (these
+        encoders have no rotary embedding). Returns the residual stream ``[M, D]`` and the keys
+        averaged over heads ``[M, d]``."""
         out, k = self._attend(layer, h, h, seg_lengths, seg_lengths, log_size)
         return out, k.mean(1)
 

@@ -1,0 +1,101 @@
+"""ViT-side baselines with ``output="reduced"`` on the tiny Qwen2.5-VL: the same hand-count and
+reference tests as Qwen2-VL's (``tests/test_reduced_output.py``, imported here so they run against this
+module's ``model``), plus the window-order check. The tower runs in window order (``window_index``);
+the kept merge units are chosen on the source map taken back to image order. Random weights: shapes,
+counts and equalities only, never accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import pixels
+from test_reduced_output import (  # noqa: F401  (collected here, against this module's model)
+    LAYERS,
+    baselines,
+    test_cached_decoding_equals_reduced_sequence,
+    test_keep_all_bit_exact,
+    test_padded_batch_counts,
+    test_plain_forward_equals_reduced_sequence,
+    test_restore_after_reduced,
+    test_token_and_kv_hand_counts,
+    test_tower_marks_units,
+)
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.vision_utils import get_vision_window_index
+
+import ipcv
+from ipcv.models.qwen2_5_vl import image_order_source
+from ipcv.models.qwen2_vl import UNITS_KEY, reduced_units
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+        ),
+        vision_config=dict(
+            depth=6, hidden_size=64, intermediate_size=96, num_heads=4, out_hidden_size=64, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56, fullatt_block_indexes=[2, 5],
+        ),
+        image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
+    )  # fmt: skip
+    for c in (cfg, cfg.vision_config, cfg.text_config):
+        c._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    m = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
+        for name, p in m.named_parameters():
+            if p.dim() > 1 and "embed_tokens" not in name:
+                p.normal_(0, 0.15 if "visual" in name else 0.08)
+    yield m
+    ipcv.restore(m)
+
+
+def test_image_order_source_by_hand():
+    # two units of 4 patches, window order = units (1, 0): window position w holds image patch
+    # window_index[w // 4] * 4 + w % 4
+    window_index = torch.tensor([1, 0])
+    source = torch.arange(8)
+    source[[1, 2]] = 0  # window positions 1, 2 (image patches 5, 6) merged into window 0 (image 4)
+    source[7] = 4  # window position 7 (image patch 3) into window 4 (image patch 0)
+    expected = torch.arange(8)
+    expected[[5, 6]] = 4
+    expected[3] = 0
+    assert image_order_source(source, window_index, 4).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("name", ["ToMe", "DARTViT"])
+def test_units_are_chosen_in_image_order(model, name):
+    """The tower's unit mask is reduced_units of the run's source map in image order: the patches it
+    hands on are the surviving ones wherever the window reordering put them."""
+    grid = [[1, 8, 12], [1, 4, 8]]
+    tower = model.model.visual
+    with torch.no_grad(), ipcv.compressed(model, vision=baselines(0.35)[name]), ipcv.trace() as tr:
+        out = tower(pixels(grid), grid_thw=torch.tensor(grid))
+    window_index, _ = get_vision_window_index(
+        torch.tensor(grid), tower.spatial_merge_size, tower.window_size, tower.patch_size
+    )
+    source = tr.calls[0].source  # window order
+    assert not torch.equal(window_index, torch.arange(window_index.numel()))  # the order does change here
+    expected = reduced_units(image_order_source(source, window_index, 4), [96, 32], 4)
+    assert torch.equal(out[UNITS_KEY], expected)
+    # the same count of survivors per image in either order, and as many units as the hand rule gives
+    alive = (source == torch.arange(128)).split([96, 32])
+    assert [int(u.sum()) for u in out[UNITS_KEY].split([24, 8])] == [
+        min(n // 4, max(int(s > 0), (2 * s + 4) // 8)) for n, s in zip([96, 32], (int(a.sum()) for a in alive))
+    ]
+
+
+def test_global_release_ports_run(model):
+    """The paper protocol's ToMe on Qwen2.5-VL (one matching over the call, reduced output) runs with
+    generate()."""
+    from test_reduced_output import MIXED
+
+    vision, _ = ipcv.presets.paper_settings("table4", "vit35_llm35", "ToMe")
+    vision = ipcv.ToMe(**{f: getattr(vision, f) for f in vision.__dataclass_fields__} | {"start_layer": 1})
+    with torch.no_grad(), ipcv.compressed(model, vision=vision):
+        out = model.generate(**MIXED, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape[1] == MIXED["input_ids"].shape[1] + 3
