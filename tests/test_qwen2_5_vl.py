@@ -23,10 +23,10 @@ FULL_BLOCKS = (2, 5)
 GRIDS = [[1, 8, 12], [1, 10, 4]]  # windows of 4x4 patches: 6 full ones, then 16, 16, 8 (padded edge)
 
 
-def tiny(attn: str = "sdpa", seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+def tiny(attn: str = "sdpa", seed: int = 0, layers: int = LAYERS) -> Qwen2_5_VLForConditionalGeneration:
     cfg = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
+            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import pixels
+from test_qwen2_5_vl import tiny
 from test_reduced_output import (  # noqa: F401  (collected here, against this module's model)
     LAYERS,
     baselines,
@@ -20,7 +21,6 @@ from test_reduced_output import (  # noqa: F401  (collected here, against this m
     test_token_and_kv_hand_counts,
     test_tower_marks_units,
 )
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.vision_utils import get_vision_window_index
 
 import ipcv
@@ -30,26 +30,7 @@ from ipcv.models.qwen2_vl import UNITS_KEY, reduced_units
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-        ),
-        vision_config=dict(
-            depth=6, hidden_size=64, intermediate_size=96, num_heads=4, out_hidden_size=64, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56, fullatt_block_indexes=[2, 5],
-        ),
-        image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
-    )  # fmt: skip
-    for c in (cfg, cfg.vision_config, cfg.text_config):
-        c._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    m = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
-        for name, p in m.named_parameters():
-            if p.dim() > 1 and "embed_tokens" not in name:
-                p.normal_(0, 0.15 if "visual" in name else 0.08)
+    m = tiny("sdpa", layers=LAYERS)
     yield m
     ipcv.restore(m)
 
