@@ -55,7 +55,16 @@ def video_inputs(model, side: int, frames: int, seed: int = 0) -> dict:
     )
 
 
-def _generate(model, kw: dict, new_tokens: int):
+def apply(model, vision, language) -> None:
+    """The plain model, then compressed with (vision, language) if either is set (``compress`` composes
+    with earlier calls: every setting starts from the plain model)."""
+    ipcv.restore(model)
+    if vision is not None or language is not None:
+        ipcv.compress(model, vision=vision, language=language)
+
+
+def generate_measured(model, kw: dict, new_tokens: int):
+    """One greedy ``generate`` of exactly ``new_tokens`` tokens, measured (:func:`measured_generate`)."""
     with torch.inference_mode():
         _, record = measured_generate(
             model, model.generate, **kw, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
@@ -73,24 +82,19 @@ def run(args: argparse.Namespace) -> dict:
     if args.only:
         settings = {k: v for k, v in settings.items() if k == "vanilla" or any(o in k for o in args.only)}
 
-    def apply(vision, language):
-        ipcv.restore(model)  # compress composes with earlier calls: start each setting from the plain model
-        if vision is not None or language is not None:
-            ipcv.compress(model, vision=vision, language=language)
-
     skipped = {}
     for name, s in list(settings.items()):  # a setting this model cannot run is reported, not timed
         try:
-            apply(*s)
+            apply(model, *s)
         except (ValueError, NotImplementedError) as e:
             skipped[name] = str(e)
             del settings[name]
     records: dict[str, list] = {name: [] for name in settings}
-    _generate(model, kw, 1)  # warm-up (every setting runs the same kernels on shorter inputs)
+    generate_measured(model, kw, 1)  # warm-up (every setting runs the same kernels on shorter inputs)
     for _ in range(args.repeats):  # timed interleaved across settings
         for name, s in settings.items():
-            apply(*s)
-            records[name].append(_generate(model, kw, args.new_tokens))
+            apply(model, *s)
+            records[name].append(generate_measured(model, kw, args.new_tokens))
     ipcv.restore(model)
 
     rows = []
@@ -123,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
     shares = []
     for label, kind, side, frames in FIGURE1_INPUTS:
         x = inputs(model, side=side) if kind == "image" else video_inputs(model, side, frames)
-        recs = [_generate(model, x, 1) for _ in range(args.repeats)]
+        recs = [generate_measured(model, x, 1) for _ in range(args.repeats)]
         prefill, vision_s = median([r.prefill_s for r in recs]), median([r.vision_s for r in recs])
         shares.append(
             dict(

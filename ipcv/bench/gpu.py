@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 import subprocess
 import warnings
@@ -52,11 +51,11 @@ import ipcv
 from ipcv.engine import VISION_RUNNERS
 from ipcv.models._attention import varlen_kernel
 
-from ..eval.measure import measured_generate
 from ..eval.methods import format_method
 from . import vision
 from .common import environment, median, paper_table4, table4_key, write_json
-from .prefill import QWEN2_VL_2B_TEXT, QWEN2_VL_2B_TOKENS, inputs, paper_settings, protocol_settings, text_ids
+from .efficiency import apply, generate_measured, video_inputs
+from .prefill import QWEN2_VL_2B_TEXT, QWEN2_VL_2B_TOKENS, inputs, paper_settings, protocol_settings
 from .vision import DTYPES, QWEN2_VL_7B_VISION
 
 # Qwen/Qwen2-VL-7B-Instruct config.json, text part (its tower: QWEN2_VL_7B_VISION, merger out 3584)
@@ -149,26 +148,9 @@ def set_attention(model, attn: str) -> str:
     return llm
 
 
-def video(model, side: int, frames: int, seed: int = 0) -> dict:
-    """A ``frames``-frame ``side`` x ``side`` video between text tokens, as the processor gives it."""
-    cfg = model.config
-    g = torch.Generator().manual_seed(seed)
-    grid = [frames // 2, side // 14, side // 14]
-    text = lambda n: torch.randint(0, text_ids(cfg), (n,), generator=g).tolist()  # noqa: E731
-    ids = text(15) + [cfg.vision_start_token_id] + [cfg.video_token_id] * (math.prod(grid) // 4)
-    ids = torch.tensor([ids + [cfg.vision_end_token_id] + text(10)])
-    return dict(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        mm_token_type_ids=(ids == cfg.video_token_id).int() * 2,
-        pixel_values_videos=torch.randn(math.prod(grid), 3 * 2 * 14 * 14, generator=g),
-        video_grid_thw=torch.tensor([grid]),
-    )
-
-
 def prompt(model, kind: str, side: int, frames: int) -> dict:
     """Inputs on the model's device, pixels in its dtype."""
-    kw = inputs(model, side=side) if kind == "image" else video(model, side, frames)
+    kw = inputs(model, side=side) if kind == "image" else video_inputs(model, side, frames)
     param = next(model.parameters())
     return {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in kw.items()}
 
@@ -353,22 +335,20 @@ def latency(args, device: torch.device) -> dict:
         runnable, refused = {}, {}
         for name, (vis, lang) in settings.items():
             try:
-                ipcv.restore(model)
-                if vis is not None or lang is not None:
-                    ipcv.compress(model, vision=vis, language=lang)
+                apply(model, vis, lang)
                 runnable[name] = (vis, lang)
             except (ValueError, NotImplementedError) as e:
                 refused[name] = str(e)
         records: dict[str, list] = {name: [] for name in runnable}
         peaks: dict[str, float | None] = {}
         for vis, lang in runnable.values():  # warm-up: every setting once (kernels, caches, allocator)
-            _apply(model, vis, lang)
-            _generate(model, kw, args.new_tokens)
+            apply(model, vis, lang)
+            generate_measured(model, kw, args.new_tokens)
         for _ in range(args.repeats):  # timed, interleaved across settings
             for name, (vis, lang) in runnable.items():
-                _apply(model, vis, lang)
+                apply(model, vis, lang)
                 _peak_reset(device)
-                records[name].append(_generate(model, kw, args.new_tokens))
+                records[name].append(generate_measured(model, kw, args.new_tokens))
                 peaks[name] = _peak_gib(device)
         ipcv.restore(model)
         base = records["vanilla"]
@@ -408,20 +388,6 @@ def latency(args, device: torch.device) -> dict:
         "torch.cuda.max_memory_allocated during the call (weights included)",
         "inputs": results,
     }
-
-
-def _apply(model, vis, lang) -> None:
-    ipcv.restore(model)
-    if vis is not None or lang is not None:
-        ipcv.compress(model, vision=vis, language=lang)
-
-
-def _generate(model, kw: dict, new_tokens: int):
-    with torch.inference_mode():
-        _, record = measured_generate(
-            model, model.generate, **kw, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-        )
-    return record
 
 
 def print_latency(label: str, rows: list[dict]) -> None:
