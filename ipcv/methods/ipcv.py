@@ -34,10 +34,6 @@ def feature_difference_scores(h_lp: torch.Tensor, h_prev: torch.Tensor) -> torch
     return (h_lp.float() - h_prev.float()).norm(dim=-1)
 
 
-def _uniform(values: Sequence[int]) -> bool:
-    return len(set(values)) <= 1
-
-
 def device_index(values: Sequence[int], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
     """A 1-D tensor of the integers ``values`` on ``device``; on CUDA copied from pinned host memory
     without blocking, so the host does not wait for the kernels already queued."""

@@ -3,6 +3,7 @@ attention functions (eager, sdpa, flash_attention_*), shared by the adapters."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -119,8 +120,10 @@ implementation whose name says flash the packed ``cu_seqlens`` (one varlen call 
 of splitting the sequence per image in Python."""
 
 
+@functools.cache
 def torch_varlen():
-    """PyTorch's varlen attention (``torch.nn.attention.varlen.varlen_attn``, PyTorch >= 2.9), or None."""
+    """PyTorch's varlen attention (``torch.nn.attention.varlen.varlen_attn``, PyTorch >= 2.9), or None
+    (looked up once: this runs in every block)."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
@@ -185,11 +188,16 @@ def varlen_attention_forward(
     return torch.cat(outs).unsqueeze(0), None
 
 
+@functools.cache
+def _parameters(fn) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
+
+
 def _torch_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scaling: float | None) -> torch.Tensor:
     """PyTorch's varlen kernel across its releases: ``scale`` and ``enable_gqa`` arrived after 2.9, so
     without them the queries are pre-scaled and grouped key/value heads repeated."""
     fn = torch_varlen()
-    params = inspect.signature(fn).parameters
+    params = _parameters(fn)
     kwargs = {}
     if k.shape[1] != q.shape[1]:
         if "enable_gqa" in params:
