@@ -111,7 +111,10 @@ def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int =
     with torch.device(device):
         tower = (FAMILIES[family] if isinstance(family, str) else family).build()
     tower = tower.to(dtype).eval()
-    ipcv.vision_attention(tower, attn) if attn == "varlen" else setattr(tower.config, "_attn_implementation", attn)
+    if attn == "varlen":  # PyTorch's varlen kernel, registered in transformers' attention interface
+        ipcv.vision_attention(tower, attn)
+    else:
+        tower.config._attn_implementation = attn
     return tower
 
 
