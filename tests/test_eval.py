@@ -95,6 +95,16 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == before  # the old store, whole
 
 
+def test_store_names_a_line_that_is_not_a_row(tmp_path):
+    path = tmp_path / "r.jsonl"
+    store.append(path, [_row("a")])
+    path.write_text(path.read_text() + "{cut short\n")
+    with pytest.raises(ValueError, match="r.jsonl line 2 is not a JSON row"):
+        store.load(path)
+    with pytest.raises(ValueError, match="is a directory, not a results store"):
+        store.load(tmp_path)
+
+
 def test_summarize_sums_latency_and_averages_per_sample():
     calls = [
         dict(batch=1, new_tokens=3, prefill_s=1.0, total_s=2.0, vision_s=0.5, visual_in=[10],
