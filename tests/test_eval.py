@@ -570,6 +570,43 @@ def test_a_hub_model_in_the_cache_runs_offline_when_the_hub_cannot_be_reached(as
     assert [c.split()[0] for c in _commands(done.stdout)] == ["HF_HUB_OFFLINE=1"]
 
 
+def test_a_model_lmms_eval_cannot_load_stops_the_sweep_at_its_first_cell(assets, tmp_path):
+    """A checkpoint whose files are all there but whose weights are cut short: lmms-eval starts once,
+    cannot load it, and the sweep stops there (the second setting never starts), with the loader's
+    message (not a traceback) and the fix."""
+    import shutil
+
+    model, tasks, _ = assets
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    with open(broken / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    raw = tmp_path / "raw"
+    cmd = [sys.executable, "-m", "ipcv.eval", "custom", "--model", str(broken), "--tasks", ",".join(TASKS)]
+    cmd += ["--include-path", str(tasks), "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(raw)]
+    cmd += [
+        "--model-args",
+        "device=cpu,device_map=cpu",
+        "--setting",
+        "a=none,none",
+        "--setting",
+        f"b={SETTINGS['tome']}",
+    ]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text
+    for w in [
+        "[custom] a: lmms-eval could not load the model",
+        f"--model {broken} cannot load:\n  SafetensorError: ",  # the loader's own message, one line
+        "fix: give --model a local directory holding the checkpoint",
+        "the sweep stops at this first cell whose model cannot load: 0 of 4 cells ran",
+    ]:
+        assert w in text, text
+    assert "Traceback" not in text.split("could not load the model")[1]
+    assert [d.name for d in raw.glob("*/*")] == ["none__none__None"]  # setting b never started
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_refuses_to_run_under_a_launcher(monkeypatch):
     from ipcv.eval.__main__ import main
 

@@ -17,7 +17,8 @@ Before the first cell the whole sweep is checked (:func:`plan`; ``--dry-run`` ru
 prints what a real run would do and runs nothing): the tasks are lmms-eval's, ``--model`` can load
 and is of ``--family`` (:mod:`ipcv.eval.checks`), the store is readable; the settings a real run
 refuses (not built for the family) are named. A model that cannot load stops the sweep before any
-lmms-eval process starts, with the loader's message and the fix.
+lmms-eval process starts, or at the first cell whose lmms-eval process could not load it, with the
+loader's message and the fix.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from .. import __version__
 from . import store
-from .checks import MODEL_FIX, Model, ModelCannotLoad, check_model, task_problem
+from .checks import MODEL_FIX, Model, ModelCannotLoad, check_model, load_error, task_problem
 from .measure import summarize
 from .methods import format_method, parse_method
 from .sweeps import FAMILY_MODEL_TYPES, FAMILY_MODELS, SWEEPS, TASK_NOTES, Setting, Sweep, sweeps
@@ -378,11 +379,12 @@ def dry_run(plan: Plan, args) -> int:
 
 
 def run(plan: Plan, args) -> int:
-    """Run every missing cell of ``plan``; returns the number of settings that failed or cannot run."""
+    """Run every missing cell of ``plan``; returns the number of settings that failed or cannot run.
+    Stops the sweep (SystemExit) at the first setting whose lmms-eval process could not load the model."""
     from tqdm.auto import tqdm
 
     sweep = plan.sweep
-    failed = 0
+    failed = ran = 0
     print(plan.summary(args.store), flush=True)
     with tqdm(total=plan.cells, desc=f"{sweep.name} cells", unit="cell") as bar:
         bar.update(plan.count("held"))
@@ -401,8 +403,18 @@ def run(plan: Plan, args) -> int:
             cmd = _command(sweep, setting, tasks, run_dir, args)
             with open(run_dir / "lmms_eval.log", "w") as log:
                 code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=plan.model.env())
+            message = load_error(run_dir)
+            if message is not None:
+                held = plan.count("held")
+                raise SystemExit(
+                    f"[{sweep.name}] {setting.name}: lmms-eval could not load the model (its log: "
+                    f"{run_dir / 'lmms_eval.log'})\n{_cannot_load(sweep.model, message)}\n"
+                    f"the sweep stops at this first cell whose model cannot load: {ran} of {plan.cells} cells ran"
+                    + (f", {held} were already in the store" if held else "")
+                )
             try:
                 added = store.append(args.store, _rows(sweep, setting, tasks, run_dir, args))
+                ran += len(tasks)
                 bar.update(added)
             except CellError as e:
                 failed += 1

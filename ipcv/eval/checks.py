@@ -6,7 +6,9 @@
   the local cache (lmms-eval then runs with ``HF_HUB_OFFLINE=1``, so it reads that cache instead of
   spending minutes on download retries in every cell);
 - :func:`task_problem`: every task is one lmms-eval knows (its task index, read offline: no dataset is
-  downloaded).
+  downloaded);
+- :func:`load_error`: what the harness (:mod:`ipcv.eval.harness`) wrote when the model did not load in
+  an lmms-eval process, so the sweep stops there instead of failing the same way in every cell.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ MODEL_FIX = (
     "or run where the hub is reachable"
 )
 HUB_TIMEOUT_S = 5.0  # one request to the hub, no retries: offline, the check fails in seconds
+LOAD_ERROR = "ipcv_load_error"  # <run dir>/ipcv_load_error.rank<r>.txt, written by the harness
 
 _WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
 _IMAGE_PROCESSOR = ("preprocessor_config.json", "processor_config.json")
@@ -203,3 +206,16 @@ def task_problem(tasks, include_path: str | None) -> str | None:
         close = difflib.get_close_matches(t, known, n=5)
         lines.append(f"  {t}: not an lmms-eval task; close: {', '.join(close) or 'none'}")
     return "--tasks:\n" + "\n".join(lines) + "\n  (all names: lmms-eval --tasks list)"
+
+
+def load_error(run_dir: Path) -> str | None:
+    """The message the harness wrote in ``run_dir`` when the model did not load, or None."""
+    found = sorted(Path(run_dir).glob(f"{LOAD_ERROR}*.txt"))
+    return brief(found[0].read_text()) if found else None
+
+
+def write_load_error(ipcv_log: str | Path, error: BaseException) -> None:
+    """Record beside ``ipcv_log`` that the model did not load (:func:`load_error` reads it)."""
+    path = Path(ipcv_log).with_name(f"{LOAD_ERROR}.rank{os.environ.get('RANK', '0')}.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{type(error).__name__}: {error}\n")
