@@ -95,6 +95,16 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == before  # the old store, whole
 
 
+def test_store_names_a_line_that_is_not_a_row(tmp_path):
+    path = tmp_path / "r.jsonl"
+    store.append(path, [_row("a")])
+    path.write_text(path.read_text() + "{cut short\n")
+    with pytest.raises(ValueError, match="r.jsonl line 2 is not a JSON row"):
+        store.load(path)
+    with pytest.raises(ValueError, match="is a directory, not a results store"):
+        store.load(tmp_path)
+
+
 def test_summarize_sums_latency_and_averages_per_sample():
     calls = [
         dict(batch=1, new_tokens=3, prefill_s=1.0, total_s=2.0, vision_s=0.5, visual_in=[10],
@@ -265,8 +275,22 @@ def test_sweep_killed_and_resumed_ends_with_the_same_rows(sweep, assets):
         (["table1", "--tasks", "gqa,mathvista"], ["mathvista not in sweep table1", "ocrbench"]),
         (["table1", "--family", "gpt"], ["--family 'gpt' is not allowed", "qwen2_vl"]),
         (["table1", "--protocol", "mine"], ["protocol='mine'", "official"]),
+        (["custom", "--model", "/tmp", "--tasks", "pope", "--setting", "a=none,none"],
+         ["--model /tmp cannot load", "has no config.json", "fix: give --model a local directory"]),
+        (["custom", "--model", "/tmp", "--tasks", "pope", "--setting", "a=none,none", "--protocol", "official"],
+         ["--protocol applies to the named sweeps"]),
+        (["custom", "--model", "/tmp", "--tasks", "pope", "--setting", "a=none,none", "--setting", "a=ToMe:0.5,none"],
+         ["the name 'a' is given twice"]),
+        (["custom", "--model", "/tmp", "--tasks", "pope", "--setting", "a=none,none", "--setting", "b=none,none"],
+         ["the same vision and language as --setting a"]),
+        (["table1", "--setting", "a=none,none"], ["--setting is for custom only"]),
+        (["table1", "--tasks", "gqa,,mme"], ["an empty task name"]),
+        (["table1", "--tasks", "gqa,gqa"], ["gqa given more than once"]),
+        (["table1", "--model-args", "pretrained=/m"], ["pretrained is set by ipcv.eval", "ipcv_log"]),
+        (["table1", "--model-args", "device"], ["'device' is not key=value"]),
+        (["list", "--model", "/m", "--limit", "3"], ["list takes only --protocol", "--model, --limit would be"]),
     ],
-)
+)  # fmt: skip
 def test_command_line_errors_name_what_is_allowed(argv, words, capsys):
     from ipcv.eval.__main__ import main
 
@@ -311,6 +335,8 @@ def test_every_sweep_setting_is_exactly_its_preset(protocol):
     found = sweeps(protocol)
     assert tuple(found) == SWEEPS
     for sweep in found.values():
+        # a sweep's cells are keyed by (vision, language): no two settings of a sweep may share them
+        assert len({(s.vision, s.language) for s in sweep.settings}) == len(sweep.settings), sweep.name
         for s in sweep.settings:
             vision, language = parse_method(s.vision, "vision"), parse_method(s.language, "language")
             if s.table is not None:
@@ -326,16 +352,259 @@ def test_every_sweep_setting_is_exactly_its_preset(protocol):
     assert [s.name for s in found["table4"].settings][:2] == ["vanilla/Vanilla", "vit65_llm65/DART (ViT)"]
 
 
-def test_dry_run_prints_one_lmms_eval_command_per_setting(capsys):
+def _commands(out: str) -> list[str]:
+    return [line.strip() for line in out.splitlines() if " -m lmms_eval " in line]
+
+
+def test_dry_run_prints_one_lmms_eval_command_per_setting(assets, tmp_path, capsys):
     from ipcv.eval.__main__ import main
 
-    argv = ["custom", "--model", "/tmp", "--tasks", "pope,mme", "--setting", "a=IPCV:0.35,DART:0.35"]
+    model = str(assets[0])
+    argv = ["custom", "--model", model, "--tasks", "pope,mme", "--setting", "a=IPCV:0.35,DART:0.35"]
+    argv += ["--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(tmp_path / "raw")]
     assert main([*argv, "--setting", "b=none,none", "--processes", "2", "--limit", "5", "--dry-run"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = _commands(capsys.readouterr().out)
     assert len(lines) == 2
     assert "-m accelerate.commands.launch --num_processes 2 -m lmms_eval --model ipcv_qwen2_vl" in lines[0]
-    assert "pretrained=/tmp,vision=IPCV:0.35,language=DART:0.35,ipcv_log=" in lines[0]
+    assert f"pretrained={model},vision=IPCV:0.35,language=DART:0.35,ipcv_log=" in lines[0]
     assert "--tasks pope,mme" in lines[0] and "--limit 5" in lines[0] and "vision=none,language=none" in lines[1]
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "r.jsonl").exists()  # nothing ran, nothing written
+
+
+def test_dry_run_prints_every_cell_their_count_and_what_the_store_holds(assets, tmp_path, capsys):
+    from ipcv.eval.__main__ import main
+
+    model, tasks, _ = assets
+    path = tmp_path / "r.jsonl"
+    held = {"model": str(model), "vision": "none", "language": "none", "task": TASKS[0], "limit": None}
+    store.append(path, [held, {**held, "model": "another"}])  # one of the sweep's cells, one row of another model
+    argv = ["custom", "--model", str(model), "--tasks", ",".join(TASKS), "--include-path", str(tasks)]
+    argv += ["--setting", "vanilla=none,none", "--setting", f"tome={SETTINGS['tome']}"]
+    argv += ["--store", str(path), "--raw-dir", str(tmp_path / "raw"), "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"model: {model} (local directory {model}; model_type qwen2_vl)" in out
+    assert f"[custom] vanilla: run 1 cells: {TASKS[1]}; in the store (skipped): {TASKS[0]}" in out
+    assert f"[custom] tome: run 2 cells: {', '.join(TASKS)}" in out
+    commands = _commands(out)
+    assert len(commands) == 2 and f"--tasks {TASKS[1]} " in commands[0] and f"--tasks {','.join(TASKS)} " in commands[1]
+    summary = (
+        "[custom] 4 cells (2 settings x 2 tasks): 3 to run, 1 already in the store (skipped), 0 refused (not built); "
+        f"the store {path} holds 2 rows"
+    )
+    assert summary in out
+    assert len(store.load(path)) == 2 and not (tmp_path / "raw").exists()
+
+
+def _bad_input(assets, tmp_path, what):
+    """argv (without --dry-run) with one bad input, and the words the refusal must contain."""
+    model, tasks, _ = assets
+    argv = ["custom", "--model", str(model), "--tasks", ",".join(TASKS), "--include-path", str(tasks)]
+    argv += ["--setting", "a=none,none", "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(tmp_path / "raw")]
+    if what == "unknown task":
+        argv[4] = "ipcv_tiny_yesno,ipcv_tiny_mcc"
+        return argv, ["--tasks:", "ipcv_tiny_mcc: not an lmms-eval task; close: ipcv_tiny_mc"]
+    if what == "missing model directory":
+        argv[2] = str(tmp_path / "no-such-model")
+        return argv, [f"--model {tmp_path / 'no-such-model'} cannot load", "no such local directory", "fix: give"]
+    if what == "family mismatch":
+        return [*argv, "--family", "llava"], [
+            f"--family llava does not match --model {model}",
+            "model_type 'qwen2_vl'",
+            "use --family qwen2_vl",
+        ]
+    if what == "incomplete model directory":
+        (tmp_path / "partial").mkdir()
+        (tmp_path / "partial" / "config.json").write_text((model / "config.json").read_text())
+        argv[2] = str(tmp_path / "partial")
+        return argv, ["no weights (*.safetensors", "no image processor config", "no tokenizer files", "fix: give"]
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize(
+    "what", ["unknown task", "missing model directory", "family mismatch", "incomplete model directory"]
+)
+@pytest.mark.parametrize("dry", [True, False])
+def test_dry_run_and_real_run_refuse_the_same_bad_input(assets, tmp_path, what, dry):
+    from ipcv.eval.__main__ import main
+
+    argv, words = _bad_input(assets, tmp_path, what)
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--dry-run"] if dry else argv)
+    text = str(e.value)
+    head = "a real run would stop before its first cell" if dry else "stopped before the first cell (none of 2 cells"
+    for w in [head, *words]:
+        assert w in text, text
+    assert "Traceback" not in text
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "r.jsonl").exists()
+
+
+def _fake_checkpoint(path: Path, model_type: str) -> Path:
+    """A directory with the files of a checkpoint (contents beside the point: nothing loads it)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    for name in ("model.safetensors", "processor_config.json", "tokenizer.json"):
+        (path / name).write_text("{}")
+    return path
+
+
+def test_table3_refused_settings_are_named_as_the_real_run_names_them(tmp_path, capsys):
+    """Table 3's ViT-side baselines with output="reduced" cannot run on InternVL3: the dry run lists
+    them as refused (no command), with the real run's very lines; a real run whose other cells are all
+    in the store starts no lmms-eval process and names the same three."""
+    from ipcv.eval.__main__ import main
+    from ipcv.eval.sweeps import sweeps
+
+    model = _fake_checkpoint(tmp_path / "internvl", "internvl")
+    argv = ["table3", "--model", str(model), "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(tmp_path / "raw")]
+    assert main([*argv, "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    refused = [line for line in out.splitlines() if ": not run: " in line]
+    assert len(refused) == 3 and all("output='reduced' is built for the mRoPE families" in r for r in refused)
+    assert {r.split(":")[0] for r in refused} == {f"[table3] vit40_llm40/{m}" for m in ("DART (ViT)", "ToMe", "ToFu")}
+    sweep = sweeps()["table3"]
+    runnable = len(sweep.settings) - 3
+    assert len(_commands(out)) == runnable and not any("vit40_llm40/ToMe" in c for c in _commands(out))
+    cells = len(sweep.settings) * len(sweep.tasks)
+    assert f"[table3] {cells} cells ({len(sweep.settings)} settings x 8 tasks): {runnable * 8} to run, 0 already" in out
+    assert "24 refused (not built)" in out
+
+    refused_names = {r.split(":")[0].removeprefix("[table3] ") for r in refused}
+    rows = [
+        {"model": str(model), "vision": s.vision, "language": s.language, "task": t, "limit": None}
+        for s in sweep.settings if s.name not in refused_names for t in sweep.tasks
+    ]  # fmt: skip
+    store.append(tmp_path / "r.jsonl", rows)
+    assert main(argv) == 1
+    real = [line for line in capsys.readouterr().out.splitlines() if ": not run: " in line]
+    assert real == refused and not (tmp_path / "raw").exists()
+
+
+def test_model_checks(tmp_path):
+    from ipcv.eval.checks import ModelCannotLoad, check_model
+
+    model = _fake_checkpoint(tmp_path / "q", "qwen2_5_vl")
+    assert check_model(str(model), "qwen2_5_vl").source == "local directory"
+    with pytest.raises(ValueError, match="use --family qwen2_5_vl"):
+        check_model(str(model), "qwen2_vl")
+    with pytest.raises(ValueError, match="ipcv.eval runs qwen2_vl \\(model_type qwen2_vl\\)"):
+        check_model(str(_fake_checkpoint(tmp_path / "other", "mllama")), "qwen2_vl")
+    sharded = _fake_checkpoint(tmp_path / "sharded", "qwen2_vl")
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
+    with pytest.raises(ModelCannotLoad, match="has no weight shards model-00002-of-00002.safetensors \\(listed in"):
+        check_model(str(sharded), "qwen2_vl")
+    (sharded / "model-00002-of-00002.safetensors").write_text("{}")
+    assert check_model(str(sharded), "qwen2_vl").model_type == "qwen2_vl"
+    (sharded / "config.json").write_text("{not json")
+    with pytest.raises(ModelCannotLoad, match="config.json is not readable JSON"):
+        check_model(str(sharded), "qwen2_vl")
+    with pytest.raises(ModelCannotLoad, match="is a file, not a directory"):
+        check_model(str(model / "config.json"), "qwen2_vl")
+
+
+def _offline_env(tmp_path, how: str) -> dict:
+    """No hub: offline mode set, or (no offline mode) a hub endpoint nothing listens on; an empty cache."""
+    env = _env() | {"HF_HOME": str(tmp_path / "hf")}
+    if how == "unreachable":
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            env.pop(name)
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    return env
+
+
+@pytest.mark.parametrize("how", ["offline mode", "unreachable"])
+def test_a_model_that_cannot_load_stops_the_sweep_before_its_first_cell_in_seconds(assets, tmp_path, how):
+    """A hub id with no hub and no cached copy: the sweep stops before any lmms-eval process starts, in
+    seconds (not a minute of download retries per cell), with the loader's message and the fix."""
+    _, tasks, _ = assets
+    cmd = [
+        sys.executable,
+        "-m",
+        "ipcv.eval",
+        "custom",
+        "--model",
+        "ipcv-tests/no-such-model",
+        "--tasks",
+        ",".join(TASKS),
+    ]
+    cmd += ["--include-path", str(tasks), "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(tmp_path / "raw")]
+    cmd += ["--setting", "a=none,none", "--setting", f"b={SETTINGS['tome']}"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=_offline_env(tmp_path, how), capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - start
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text
+    assert seconds < 30, (seconds, text)
+    for w in [
+        "stopped before the first cell (none of 4 cells ran)",
+        "--model ipcv-tests/no-such-model cannot load:",
+        "couldn't find them in the cached files",  # transformers' own message
+        "HF_HUB_OFFLINE is set" if how == "offline mode" else "(the hub cannot be reached: ConnectError",
+        "fix: give --model a local directory holding the checkpoint (config.json, *.safetensors, processor files), "
+        "or run where the hub is reachable",
+    ]:
+        assert w in text, text
+    assert "Traceback" not in text and "Retrying in" not in text
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "r.jsonl").exists()  # no lmms-eval process started
+
+
+def test_a_hub_model_in_the_cache_runs_offline_when_the_hub_cannot_be_reached(assets, tmp_path):
+    """A hub id whose checkpoint is in the local cache, the hub unreachable: the check reads the cache and
+    lmms-eval is told HF_HUB_OFFLINE=1 (so it reads the cache instead of retrying downloads)."""
+    import shutil
+
+    model, tasks, _ = assets
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--ipcv-tests--tiny"
+    shutil.copytree(model, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    cmd = [sys.executable, "-m", "ipcv.eval", "custom", "--model", "ipcv-tests/tiny", "--tasks", ",".join(TASKS)]
+    cmd += ["--include-path", str(tasks), "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(tmp_path / "raw")]
+    cmd += ["--setting", "a=none,none", "--dry-run"]
+    done = subprocess.run(cmd, env=_offline_env(tmp_path, "unreachable"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"read from the local cache {repo / 'snapshots' / revision}" in done.stdout
+    assert [c.split()[0] for c in _commands(done.stdout)] == ["HF_HUB_OFFLINE=1"]
+
+
+def test_a_model_lmms_eval_cannot_load_stops_the_sweep_at_its_first_cell(assets, tmp_path):
+    """A checkpoint whose files are all there but whose weights are cut short: lmms-eval starts once,
+    cannot load it, and the sweep stops there (the second setting never starts), with the loader's
+    message (not a traceback) and the fix."""
+    import shutil
+
+    model, tasks, _ = assets
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    with open(broken / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    raw = tmp_path / "raw"
+    cmd = [sys.executable, "-m", "ipcv.eval", "custom", "--model", str(broken), "--tasks", ",".join(TASKS)]
+    cmd += ["--include-path", str(tasks), "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(raw)]
+    cmd += [
+        "--model-args",
+        "device=cpu,device_map=cpu",
+        "--setting",
+        "a=none,none",
+        "--setting",
+        f"b={SETTINGS['tome']}",
+    ]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text
+    for w in [
+        "[custom] a: lmms-eval could not load the model",
+        f"--model {broken} cannot load:\n  SafetensorError: ",  # the loader's own message, one line
+        "fix: give --model a local directory holding the checkpoint",
+        "the sweep stops at this first cell whose model cannot load: 0 of 4 cells ran",
+    ]:
+        assert w in text, text
+    assert "Traceback" not in text.split("could not load the model")[1]
+    assert [d.name for d in raw.glob("*/*")] == ["none__none__None"]  # setting b never started
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_refuses_to_run_under_a_launcher(monkeypatch):

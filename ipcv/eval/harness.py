@@ -11,7 +11,9 @@ exactly the harness's) and adds three model arguments:
   ``IPCV:0.35:prune_layer=4``, ``ToMe:0.5``, ``DART:0.35``, ``none``), validated before the model loads;
 - ``ipcv_log``: a JSON-lines file that receives one record per ``generate`` call (task, latency,
   prefill, visual tokens per LLM layer, FLOPs, KV MB; :class:`ipcv.eval.measure.CallRecord`); with
-  several processes each rank writes ``<ipcv_log>.rank<r>``.
+  several processes each rank writes ``<ipcv_log>.rank<r>``. If the family's wrapper cannot load the
+  model, its message goes to ``ipcv_load_error.rank<r>.txt`` beside ``ipcv_log`` (lmms-eval only logs
+  it and exits 0), so ``python -m ipcv.eval`` stops the sweep there.
 
 Every call is also handed to lmms-eval's own throughput log, so its results JSON carries
 ``throughput.avg_prefill_s``, ``avg_visual_tokens_llm``, ``avg_tflops``, ``avg_kv_mb`` beside the total
@@ -30,6 +32,7 @@ from loguru import logger
 
 from .. import api
 from ..bench.common import device_name
+from .checks import write_load_error
 from .measure import measured_generate, summarize
 from .methods import format_method, parse_method
 
@@ -39,7 +42,12 @@ class _Compressed:
 
     def __init__(self, vision: str = "none", language: str = "none", ipcv_log: str | None = None, **kwargs) -> None:
         settings = parse_method(vision, "vision"), parse_method(language, "language")
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except Exception as e:  # lmms-eval logs it and exits 0: tell ipcv.eval the model did not load
+            if ipcv_log is not None:
+                write_load_error(ipcv_log, e)
+            raise
         model = self.model
         if settings != (None, None):
             api.compress(model, vision=settings[0], language=settings[1])

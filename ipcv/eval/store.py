@@ -19,11 +19,23 @@ def row_key(row: dict) -> tuple:
 
 
 def load(path: str | Path) -> list[dict]:
-    """All rows of the store at ``path`` (an empty list if it does not exist)."""
+    """All rows of the store at ``path`` (an empty list if it does not exist); ValueError naming the line
+    if one is not a JSON object."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a results store (a .jsonl file)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{path} line {number} is not a JSON row ({e})") from None
+            if not isinstance(rows[-1], dict):
+                raise ValueError(f"{path} line {number} is not a JSON object")
+    return rows
 
 
 def append(path: str | Path, rows: list[dict]) -> int:

@@ -74,6 +74,13 @@ FAMILY_MODELS: dict[str, str] = {
     "internvl3": "ipcv_internvl3",
     "llava": "ipcv_llava",
 }
+# --family -> the config.json model_type of the checkpoints its wrapper loads (InternVL3: the -hf checkpoints)
+FAMILY_MODEL_TYPES: dict[str, str] = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "internvl3": "internvl",
+    "llava": "llava",
+}
 
 
 @dataclass(frozen=True)
