@@ -407,7 +407,7 @@ def check(html_dir: Path = ROOT / "_build" / "html", shots: Path | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ipcv.book", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ipcv.book", description=__doc__.split("\n\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="execute every notebook (offline defaults) and build _build/html")
     b.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))

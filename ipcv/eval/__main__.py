@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ["list", "custom", *SWEEPS]
     p = argparse.ArgumentParser(
         prog="python -m ipcv.eval",
-        description=__doc__.split("\n")[0],
+        description=__doc__.split("\n")[0].replace("``", ""),  # the docstring's reST quotes are not for a terminal
         epilog="Before the first cell the whole sweep is checked: the tasks are lmms-eval's, --model can load "
         "(a local directory holding config.json, weights and processor files, or a hub id the hub answers "
         "for or the local cache holds) and its config.json's model_type is --family's, the store is readable. "
