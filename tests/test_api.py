@@ -77,6 +77,21 @@ def test_unsupported_model_names_class_and_supported_ones():
         ipcv.compress(torch.nn.Linear(2, 2), vision=ipcv.IPCV(0.5))
 
 
+def test_restore_on_an_unsupported_model_says_there_is_nothing_to_restore():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    with pytest.raises(
+        TypeError,
+        match=r"^ipcv\.restore: ipcv does not support a BertModel, so it has not compressed it and there is nothing to "
+        r"restore; supported models: .*Qwen2VLForConditionalGeneration.*Dinov2Model",
+    ) as e:
+        ipcv.restore(BertModel(config))
+    assert "cannot compress" not in str(e.value)
+    tower = make_tower()
+    assert ipcv.restore(tower) is tower  # a supported model that was never compressed: nothing to do, no error
+
+
 @pytest.mark.parametrize("keep_ratio", [-1, 0, 0.0, -0.1, 1.5, 1.0000001, float("nan"), float("inf")])
 def test_keep_count_rejects_a_keep_ratio_outside_0_1(keep_ratio):
     with pytest.raises(ValueError, match=r"^keep_count: keep_ratio=.* is outside the allowed range \(0, 1\]$"):
