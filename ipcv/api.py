@@ -137,7 +137,15 @@ def _unpatch(module: nn.Module, attribute: str | None = None) -> None:
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Remove every patch ``compress`` made (both sides); the model computes exactly what it did before."""
+    """Remove every patch ``compress`` made (both sides); the model computes exactly what it did before.
+
+    A model ipcv does not support (see :func:`supported_models`) was never compressed: TypeError saying so.
+    """
+    if not any(a.locate(model) is not None for a in ADAPTERS):
+        raise TypeError(
+            f"ipcv.restore: ipcv does not support a {type(model).__name__}, so it has not compressed it and there "
+            f"is nothing to restore; supported models: {', '.join(supported_models())}"
+        )
     adapter, target = find(model)
     _unpatch(target, _SETTINGS)
     found = adapter.language.locate(model) if adapter.language is not None else None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import re
@@ -182,12 +183,41 @@ def clean(nb, checked_outputs_only: bool = False) -> None:
                 cell.metadata["tags"] = [*tags, "remove-cell"]
 
 
+@functools.cache
+def kernel_manager() -> type:
+    """The kernel manager the notebooks run under: jupyter_client's ``AsyncKernelManager``, except that it
+    sends no interrupt (SIGINT) when it shuts an idle kernel down after the last cell.
+
+    jupyter_client interrupts every kernel it shuts down, in case a cell is still running. After the
+    last cell none is, and the kernel ignores SIGINT between requests; but a SIGINT that lands while it
+    still handles a request makes ipykernel log ``ERROR | KeyboardInterrupt caught in kernel`` on the
+    build's output: harmless (the notebook is complete and saved), yet it reads like a failure.
+    Interrupting a running cell (on a timeout) is unchanged.
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class BuildKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:  # set by shutdown_kernel just before it would interrupt
+                return
+            await super()._async_interrupt_kernel()
+
+        interrupt_kernel = _async_interrupt_kernel
+
+    return BuildKernelManager
+
+
 def execute(
-    src: Path, dst: Path, parameters: dict[str, object], env: dict[str, str | None] | None = None, smoke: bool = False
+    src: Path,
+    dst: Path,
+    parameters: dict[str, object],
+    env: dict[str, str | None] | None = None,
+    smoke: bool = False,
+    desc: str = "Executing",
 ) -> float:
     """Run ``src`` with papermill into ``dst`` (cleaned); returns seconds. Raises on a failed cell.
 
-    env: variables set for the kernel (None: unset).
+    env: variables set for the kernel (None: unset). desc: the label of the per-cell progress bar.
     """
     import nbformat
     import papermill
@@ -202,9 +232,10 @@ def execute(
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(src), str(dst), parameters=parameters, kernel_name=KERNEL, progress_bar=True,
+            str(src), str(dst), parameters=parameters, kernel_name=KERNEL, progress_bar={"desc": desc},
             cwd=str(src.parent), request_save_on_cell_execute=False,
             extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no kernel start-up chatter in the progress display
+            kernel_manager_class=kernel_manager(),  # no SIGINT at shutdown: no stray KeyboardInterrupt log lines
         )  # fmt: skip
     finally:
         os.environ.clear()
@@ -221,6 +252,21 @@ def _shown(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
+def duration(seconds: float) -> str:
+    """``57 s``, ``3 min 12 s``."""
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def print_times(times: dict[str, float], total: float, of: int) -> None:
+    """The build's closing summary: each executed notebook's time and the total."""
+    done = f"{len(times)} of {of}" if len(times) < of else f"{len(times)}"
+    print(f"executed {done} notebook(s) in {duration(total)}:", flush=True)
+    width = max((len(name) for name in times), default=0)
+    for name, seconds in times.items():
+        print(f"  {name:<{width}}  {duration(seconds):>12}", flush=True)
+
+
 def run_all(
     paths: Sequence[Path],
     out_dir: Path,
@@ -228,7 +274,9 @@ def run_all(
     env: dict[str, str | None] | None = None,
     smoke: bool = False,
 ) -> None:
-    """Execute every notebook (stops at the first failure, printing its error); shows progress."""
+    """Execute every notebook (stops at the first failure, printing its error). Progress: a ``[i/n]``
+    line per notebook with the build's time so far, papermill's per-cell bar labelled with the
+    notebook, its time when done, and every notebook's time at the end."""
     import papermill
 
     known = set().union(*(parameters_of(p) for p in paths)) if paths else set()
@@ -236,20 +284,24 @@ def run_all(
     if unknown:
         raise SystemExit(f"unknown parameter(s) {sorted(unknown)}; the notebooks have {sorted(known)}")
     total = time.perf_counter()
+    times: dict[str, float] = {}
     for i, src in enumerate(paths, 1):
         params = {k: v for k, v in overrides.items() if k in parameters_of(src)}
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
-        print(f"[{i}/{len(paths)}] {src.relative_to(ROOT)} ({shown})", flush=True)
+        so_far = f"; {duration(time.perf_counter() - total)} into the build" if times else ""
+        print(f"[{i}/{len(paths)}] {src.relative_to(ROOT)} ({shown}){so_far}", flush=True)
         dst = out_dir / src.name
         try:
-            seconds = execute(src, dst, params, env, smoke)
+            seconds = execute(src, dst, params, env, smoke, desc=f"[{i}/{len(paths)}] {src.stem}")
         except papermill.PapermillExecutionError as e:
             print(f"\nFAILED: {src.relative_to(ROOT)}, cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
             print("".join(e.traceback) if isinstance(e.traceback, list) else e.traceback, file=sys.stderr)
             print(f"the executed copy with the error is {_shown(dst)}", file=sys.stderr)
+            print_times(times, time.perf_counter() - total, len(paths))
             raise SystemExit(1) from None
-        print(f"      done in {seconds:.0f} s -> {_shown(dst)}", flush=True)
-    print(f"executed {len(paths)} notebook(s) in {time.perf_counter() - total:.0f} s", flush=True)
+        times[src.stem] = seconds
+        print(f"      done in {duration(seconds)} -> {_shown(dst)}", flush=True)
+    print_times(times, time.perf_counter() - total, len(paths))
 
 
 def write_status_tables(results: Path = GENERATED / "results", out: Path = GENERATED) -> None:

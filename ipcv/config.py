@@ -7,6 +7,7 @@ model (its depth) run when the settings are applied, in :func:`ipcv.compress`.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from numbers import Real
 from typing import Literal
@@ -36,9 +37,29 @@ def _check_keep_ratio(owner: str, value: object) -> float:
     return value
 
 
+def _check_count(owner: str, n: object, keep_ratio: object) -> tuple[int, float]:
+    """``(n, keep_ratio)`` of a budget function, or ValueError naming the argument and what is allowed."""
+    try:
+        count = None if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        count = None
+    if count is None or count < 0:
+        raise ValueError(f"{owner}: n={n!r} is not allowed: it must be an integer >= 0 (tokens in the segment)")
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, Real):
+        raise ValueError(f"{owner}: keep_ratio={keep_ratio!r} is not a number in the allowed range (0, 1]")
+    if not 0.0 < keep_ratio <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"{owner}: keep_ratio={keep_ratio!r} is outside the allowed range (0, 1]")
+    return count, float(keep_ratio)
+
+
 def keep_count(n: int, keep_ratio: float) -> int:
-    """Tokens kept out of ``n``: ``max(1, min(n, floor(keep_ratio * n + 0.5)))`` (round half up)."""
-    return max(1, min(n, math.floor(keep_ratio * n + 0.5)))
+    """Tokens kept out of ``n``: ``max(1, min(n, floor(keep_ratio * n + 0.5)))`` (round half up, never
+    empty, never more than ``n``) for ``n >= 1``; 0 for an empty segment (``n = 0``).
+
+    Raises ValueError if ``n`` is not an integer >= 0 or ``keep_ratio`` is outside (0, 1] (NaN included).
+    """
+    n, keep_ratio = _check_count("keep_count", n, keep_ratio)
+    return min(n, max(1, math.floor(keep_ratio * n + 0.5)))
 
 
 def reduction_of(keep_ratio: float) -> float:
@@ -50,8 +71,9 @@ def reduction_of(keep_ratio: float) -> float:
 
 def floor_count(n: int, keep_ratio: float) -> int:
     """The published code's count: ``int(n * (1 - reduction))`` with ``reduction = reduction_of(keep_ratio)``,
-    at least 1 (their ``max(1, ...)``) and at most ``n``."""
-    return max(1, min(n, int(n * (1.0 - reduction_of(keep_ratio)))))
+    at least 1 (their ``max(1, ...)``) and at most ``n`` (0 for ``n = 0``); ValueError as :func:`keep_count`."""
+    n, keep_ratio = _check_count("floor_count", n, keep_ratio)
+    return min(n, max(1, int(n * (1.0 - reduction_of(keep_ratio)))))
 
 
 def rounded_count(n: int, keep_ratio: float, rounding: str) -> int:

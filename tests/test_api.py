@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import make_tower
@@ -73,6 +75,61 @@ def test_unsupported_model_names_class_and_supported_ones():
         TypeError, match=r"cannot compress a Linear; supported models: .*Qwen2VLForConditionalGeneration.*Dinov2Model"
     ):
         ipcv.compress(torch.nn.Linear(2, 2), vision=ipcv.IPCV(0.5))
+
+
+def test_restore_on_an_unsupported_model_says_there_is_nothing_to_restore():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    with pytest.raises(
+        TypeError,
+        match=r"^ipcv\.restore: ipcv does not support a BertModel, so it has not compressed it and there is nothing to "
+        r"restore; supported models: .*Qwen2VLForConditionalGeneration.*Dinov2Model",
+    ) as e:
+        ipcv.restore(BertModel(config))
+    assert "cannot compress" not in str(e.value)
+    tower = make_tower()
+    assert ipcv.restore(tower) is tower  # a supported model that was never compressed: nothing to do, no error
+
+
+@pytest.mark.parametrize("keep_ratio", [-1, 0, 0.0, -0.1, 1.5, 1.0000001, float("nan"), float("inf")])
+def test_keep_count_rejects_a_keep_ratio_outside_0_1(keep_ratio):
+    with pytest.raises(ValueError, match=r"^keep_count: keep_ratio=.* is outside the allowed range \(0, 1\]$"):
+        ipcv.keep_count(100, keep_ratio)
+    with pytest.raises(ValueError, match=r"^keep_count: keep_ratio="):
+        ipcv.keep_count(0, keep_ratio)  # checked for an empty segment too
+
+
+@pytest.mark.parametrize("keep_ratio", ["0.5", True, None])
+def test_keep_count_rejects_a_keep_ratio_that_is_no_number(keep_ratio):
+    with pytest.raises(ValueError, match=r"^keep_count: keep_ratio=.* is not a number in the allowed range \(0, 1\]$"):
+        ipcv.keep_count(100, keep_ratio)
+
+
+@pytest.mark.parametrize("n", [-1, -100, 2.5, 3.0, "3", True, None])
+def test_keep_count_rejects_an_n_that_is_no_count(n):
+    with pytest.raises(ValueError, match=r"^keep_count: n=.* is not allowed: it must be an integer >= 0"):
+        ipcv.keep_count(n, 0.5)
+
+
+def test_keep_count_follows_the_documented_formula_and_keeps_nothing_of_nothing():
+    from ipcv.config import floor_count
+
+    def documented(n: int, keep_ratio: float) -> int:  # K = max(1, min(n, floor(keep_ratio * n + 0.5))), n >= 1
+        return max(1, min(n, math.floor(keep_ratio * n + 0.5)))
+
+    for n in (1, 2, 3, 7, 10, 49, 256, 1023, 1024):
+        for r in (1e-12, 0.001, 0.01, 0.05, 0.2, 0.25, 0.35, 0.5, 0.65, 0.999, 1.0):
+            assert ipcv.keep_count(n, r) == documented(n, r), (n, r)
+            assert 1 <= ipcv.keep_count(n, r) <= n
+    assert ipcv.keep_count(1, 1e-12) == 1 and ipcv.keep_count(1, 1) == 1  # n = 1: that one token, never more
+    assert ipcv.keep_count(10, 0.25) == 3 and ipcv.keep_count(1000, 0.0001) == 1  # 2.5 rounds up; 0.1 keeps one
+    assert ipcv.keep_count(0, 0.5) == 0 and ipcv.keep_count(0, 1.0) == 0  # an empty segment keeps nothing
+    assert floor_count(0, 0.5) == 0 and floor_count(1023, 0.5) == 511 and floor_count(10, 0.01) == 1
+    with pytest.raises(ValueError, match=r"^floor_count: n=-1 "):
+        floor_count(-1, 0.5)
+    with pytest.raises(ValueError, match=r"^floor_count: keep_ratio=0 is outside the allowed range \(0, 1\]"):
+        floor_count(10, 0)
 
 
 def test_bad_method_arguments():

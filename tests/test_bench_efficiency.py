@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 from conftest import tiny_qwen2vl
@@ -14,7 +15,7 @@ from ipcv.analysis import efficiency as analysis
 from ipcv.bench import efficiency
 
 
-def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path):
+def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(efficiency, "build_model", lambda dtype, attn: tiny_qwen2vl(attn, layers=4))
     monkeypatch.setattr(efficiency, "FIGURE1_INPUTS", (("low", "image", 56, 1), ("video", "video", 56, 4)))
     real_inputs = efficiency.inputs  # Table 4's 448 px prompt at 112 px; Figure 1's inputs as given
@@ -26,9 +27,22 @@ def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path):
         "SparseVLM | ViT 100% / LLM 5%": (None, ipcv.SparseVLM(0.05)),  # too deep for 4 layers: reported
     }
     monkeypatch.setattr(efficiency, "paper_settings", lambda vit, llm: settings)
+    monkeypatch.setenv("IPCV_PROGRESS", "lines")
     out = tmp_path / "eff.json"
     args = argparse.Namespace(repeats=1, new_tokens=3, only=None, dtype="fp32", attn="eager", out=out)
     efficiency.main(args)
+    err = [re.sub(r" (\(.*\)|in \S+)$", "", line) for line in capsys.readouterr().err.splitlines()]  # no times
+    assert err[0] == "efficiency: building Qwen2-VL-2B (fp32, eager, random weights) for 4 settings"
+    assert err[1:] == [  # the setting too deep for this model is reported, not timed
+        "efficiency: Table 4 [1/4] warm-up",
+        "efficiency: Table 4 [2/4] vanilla: generate 1/1",
+        "efficiency: Table 4 [3/4] IPCV | ViT 35% / LLM 35%: generate 1/1",
+        "efficiency: Table 4 [4/4] DART | ViT 100% / LLM 35%: generate 1/1",
+        "efficiency: Table 4: 4 step(s) done",
+        "efficiency: Figure 1 [1/2] low: prefill 1/1",
+        "efficiency: Figure 1 [2/2] video: prefill 1/1",
+        "efficiency: Figure 1: 2 step(s) done",
+    ]
     bench = json.loads(out.read_text())
     rows = {r["setting"]: r for r in bench["rows"]}
     assert set(rows) == set(settings) - {"SparseVLM | ViT 100% / LLM 5%"}

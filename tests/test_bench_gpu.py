@@ -5,6 +5,8 @@ structure, its JSON, the exactness and tolerance checks, token counts and the an
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 
 import pytest
@@ -25,10 +27,19 @@ def _args(tmp_path, **kw):
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def printed(tmp_path_factory):
+    """The tiny CPU run: its JSON and what it printed (stdout, and the progress lines on stderr)."""
     args = _args(tmp_path_factory.mktemp("gpu"))
-    gpu.main(args)
-    return json.loads(args.out.read_text())
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setenv("IPCV_PROGRESS", "lines")
+        gpu.main(args)
+    return json.loads(args.out.read_text()), out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bench(printed):
+    return printed[0]
 
 
 def test_json_names_where_it_ran(bench):
@@ -75,7 +86,35 @@ def test_tower_part_and_targets(bench):
         assert {p for p, _ in rows} == set(gpu.SIZES["tiny"][3])
         assert all(rows[p, "ipcv0.35"]["flop_ratio"] < 1 for p in gpu.SIZES["tiny"][3])
     targets = {t["target"]: t for t in bench["targets"]}
-    assert len(targets) == 3 and all(isinstance(t["met"], bool) for t in targets.values())
+    assert len(targets) == 3 and all(t["met"] is None for t in targets.values())  # a tiny CPU run judges none
+    assert "--size real" in bench["targets_not_judged"] and "CUDA GPU" in bench["targets_not_judged"]
+
+
+def test_tiny_cpu_run_says_the_targets_are_not_checked(printed):
+    _, out, _ = printed
+    assert "MISSED" not in out and " met" not in out
+    assert "speed targets (3): not checked on this run: they are judged only on a real-size run" in out
+
+
+def test_targets_are_judged_on_a_real_gpu_run(bench, capsys):
+    assert gpu.not_judged("real", "cuda") is None
+    assert gpu.not_judged("tiny", "cuda") and gpu.not_judged("tiny", "cpu")
+    judged = gpu.targets(bench["tower"], bench["latency"], gpu.not_judged("real", "cuda"))
+    assert [t["met"] for t in judged] == [t["value"] <= t["limit"] for t in judged]
+    gpu.print_targets({"targets_not_judged": None, "targets": [judged[0] | {"value": 2.0, "limit": 1.1, "met": False}]})
+    assert capsys.readouterr().out == f"target {judged[0]['target']}: 2.000 (limit 1.1) MISSED\n"
+
+
+def test_every_part_reports_its_progress(printed):
+    _, _, err = printed
+    lines = err.splitlines()
+    checks = 2 * 3 * (len(paper_settings(vit=(0.35,), llm=(0.35,))) - 1)  # dtypes x attentions x methods
+    assert f"gpu check [1/{checks}] fp32 eager: " in err and f"gpu check [{checks}/{checks}] bf16 varlen: " in err
+    assert any(line.startswith("gpu latency: building the tiny Qwen2-VL") for line in lines)
+    for label, *_ in gpu.SIZES["tiny"][2]:
+        assert any(line.startswith(f"gpu latency, {label} [1/") and "warm-up" in line for line in lines)
+    for attn in ("eager", "sdpa", "varlen"):
+        assert any(line.startswith(f"gpu tower, {attn}: 64 patches [") for line in lines)
 
 
 def test_refuses_without_cuda_and_real_size_on_cpu(tmp_path):
@@ -84,6 +123,8 @@ def test_refuses_without_cuda_and_real_size_on_cpu(tmp_path):
             gpu.run(_args(tmp_path, device="cuda", size="real"))
     with pytest.raises(SystemExit, match="only --size tiny"):
         gpu.run(_args(tmp_path, size="real"))
+    with pytest.raises(SystemExit, match="--attn flash_attention_2: not available here; use one of eager, sdpa"):
+        gpu.run(_args(tmp_path, attn="flash_attention_2"))
 
 
 def test_sync_counter_leaves_the_runner_as_it_was():

@@ -1,8 +1,11 @@
-"""The notebooks, their smoke copies for nbval and the book runner (fast: no notebook is executed)."""
+"""The notebooks, their smoke copies for nbval and the book runner (fast: no book notebook is executed; a
+one-cell notebook checks how the runner shuts its kernel down)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 
 import pytest
 
@@ -175,3 +178,81 @@ def test_book_copies_hide_the_nbval_markers():
     book.clean(smoke, checked_outputs_only=True)
     assert nb.cells[0].source == "print(1)"
     assert smoke.cells[0].source == "# NBVAL_CHECK_OUTPUT\nprint(1)"  # nbval keeps them
+
+
+def _fake_runs(monkeypatch, seconds, fail_at=None):
+    """run_all over the first notebooks with execute faked: each takes ``seconds``, the one at ``fail_at`` fails."""
+    import papermill
+
+    calls = []
+
+    def execute(src, dst, params, env, smoke, desc):
+        calls.append(desc)
+        if len(calls) == fail_at:
+            raise papermill.PapermillExecutionError(3, 1, "x = f()", "ValueError", "bad", ["Traceback ..."])
+        return seconds[len(calls) - 1]
+
+    monkeypatch.setattr(book, "execute", execute)
+    monkeypatch.setattr(book, "parameters_of", lambda path: set())
+    return calls
+
+
+def test_run_all_shows_where_the_build_is_and_ends_with_every_time(monkeypatch, capsys):
+    paths = SOURCES[:3]
+    calls = _fake_runs(monkeypatch, [57.2, 16.0, 191.4])
+    book.run_all(paths, book.EXECUTED, {})
+    out = capsys.readouterr().out.splitlines()
+    assert calls == [f"[{i}/3] {p.stem}" for i, p in enumerate(paths, 1)]  # papermill's per-cell bar, labelled
+    assert out[0] == f"[1/3] notebooks/{paths[0].name} (defaults)"
+    assert out[1] == f"      done in 57 s -> book/notebooks/{paths[0].name}"
+    assert re.fullmatch(rf"\[2/3\] notebooks/{paths[1].name} \(defaults\); \d+ s into the build", out[2])
+    assert out[5] == f"      done in 3 min 11 s -> book/notebooks/{paths[2].name}"
+    assert re.fullmatch(r"executed 3 notebook\(s\) in \d+ s:", out[6])
+    assert [line.split() for line in out[7:]] == [
+        [paths[0].stem, "57", "s"], [paths[1].stem, "16", "s"], [paths[2].stem, "3", "min", "11", "s"],
+    ]  # fmt: skip
+
+
+def test_run_all_stops_at_a_failure_with_the_times_so_far(monkeypatch, capsys):
+    _fake_runs(monkeypatch, [5.0, 6.0, 7.0], fail_at=2)
+    with pytest.raises(SystemExit) as e:
+        book.run_all(SOURCES[:3], book.EXECUTED, {})
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and f"FAILED: notebooks/{SOURCES[1].name}, cell 1: ValueError: bad" in err
+    assert re.search(r"executed 1 of 3 notebook\(s\) in \d+ s:\n  " + SOURCES[0].stem + r"\s+5 s\n$", out)
+
+
+def test_the_kernel_gets_no_interrupt_when_it_is_shut_down(tmp_path, capsys):
+    """jupyter_client interrupts (SIGINT) every kernel it shuts down; after the last cell that only makes
+    ipykernel log "KeyboardInterrupt caught in kernel" when it lands mid-request. The cell below makes the
+    kernel record a SIGINT between requests (where it normally ignores one): none may come."""
+    marker = tmp_path / "sigint"
+    cell = (
+        "def record(signum, frame):\n"
+        f"    open({str(marker)!r}, 'a').write('SIGINT')\n"
+        "get_ipython().kernel.saved_sigint_handler = record  # the handler the kernel restores after this cell"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nb.metadata["kernelspec"] = {"name": book.KERNEL, "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "signal.ipynb"
+    nbformat.write(nb, src)
+    book.execute(src, tmp_path / "out.ipynb", {}, desc="[1/1] signal")
+    assert (tmp_path / "out.ipynb").exists() and not marker.exists()
+    err = capsys.readouterr().err
+    assert "[1/1] signal: 100%" in err and "KeyboardInterrupt" not in err
+
+
+def test_interrupting_a_running_cell_still_works(monkeypatch):
+    from jupyter_client import AsyncKernelManager
+
+    sent = []
+
+    async def interrupt(self):
+        sent.append(self.shutting_down)
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_interrupt_kernel", interrupt)
+    km = book.kernel_manager()()
+    for shutting_down in (False, True, False):
+        km.shutting_down = shutting_down
+        asyncio.run(km.interrupt_kernel())
+    assert sent == [False, False]  # a timeout's interrupt goes through; the one at shutdown does not

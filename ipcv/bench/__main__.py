@@ -1,4 +1,9 @@
-"""``python -m ipcv.bench {vision,knn-memory,prefill,efficiency,gpu} [options]`` (also installed as ``ipcv-bench``)."""
+"""``python -m ipcv.bench {vision,knn-memory,prefill,efficiency,gpu} [options]`` (also installed as ``ipcv-bench``).
+
+Every argument is checked before a model is built: a bad one prints the command's usage line and one
+message naming it and what is allowed (exit 2). Progress goes to stderr (``IPCV_PROGRESS``: ``bar``,
+``lines`` or ``off``; by default a bar on a terminal, one line per step in a log).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,37 @@ import json
 import sys
 
 from . import efficiency, gpu, knn_memory, prefill, vision
+from .common import UsageError
+
+COMMANDS = {
+    "vision": (vision, "Qwen2-VL-7B vision tower latency, vanilla vs IPCV"),
+    "knn-memory": (knn_memory, "extra memory of the kNN step"),
+    "prefill": (prefill, "Qwen2-VL-2B prefill time, FLOPs, KV cache: paper settings"),
+    "efficiency": (efficiency, "Qwen2-VL-2B generate(): Table 4 rows, Figure 1 shares"),
+    "gpu": (gpu, "on a CUDA GPU: method checks, Qwen2-VL-7B latency, tower scaling"),
+}
+
+
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command's parser and each benchmark's subparser, by name."""
+    parser = argparse.ArgumentParser(prog="python -m ipcv.bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    subs = {}
+    for name, (module, help) in COMMANDS.items():
+        subs[name] = sub.add_parser(name, help=help, description=module.__doc__.split("\n\n")[0])
+        module.add_arguments(subs[name])
+    return parser, subs
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse and check ``argv``: a bad argument exits 2 with the benchmark's usage line and one message."""
+    parser, subs = parsers()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command][0].validate(args)  # what one argument's type cannot say: combinations, the machine
+    except UsageError as e:
+        subs[args.command].error(str(e))
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,17 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         patches, dim, keep, k, block, device = argv[1:]
         print(json.dumps(knn_memory.measure(int(patches), int(dim), float(keep), int(k), int(block), device)))
         return
-    parser = argparse.ArgumentParser(prog="python -m ipcv.bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    vision.add_arguments(sub.add_parser("vision", help="Qwen2-VL-7B vision tower latency, vanilla vs IPCV"))
-    knn_memory.add_arguments(sub.add_parser("knn-memory", help="extra memory of the kNN step"))
-    prefill.add_arguments(sub.add_parser("prefill", help="Qwen2-VL-2B prefill time, FLOPs, KV cache: paper settings"))
-    efficiency.add_arguments(sub.add_parser("efficiency", help="Qwen2-VL-2B generate(): Table 4 rows, Figure 1 shares"))
-    gpu.add_arguments(sub.add_parser("gpu", help="on a CUDA GPU: method checks, Qwen2-VL-7B latency, tower scaling"))
-    args = parser.parse_args(argv)
-    commands = {"vision": vision.main, "knn-memory": knn_memory.main, "prefill": prefill.main}
-    commands["efficiency"], commands["gpu"] = efficiency.main, gpu.main
-    commands[args.command](args)
+    args = parse(argv)
+    COMMANDS[args.command][0].main(args)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import ipcv
 
 from ..eval.measure import measured_generate
 from ..eval.methods import format_method
-from .common import environment, median, write_json
+from .common import Progress, UsageError, environment, median, note, positive_int, write_json
 from .prefill import QWEN2_VL_2B_TEXT, build_model, inputs, paper_settings, text_ids
 from .vision import DTYPES, QWEN2_VL_7B_VISION
 
@@ -75,12 +75,11 @@ def generate_measured(model, kw: dict, new_tokens: int):
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     load_before = os.getloadavg()
+    settings = selected(args.only)
+    note(f"efficiency: building Qwen2-VL-2B ({args.dtype}, {args.attn}, random weights) for {len(settings)} settings")
     model = build_model(DTYPES[args.dtype], args.attn)
     model.generation_config.pad_token_id = model.config.text_config.eos_token_id
     kw = inputs(model)
-    settings = paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
-    if args.only:
-        settings = {k: v for k, v in settings.items() if k == "vanilla" or any(o in k for o in args.only)}
 
     skipped = {}
     for name, s in list(settings.items()):  # a setting this model cannot run is reported, not timed
@@ -90,11 +89,14 @@ def run(args: argparse.Namespace) -> dict:
             skipped[name] = str(e)
             del settings[name]
     records: dict[str, list] = {name: [] for name in settings}
-    generate_measured(model, kw, 1)  # warm-up (every setting runs the same kernels on shorter inputs)
-    for _ in range(args.repeats):  # timed interleaved across settings
-        for name, s in settings.items():
-            apply(model, *s)
-            records[name].append(generate_measured(model, kw, args.new_tokens))
+    with Progress(1 + args.repeats * len(settings), "efficiency: Table 4") as progress:
+        progress.step("warm-up")
+        generate_measured(model, kw, 1)  # warm-up (every setting runs the same kernels on shorter inputs)
+        for i in range(args.repeats):  # timed interleaved across settings
+            for name, s in settings.items():
+                progress.step(f"{name}: generate {i + 1}/{args.repeats}")
+                apply(model, *s)
+                records[name].append(generate_measured(model, kw, args.new_tokens))
     ipcv.restore(model)
 
     rows = []
@@ -125,22 +127,26 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
         )
     shares = []
-    for label, kind, side, frames in FIGURE1_INPUTS:
-        x = inputs(model, side=side) if kind == "image" else video_inputs(model, side, frames)
-        recs = [generate_measured(model, x, 1) for _ in range(args.repeats)]
-        prefill, vision_s = median([r.prefill_s for r in recs]), median([r.vision_s for r in recs])
-        shares.append(
-            dict(
-                input=label,
-                visual_tokens=recs[0].visual_in[0],
-                prefill_s=prefill,
-                vision_s=vision_s,
-                vision_share=vision_s / prefill,
-                llm_share=1 - vision_s / prefill,
-                vision_tflops=recs[0].vision_tflops,
-                llm_tflops=recs[0].llm_tflops,
-            )  # fmt: skip
-        )
+    with Progress(args.repeats * len(FIGURE1_INPUTS), "efficiency: Figure 1") as progress:
+        for label, kind, side, frames in FIGURE1_INPUTS:
+            x = inputs(model, side=side) if kind == "image" else video_inputs(model, side, frames)
+            recs = []
+            for i in range(args.repeats):
+                progress.step(f"{label}: prefill {i + 1}/{args.repeats}")
+                recs.append(generate_measured(model, x, 1))
+            prefill, vision_s = median([r.prefill_s for r in recs]), median([r.vision_s for r in recs])
+            shares.append(
+                dict(
+                    input=label,
+                    visual_tokens=recs[0].visual_in[0],
+                    prefill_s=prefill,
+                    vision_s=vision_s,
+                    vision_share=vision_s / prefill,
+                    llm_share=1 - vision_s / prefill,
+                    vision_tflops=recs[0].vision_tflops,
+                    llm_tflops=recs[0].llm_tflops,
+                )  # fmt: skip
+            )
     print_rows(rows, shares)
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
@@ -185,12 +191,35 @@ def print_rows(rows: list[dict], shares: list[dict]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (median reported)")
-    p.add_argument("--new-tokens", type=int, default=8, help="tokens generated per call (forced)")
+    p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per setting (median reported), >= 1")
+    p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens generated per call (forced), >= 1")
     p.add_argument("--only", nargs="*", help="run only settings whose name contains one of these (and vanilla)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--attn", default="sdpa", help="eager | sdpa")
+    p.add_argument("--attn", choices=("eager", "sdpa"), default="sdpa", help="attention of the tower and decoder")
     p.add_argument("--out", type=Path, default=None, help="JSON (default: data/bench/efficiency_qwen2vl2b_cpu.json)")
+
+
+SETTINGS = dict(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
+
+
+def selected(only: list[str] | None) -> dict[str, tuple[object, object]]:
+    """The settings to run: all of Table 4's, or vanilla and those whose name contains one of ``only``."""
+    settings = paper_settings(**SETTINGS)
+    if only:
+        settings = {k: v for k, v in settings.items() if k == "vanilla" or any(o in k for o in only)}
+    return settings
+
+
+def validate(args: argparse.Namespace) -> None:
+    names = [n for n in paper_settings(**SETTINGS) if n != "vanilla"]
+    unmatched = [o for o in args.only or () if not any(o in name for name in names)]
+    if unmatched:
+        methods = ", ".join(dict.fromkeys(n.split(" | ")[0] for n in names))
+        tags = ", ".join(repr(t) for t in dict.fromkeys(n.split(" | ")[1] for n in names))
+        raise UsageError(
+            f"--only {' '.join(unmatched)}: matches no setting; a setting is named 'METHOD | RATIOS' with METHOD one "
+            f"of {methods} and RATIOS one of {tags}"
+        )
 
 
 def main(args: argparse.Namespace) -> None:

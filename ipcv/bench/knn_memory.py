@@ -19,7 +19,7 @@ import torch
 from ipcv.config import keep_count
 from ipcv.methods.ipcv import KNN_BLOCK_ELEMENTS, complement, find_neighbors
 
-from .common import environment, write_json
+from .common import Progress, check_device, environment, positive_int, ratio, write_json
 
 
 def _status_bytes(field: str) -> int:
@@ -37,9 +37,9 @@ def measure(patches: int, dim: int, keep: float, k: int, block: int, device: str
     keep_idx = torch.randperm(patches, device=dev, generator=g)[: keep_count(patches, keep)].sort().values
     rem = complement(keep_idx, patches)
     counts = [keep_idx.numel()]
-    find_neighbors(
-        h[:256], torch.arange(100, device=dev), torch.arange(100, 256, device=dev), [256], [100], k
-    )  # warm-up
+    w = min(patches, 256)  # warm-up on up to 256 patches, 100 of 256 kept
+    wk = max(1, w * 100 // 256)
+    find_neighbors(h[:w], torch.arange(wk, device=dev), torch.arange(wk, w, device=dev), [w], [wk], k)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -58,16 +58,21 @@ def measure(patches: int, dim: int, keep: float, k: int, block: int, device: str
 
 def main(args: argparse.Namespace) -> None:
     rows = []
-    for label, block in (("chunked", KNN_BLOCK_ELEMENTS), ("unchunked", 1 << 62)):
-        cmd = [sys.executable, "-m", "ipcv.bench", "_knn-one", str(args.patches), str(args.dim), str(args.keep),
-               str(args.neighbors), str(block), args.device]  # fmt: skip
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        row = json.loads(out.strip().splitlines()[-1]) | {"search": label, "block_elements": block}
-        full_matrix = row["R"] * row["K"] * 4 / 2**20
-        row["full_distance_matrix_mib"] = full_matrix
-        rows.append(row)
-        print(f"{label:>9}: extra memory {row['extra_mib']:8.1f} MiB  (R={row['R']}, K={row['K']}, "
-              f"full R x K float32 matrix {full_matrix:.1f} MiB)", flush=True)  # fmt: skip
+    searches = (("chunked", KNN_BLOCK_ELEMENTS), ("unchunked", 1 << 62))
+    with Progress(len(searches), "knn-memory") as progress:
+        for label, block in searches:
+            progress.step(f"{label} search, {args.patches} patches x {args.dim} on {args.device}, in a fresh process")
+            cmd = [sys.executable, "-m", "ipcv.bench", "_knn-one", str(args.patches), str(args.dim), str(args.keep),
+                   str(args.neighbors), str(block), args.device]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"knn-memory: the {label} measurement failed (exit {done.returncode}):\n{done.stderr}")
+            row = json.loads(done.stdout.strip().splitlines()[-1]) | {"search": label, "block_elements": block}
+            full_matrix = row["R"] * row["K"] * 4 / 2**20
+            row["full_distance_matrix_mib"] = full_matrix
+            rows.append(row)
+            progress.write(f"{label:>9}: extra memory {row['extra_mib']:8.1f} MiB  (R={row['R']}, K={row['K']}, "
+                           f"full R x K float32 matrix {full_matrix:.1f} MiB)")  # fmt: skip
     result = {
         "benchmark": "extra memory of the kNN step",
         "patches": args.patches, "dim": args.dim, "keep": args.keep, "neighbors": args.neighbors,
@@ -79,9 +84,13 @@ def main(args: argparse.Namespace) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--patches", type=int, default=16384)
-    p.add_argument("--dim", type=int, default=1280)
-    p.add_argument("--keep", type=float, default=0.35)
-    p.add_argument("--neighbors", type=int, default=10)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--patches", type=positive_int, default=16384, help="patches of one segment, >= 1")
+    p.add_argument("--dim", type=positive_int, default=1280, help="hidden size, >= 1")
+    p.add_argument("--keep", type=ratio, default=0.35, help="keep ratio, in (0, 1]")
+    p.add_argument("--neighbors", type=positive_int, default=10, help="k of the kNN, >= 1")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--out", type=Path, default=None)
+
+
+def validate(args: argparse.Namespace) -> None:
+    check_device(args.device)

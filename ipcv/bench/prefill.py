@@ -18,7 +18,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditional
 
 import ipcv
 
-from .common import environment, median, timed, write_json
+from .common import Progress, UsageError, environment, median, nonnegative_int, note, timed, write_json
 from .vision import DTYPES, QWEN2_VL_7B_VISION
 
 # Qwen/Qwen2-VL-2B-Instruct config.json (text part and token ids); its vision tower is the 7B one
@@ -249,9 +249,10 @@ def runnable(settings: dict[str, tuple[object, object]]) -> tuple[dict[str, tupl
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
+    settings, refused = runnable(paper_settings() if args.protocol == "ours" else protocol_settings(args.protocol))
+    note(f"prefill: building Qwen2-VL-2B ({args.dtype}, {args.attn}, random weights) for {len(settings)} settings")
     model = build_model(DTYPES[args.dtype], args.attn)
     kw = inputs(model, side=args.side)
-    settings, refused = runnable(paper_settings() if args.protocol == "ours" else protocol_settings(args.protocol))
 
     def call(vision, language):
         ipcv.restore(model)  # compress composes with earlier calls: start each setting from the plain model
@@ -261,14 +262,17 @@ def run(args: argparse.Namespace) -> dict:
             return model(**kw, use_cache=True, logits_to_keep=1)
 
     counts = {}
-    for name, (vision, language) in settings.items():  # warm-up and the token counts of each setting
-        with ipcv.stats(model) as st:
-            call(vision, language)
-        counts[name] = (ipcv.costs(model, st, bytes_per_value=2), st.decoder[-1])
     times: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(args.repeats):
-        for name, s in settings.items():
-            times[name].append(timed(lambda s=s: call(*s), device))
+    with Progress(len(settings) * (1 + args.repeats), "prefill") as progress:
+        for name, (vision, language) in settings.items():  # warm-up and the token counts of each setting
+            progress.step(f"{name}: warm-up and token counts")
+            with ipcv.stats(model) as st:
+                call(vision, language)
+            counts[name] = (ipcv.costs(model, st, bytes_per_value=2), st.decoder[-1])
+        for i in range(args.repeats):
+            for name, s in settings.items():
+                progress.step(f"{name}: timed run {i + 1}/{args.repeats}")
+                times[name].append(timed(lambda s=s: call(*s), device))
     ipcv.restore(model)
 
     rows = []
@@ -341,7 +345,9 @@ def print_rows(rows: list[dict]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported); 0: no timing")
+    p.add_argument(
+        "--repeats", type=nonnegative_int, default=3, help="timed runs per setting (median reported); 0: no timing"
+    )
     p.add_argument(
         "--protocol",
         choices=("ours", "paper", "official"),
@@ -353,8 +359,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--kv-fit", action="store_true", help="only print Table 4's KV column beside both protocols (analytic)"
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--attn", default="sdpa", help="eager | sdpa")
+    p.add_argument("--attn", choices=("eager", "sdpa"), default="sdpa", help="attention of the tower and decoder")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: data/bench/prefill_qwen2vl2b_cpu.json)")
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.side < 28 or args.side % 28:
+        raise UsageError(f"--side {args.side}: not allowed; use a multiple of 28 (>= 28), e.g. 448")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -31,7 +31,19 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransforme
 import ipcv
 from ipcv.flops import vision_flops
 
-from .common import environment, median, timed, write_json
+from .common import (
+    Progress,
+    UsageError,
+    check_device,
+    environment,
+    median,
+    nonnegative_int,
+    note,
+    positive_int,
+    ratio,
+    timed,
+    write_json,
+)
 
 # Qwen/Qwen2-VL-7B-Instruct vision_config (the 2B model has the same tower, hidden_size 1536)
 QWEN2_VL_7B_VISION = dict(
@@ -118,10 +130,12 @@ def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int =
     return tower
 
 
-def run(args: argparse.Namespace, family: Family | None = None) -> dict:
-    """Time the tower of ``args.family`` (or of ``family``, a tower not in :data:`FAMILIES`)."""
+def run(args: argparse.Namespace, family: Family | None = None, desc: str = "vision") -> dict:
+    """Time the tower of ``args.family`` (or of ``family``, a tower not in :data:`FAMILIES`); ``desc``
+    names the run in the progress display."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     family = family or FAMILIES[args.family]
+    note(f"{desc}: building the {family.title} ({args.dtype}, {args.attn} attention, random weights) on {device}")
     tower = build_tower(device, dtype, args.attn, family=family)
     settings = {"vanilla": None} | {
         f"ipcv{k:g}": ipcv.IPCV(k, args.prune_layer, args.stabilize_layers, args.neighbors) for k in args.keep
@@ -142,15 +156,18 @@ def run(args: argparse.Namespace, family: Family | None = None) -> dict:
             with torch.inference_mode():
                 return tower(**inputs)
 
-        for name, s in settings.items():  # warm-up, and the per-step time split of IPCV's own work
-            with ipcv.trace(timing=True) as t:
-                call(s)
-            sections[name] = sum(t.sections.values())
-        for _ in range(args.repeats):
-            for name, s in settings.items():
-                c0 = time.process_time()
-                times[name].append(timed(lambda s=s: call(s), device))
-                cpu[name].append(time.process_time() - c0)
+        with Progress(len(settings) * (1 + args.repeats), f"{desc}: {patches} patches") as progress:
+            for name, s in settings.items():  # warm-up, and the per-step time split of IPCV's own work
+                progress.step(f"{name} warm-up")
+                with ipcv.trace(timing=True) as t:
+                    call(s)
+                sections[name] = sum(t.sections.values())
+            for i in range(args.repeats):
+                for name, s in settings.items():
+                    progress.step(f"{name} timed run {i + 1}/{args.repeats}")
+                    c0 = time.process_time()
+                    times[name].append(timed(lambda s=s: call(s), device))
+                    cpu[name].append(time.process_time() - c0)
         vanilla_t, vanilla_c = median(times["vanilla"]), median(cpu["vanilla"])
         vanilla_f = vision_flops(tower, segments).total
         for name, s in settings.items():
@@ -203,21 +220,59 @@ def print_rows(rows: list[dict]) -> None:
         )
 
 
+ATTENTION = ipcv.api.VISION_ATTENTION  # eager, sdpa, flash_attention_2 / _3, varlen
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_vl", help="which tower (real size)")
     p.add_argument(
-        "--patches", type=int, nargs="+", default=[1024, 4096],
-        help="patches of one square image (internvl3: a multiple of 1024, one 448x448 tile each)",
+        "--patches", type=positive_int, nargs="+", default=[1024, 4096],
+        help="patches of one square image, the square of an even number (internvl3: a multiple of 1024, one "
+        "448x448 tile each)",
     )  # fmt: skip
-    p.add_argument("--keep", type=float, nargs="+", default=[0.65, 0.5, 0.35, 0.2])
-    p.add_argument("--prune-layer", type=int, default=3)
-    p.add_argument("--stabilize-layers", type=int, default=7)
-    p.add_argument("--neighbors", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per setting (median reported)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--keep", type=ratio, nargs="+", default=[0.65, 0.5, 0.35, 0.2], help="keep ratios, in (0, 1]")
+    p.add_argument("--prune-layer", type=positive_int, default=3, help=">= 1 and < the tower's depth")
+    p.add_argument(
+        "--stabilize-layers", type=nonnegative_int, default=7, help=">= 0; prune layer + this <= the tower's depth"
+    )
+    p.add_argument("--neighbors", type=positive_int, default=10, help="k of NGR, >= 1")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per setting (median reported), >= 1")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--attn", default="sdpa", help="eager | sdpa | varlen | flash_attention_2")
+    p.add_argument("--attn", choices=ATTENTION, default="sdpa", help="the tower's attention implementation")
     p.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: data/bench/...)")
+
+
+def depth(family: str) -> int:
+    """Blocks of the tower of ``family`` (read from its config when called)."""
+    configs = {"qwen2_vl": (QWEN2_VL_7B_VISION, "depth"), "qwen2_5_vl": (QWEN2_5_VL_7B_VISION, "depth")}
+    configs["internvl3"] = (INTERNVIT_300M, "num_hidden_layers")
+    config, key = configs[family]
+    return config[key]
+
+
+def validate(args: argparse.Namespace) -> None:
+    """UsageError for arguments no tower can run (checked before one is built)."""
+    family = FAMILIES[args.family]
+    for patches in args.patches:
+        try:
+            family.inputs(patches, torch.device("meta"), torch.float32)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    blocks = depth(args.family)
+    if not args.prune_layer < blocks:
+        raise UsageError(
+            f"--prune-layer {args.prune_layer}: outside the allowed range [1, {blocks - 1}] ({family.title}: "
+            f"{blocks} blocks)"
+        )
+    if args.prune_layer + args.stabilize_layers > blocks:
+        raise UsageError(
+            f"--stabilize-layers {args.stabilize_layers}: outside the allowed range [0, {blocks - args.prune_layer}] "
+            f"for --prune-layer {args.prune_layer} ({family.title}: {blocks} blocks)"
+        )
+    check_device(args.device)
+    if args.attn.startswith("flash") and not args.device.startswith("cuda"):
+        raise UsageError(f"--attn {args.attn}: needs a CUDA device (--device cuda) and the flash-attn package")
 
 
 def main(args: argparse.Namespace) -> None:
