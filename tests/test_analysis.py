@@ -383,3 +383,23 @@ def test_markdown_table_escapes_pipes():
 
     text = book.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["{doc}`z`"]}))
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x\\|y | {doc}`z` |"]
+
+
+def test_figure4_panels_plot_what_their_titles_say():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ipcv.analysis import accuracy, efficiency
+
+    table = accuracy.paper_table("table4").rename(columns={"latency_pct": "total %"})
+    acc = {(s, m): a for s, m, a in table[["setting", "method", "mmb_acc"]].itertuples(index=False)}
+    bench = {"weights": "random (architecture of Qwen/Qwen2-VL-2B-Instruct); none", "device": "CPU: X (2 threads)"}
+    fig = efficiency.figure4(table, acc, "paper", bench)
+    (vit, llm), plotted = fig.axes[:2], lambda ax: {line.get_label() for line in ax.get_lines()}
+    assert vit.get_title().startswith("(a) ViT-side") and llm.get_title().startswith("(b) LLM-side")
+    assert plotted(vit) == {"IPCV", "ToMe", "ToFu", "DART (ViT)"}
+    assert plotted(llm) == {"DART", "FastV", "V2Drop", "SparseVLM"}
+    assert fig._suptitle.get_text() == "Latency: Qwen2-VL-2B architecture, random weights, CPU: X (2 threads)"
+    plt.close(fig)
