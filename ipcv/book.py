@@ -257,11 +257,30 @@ def write_status_tables(results: Path = GENERATED / "results", out: Path = GENER
         table.to_csv(out / f"{name}.csv", index=False)
     claims, run = tables["claims"], tables["build_run"]
     (out / "claims.md").write_text(markdown_table(claims))  # cells hold MyST (roles, maths)
+    (out / "tower_latency.md").write_text(tower_latency_page())
     ran = "; ".join(f"weights: {r.weights}, device: {r.device}" for r in run.itertuples(index=False))
     (out / "summary.md").write_text(
         f"This build's notebooks ran on {ran}.\n\n"
         + "".join(f"- {r.claim} ({r.paper}): {r[2]}.\n" for r in claims.itertuples(index=False))
     )
+
+
+def tower_latency_page() -> str:
+    """The status page's vision-tower latency: one section per ``data/bench/vision_*.json``, its full
+    name, where and how it was measured, and its own table."""
+    from .analysis import paper
+
+    towers = paper.tower_latency()
+    if not towers:
+        return "No `data/bench/vision_*.json` yet: run `python -m ipcv.bench vision`.\n"
+    parts = []
+    for t in towers:
+        table = t["table"].copy()
+        for column in table.columns:
+            digits = {"time ratio": 3, "FLOP ratio": 3, "CPU s": 2, "wall s": 2}.get(column)
+            table[column] = table[column].map(lambda v, d=digits: f"{v:.{d}f}" if d else f"{v:g}")
+        parts.append(f"### {t['tower']}: {t['measure']}\n\nFrom `{t['file']}`: {t['note']}\n\n{markdown_table(table)}")
+    return "\n".join(parts)
 
 
 def write_figures(out: Path = GENERATED) -> None:
@@ -364,6 +383,61 @@ def render(page: Path, profile: Path, screenshot: Path | None = None, width: int
                        check=True, capture_output=True, timeout=120)  # fmt: skip
     out = subprocess.run([*base, "--dump-dom", url], check=True, capture_output=True, timeout=120, text=True)
     return out.stdout
+
+
+# Written into a copy of a page by `table_widths`: once MathJax has typeset (it changes widths), every
+# dropdown is opened and each table of the article reports its content width against its box.
+_WIDTHS_JS = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  document.querySelectorAll(".toggle-hidden").forEach(e => e.classList.remove("toggle-hidden"));
+  document.querySelectorAll("details").forEach(d => { d.open = true; });
+  const column = document.querySelector("article.bd-article") || document.querySelector("article");
+  const boxes = [...column.querySelectorAll("table, .cell_output pre")];
+  const rows = boxes.map(t => {
+    const section = t.closest("section");
+    const heading = section ? section.querySelector("h1, h2, h3, h4") : null;
+    const caption = t.querySelector("caption");
+    const header = [...t.querySelectorAll("thead th")].map(th => th.textContent.trim()).slice(0, 4).join(" | ");
+    return {
+      kind: t.tagName === "TABLE" ? "table" : "output",
+      section: heading ? heading.textContent.replace(/[#\\u00b6]/g, "").trim() : "",
+      caption: caption ? caption.textContent.trim() : "",
+      header: t.tagName === "TABLE" ? header : t.textContent.trim().split("\\n")[0].slice(0, 80),
+      content: t.scrollWidth, box: t.clientWidth, column: column.clientWidth, height: t.offsetHeight,
+    };
+  });
+  const pre = document.createElement("pre");
+  pre.id = "ipcv-table-widths";
+  pre.textContent = JSON.stringify(rows);
+  document.body.appendChild(pre);
+}, 4000));
+</script>"""
+
+
+def table_widths(page: Path, profile: Path, width: int = 1280) -> list[dict]:
+    """Every table and text output of ``page``'s article as headless Chromium lays it out in a
+    ``width``-pixel window (dropdowns opened, maths typeset): ``kind`` ("table" or "output"), ``section``
+    (its heading), ``header`` (first column names, or an output's first line),
+    ``content`` (the table's scroll width), ``box`` (the width it is shown in), ``column`` (the
+    article's width) and ``height``, in CSS pixels. ``content > box`` means a sideways scroll."""
+    import html as html_lib
+
+    exe = chromium()
+    if exe is None:
+        raise RuntimeError("no chromium on PATH: apt-get install -y chromium")
+    probe = page.with_name(f".widths-{page.name}")  # beside the page: its relative links still resolve
+    probe.write_text(page.read_text().replace("</body>", _WIDTHS_JS + "</body>"))
+    try:
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+               "--hide-scrollbars", "--run-all-compositor-stages-before-draw", f"--window-size={width},1200",
+               "--dump-dom", probe.resolve().as_uri()]  # fmt: skip
+        dom = subprocess.run(cmd, check=True, capture_output=True, timeout=180, text=True).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    found = re.search(r'<pre id="ipcv-table-widths">(.*?)</pre>', dom, re.DOTALL)
+    if found is None:
+        raise RuntimeError(f"{page}: the width probe did not run (no result in the rendered page)")
+    return json.loads(html_lib.unescape(found.group(1)))
 
 
 def typeset_maths(dom: str) -> tuple[int, int]:
