@@ -59,7 +59,7 @@ def figure1(bench: dict, ax=None):
     ax.set_yticks(list(y), shares.input)
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of prefill time (%)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8, frameon=False)
     ax.set_title(f"Qwen2-VL-2B architecture, random weights, {bench['device']}", fontsize=9)
     return ax
 
@@ -125,7 +125,8 @@ def findings(bench: dict, table: pd.DataFrame, source: str) -> str:
     t = table.set_index(["setting", "method"])
     parts = [
         f"Measured on {bench['device']} with {bench['weights']}, {bench['dtype']}, {bench['attention']} attention, "
-        f"{bench['new_tokens']} generated tokens per call, median of {bench['repeats']} runs."
+        f"{bench['new_tokens']} generated tokens per call, median of {bench['repeats']} runs per setting (the "
+        "count recorded in the benchmark file)."
     ]
     key = ("vit35_llm35", "IPCV")
     if key in t.index:
@@ -191,6 +192,20 @@ def gpu_checks(bench: dict) -> pd.DataFrame:
         if c in frame:
             frame[c] = frame[c].astype("Int64")
     return frame
+
+
+def gpu_kernels(checks: pd.DataFrame) -> str:
+    """Which kernel each attention implementation ran (the ``kernel`` column of :func:`gpu_checks`), as a
+    sentence: kernel names are long identifiers that would widen the table past the page."""
+    pairs = dict(zip(checks.attention, checks.kernel))
+    return "Kernels: " + "; ".join(f"{a}: `{k}`" for a, k in pairs.items()) + "."
+
+
+def shown_table4(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`table4` as the book shows it: the setting as ViT / LLM keep percentages."""
+    from .paper import KEEP, keep_label
+
+    return table.assign(setting=table.setting.map(keep_label)).rename(columns={"setting": KEEP})
 
 
 def gpu_latency(bench: dict, which: int = 0) -> pd.DataFrame:
