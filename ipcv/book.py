@@ -18,7 +18,7 @@ Commands::
     python -m ipcv.book smoke [--only NN]...
     python -m ipcv.book status        # only regenerate book/_generated/*.csv
     python -m ipcv.book sync-url      # install cells <- _config.yml's repository.url
-    python -m ipcv.book check [--shots DIR]   # links, placeholder, maths typeset (headless Chromium)
+    python -m ipcv.book check [--shots DIR]   # links, placeholder, maths typeset, tables fit (headless Chromium)
 
 ``-p NAME VALUE`` overrides a parameter in every notebook that has it (VALUE is read as a Python
 literal when it is one, e.g. ``-p keep_ratios "[0.5, 0.2]"``, else as a string). Executed copies
@@ -279,7 +279,8 @@ def tower_latency_page() -> str:
         for column in table.columns:
             digits = {"time ratio": 3, "FLOP ratio": 3, "CPU s": 2, "wall s": 2}.get(column)
             table[column] = table[column].map(lambda v, d=digits: f"{v:.{d}f}" if d else f"{v:g}")
-        parts.append(f"### {t['tower']}: {t['measure']}\n\nFrom `{t['file']}`: {t['note']}\n\n{markdown_table(table)}")
+        head = f"**{t['tower']}: {t['measure']}.** From `{t['file']}`, measured on {t['note']}."
+        parts.append(f"{head}\n\n{markdown_table(table)}")
     return "\n".join(parts)
 
 
@@ -440,6 +441,16 @@ def table_widths(page: Path, profile: Path, width: int = 1280) -> list[dict]:
     return json.loads(html_lib.unescape(found.group(1)))
 
 
+def wide_tables(page: Path, profile: Path, width: int = 1280) -> list[str]:
+    """The tables of ``page`` that need a sideways scroll in a ``width``-pixel window (:func:`table_widths`)."""
+    return [
+        f"{page.name}: table [{r['header'][:60]}] under '{r['section'][:50]}' is {r['content']} px wide "
+        f"in a {r['box']} px column"
+        for r in table_widths(page, profile, width)
+        if r["kind"] == "table" and r["content"] > r["box"] + 1
+    ]
+
+
 def typeset_maths(dom: str) -> tuple[int, int]:
     """(maths elements in the page, of which MathJax typeset): Sphinx marks each ``math notranslate``;
     MathJax 2 leaves one rendered ``MathJax`` frame per formula (``MathJax_Display`` or inline)."""
@@ -450,7 +461,8 @@ def typeset_maths(dom: str) -> tuple[int, int]:
 
 def check(html_dir: Path = ROOT / "_build" / "html", shots: Path | None = None) -> list[str]:
     """Problems of a built book: broken links, a placeholder address, untypeset maths on the pages
-    with maths (rendered in headless Chromium; screenshots into ``shots``)."""
+    with maths and tables wider than the text column at 1280 px (rendered in headless Chromium;
+    screenshots into ``shots``)."""
     import tempfile
 
     problems = [f"broken link: {b}" for b in broken_links(html_dir)]
@@ -472,6 +484,10 @@ def check(html_dir: Path = ROOT / "_build" / "html", shots: Path | None = None) 
             formulas, rendered = typeset_maths(render(page, Path(tmp) / page.stem, shot))
             if rendered < formulas:
                 problems.append(f"{page.relative_to(html_dir)}: {rendered} of {formulas} formulas typeset")
+        for page in sorted(html_dir.rglob("*.html")):
+            if "_static" in page.parts or "<table" not in page.read_text(errors="replace"):
+                continue
+            problems += wide_tables(page, Path(tmp) / f"widths-{page.stem}")
     return problems
 
 
@@ -485,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     s = sub.add_parser("smoke", help="regenerate tests/notebooks/ (smoke configuration) for nbval")
     s.add_argument("--only", action="append", default=[])
     sub.add_parser("status", help="regenerate book/_generated/*.csv from the last build's results")
-    c = sub.add_parser("check", help="check the built book: links, placeholder address, maths typeset in Chromium")
+    c = sub.add_parser("check", help="check the built book: links, placeholder, maths typeset, tables fit (Chromium)")
     c.add_argument("--shots", type=Path, default=None, help="save a screenshot of each page with maths here")
     sub.add_parser("sync-url", help="write _config.yml's repository.url into every notebook's install cell")
     args = parser.parse_args(argv)
@@ -498,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "check":
         problems = check(shots=args.shots)
-        print("\n".join(problems) or "the built book has no broken link, no placeholder and typeset maths")
+        print("\n".join(problems) or "the built book has no broken link, no placeholder, typeset maths, no wide table")
         raise SystemExit(1 if problems else 0)
     if args.command == "sync-url":
         paths = [*notebooks(), *(SMOKE_DIR / p.name for p in notebooks())]

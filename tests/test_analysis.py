@@ -432,7 +432,7 @@ def test_tower_latency_one_table_per_file_from_cpu_time(monkeypatch, tmp_path):
     from ipcv import book
 
     page = book.tower_latency_page()
-    assert "### InternViT-300M, 448x448 tiles: CPU time, median of 2 repeats" in page
+    assert "**InternViT-300M, 448x448 tiles: CPU time, median of 2 repeats.**" in page
     assert "From `data/bench/vision_a.json`" in page and "| 1024 | 0.65 | 0.717 | 0.650 | 6.45 |" in page
 
 

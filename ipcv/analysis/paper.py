@@ -87,8 +87,9 @@ def _tower_name(payload: dict) -> str:
 
 def tower_latency() -> list[dict]:
     """One entry per ``data/bench/vision_*.json``: ``file`` (its path in the checkout), ``tower``, ``measure``
-    (which time, median of how many repeats), ``note`` (where and how it was measured) and ``table`` (one
-    row per patch count and ViT keep ratio).
+    (which time, median of how many repeats), ``note`` (device, dtype, attention, torch, date) and
+    ``table`` (one row per patch count and ViT keep ratio: time ratio, FLOP ratio, and the seconds the
+    ratio was taken from, ``CPU s`` (the process's CPU time over all its threads) or ``wall s``).
 
     The time ratio is the process's CPU time, median of the file's repeats, relative to vanilla's, where
     the file recorded CPU time: on a CPU shared with other jobs the wall time of a run stretches by
@@ -116,14 +117,8 @@ def tower_latency() -> list[dict]:
         )
         note = (
             f"{payload['device']}, {payload['dtype']}, {payload.get('attention', '')} attention, torch "
-            f"{payload.get('torch', '?')}, {payload.get('date', '')}; random weights at the real size (speed "
-            f"only). Time ratio: {measure} per setting, relative to vanilla at the same patch count."
+            f"{payload.get('torch', '?')}, {payload.get('date', '')}"
         )
-        if cpu:
-            note += (
-                " CPU s: the process's CPU time over all its threads. The wall times (noisier: other jobs shared "
-                "the cores) and every repeat are in the file."
-            )
         out.append(
             {
                 "file": f"data/bench/{name}.json", "tower": _tower_name(payload), "measure": measure, "note": note,
