@@ -18,7 +18,7 @@ Commands::
     python -m ipcv.book smoke [--only NN]...
     python -m ipcv.book status        # only regenerate book/_generated/*.csv
     python -m ipcv.book sync-url      # install cells <- _config.yml's repository.url
-    python -m ipcv.book check [--shots DIR]   # links, placeholder, maths typeset (headless Chromium)
+    python -m ipcv.book check [--shots DIR]   # links, placeholder, maths typeset, tables fit (headless Chromium)
 
 ``-p NAME VALUE`` overrides a parameter in every notebook that has it (VALUE is read as a Python
 literal when it is one, e.g. ``-p keep_ratios "[0.5, 0.2]"``, else as a string). Executed copies
@@ -314,11 +314,31 @@ def write_status_tables(results: Path = GENERATED / "results", out: Path = GENER
         table.to_csv(out / f"{name}.csv", index=False)
     claims, run = tables["claims"], tables["build_run"]
     (out / "claims.md").write_text(markdown_table(claims))  # cells hold MyST (roles, maths)
+    (out / "tower_latency.md").write_text(tower_latency_page())
     ran = "; ".join(f"weights: {r.weights}, device: {r.device}" for r in run.itertuples(index=False))
     (out / "summary.md").write_text(
         f"This build's notebooks ran on {ran}.\n\n"
         + "".join(f"- {r.claim} ({r.paper}): {r[2]}.\n" for r in claims.itertuples(index=False))
     )
+
+
+def tower_latency_page() -> str:
+    """The status page's vision-tower latency: one section per ``data/bench/vision_*.json``, its full
+    name, where and how it was measured, and its own table."""
+    from .analysis import paper
+
+    towers = paper.tower_latency()
+    if not towers:
+        return "No `data/bench/vision_*.json` yet: run `python -m ipcv.bench vision`.\n"
+    parts = []
+    for t in towers:
+        table = t["table"].copy()
+        for column in table.columns:
+            digits = {"time ratio": 3, "FLOP ratio": 3, "CPU s": 2, "wall s": 2}.get(column)
+            table[column] = table[column].map(lambda v, d=digits: f"{v:.{d}f}" if d else f"{v:g}")
+        head = f"**{t['tower']}: {t['measure']}.** From `{t['file']}`, measured on {t['note']}."
+        parts.append(f"{head}\n\n{markdown_table(table)}")
+    return "\n".join(parts)
 
 
 def write_figures(out: Path = GENERATED) -> None:
@@ -423,6 +443,71 @@ def render(page: Path, profile: Path, screenshot: Path | None = None, width: int
     return out.stdout
 
 
+# Written into a copy of a page by `table_widths`: once MathJax has typeset (it changes widths), every
+# dropdown is opened and each table of the article reports its content width against its box.
+_WIDTHS_JS = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  document.querySelectorAll(".toggle-hidden").forEach(e => e.classList.remove("toggle-hidden"));
+  document.querySelectorAll("details").forEach(d => { d.open = true; });
+  const column = document.querySelector("article.bd-article") || document.querySelector("article");
+  const boxes = [...column.querySelectorAll("table, .cell_output pre")];
+  const rows = boxes.map(t => {
+    const section = t.closest("section");
+    const heading = section ? section.querySelector("h1, h2, h3, h4") : null;
+    const caption = t.querySelector("caption");
+    const header = [...t.querySelectorAll("thead th")].map(th => th.textContent.trim()).slice(0, 4).join(" | ");
+    return {
+      kind: t.tagName === "TABLE" ? "table" : "output",
+      section: heading ? heading.textContent.replace(/[#\\u00b6]/g, "").trim() : "",
+      caption: caption ? caption.textContent.trim() : "",
+      header: t.tagName === "TABLE" ? header : t.textContent.trim().split("\\n")[0].slice(0, 80),
+      content: t.scrollWidth, box: t.clientWidth, column: column.clientWidth, height: t.offsetHeight,
+    };
+  });
+  const pre = document.createElement("pre");
+  pre.id = "ipcv-table-widths";
+  pre.textContent = JSON.stringify(rows);
+  document.body.appendChild(pre);
+}, 4000));
+</script>"""
+
+
+def table_widths(page: Path, profile: Path, width: int = 1280) -> list[dict]:
+    """Every table and text output of ``page``'s article as headless Chromium lays it out in a
+    ``width``-pixel window (dropdowns opened, maths typeset): ``kind`` ("table" or "output"), ``section``
+    (its heading), ``header`` (first column names, or an output's first line),
+    ``content`` (the table's scroll width), ``box`` (the width it is shown in), ``column`` (the
+    article's width) and ``height``, in CSS pixels. ``content > box`` means a sideways scroll."""
+    import html as html_lib
+
+    exe = chromium()
+    if exe is None:
+        raise RuntimeError("no chromium on PATH: apt-get install -y chromium")
+    probe = page.with_name(f".widths-{page.name}")  # beside the page: its relative links still resolve
+    probe.write_text(page.read_text().replace("</body>", _WIDTHS_JS + "</body>"))
+    try:
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+               "--hide-scrollbars", "--run-all-compositor-stages-before-draw", f"--window-size={width},1200",
+               "--dump-dom", probe.resolve().as_uri()]  # fmt: skip
+        dom = subprocess.run(cmd, check=True, capture_output=True, timeout=180, text=True).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    found = re.search(r'<pre id="ipcv-table-widths">(.*?)</pre>', dom, re.DOTALL)
+    if found is None:
+        raise RuntimeError(f"{page}: the width probe did not run (no result in the rendered page)")
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+def wide_tables(page: Path, profile: Path, width: int = 1280) -> list[str]:
+    """The tables of ``page`` that need a sideways scroll in a ``width``-pixel window (:func:`table_widths`)."""
+    return [
+        f"{page.name}: table [{r['header'][:60]}] under '{r['section'][:50]}' is {r['content']} px wide "
+        f"in a {r['box']} px column"
+        for r in table_widths(page, profile, width)
+        if r["kind"] == "table" and r["content"] > r["box"] + 1
+    ]
+
+
 def typeset_maths(dom: str) -> tuple[int, int]:
     """(maths elements in the page, of which MathJax typeset): Sphinx marks each ``math notranslate``;
     MathJax 2 leaves one rendered ``MathJax`` frame per formula (``MathJax_Display`` or inline)."""
@@ -433,7 +518,8 @@ def typeset_maths(dom: str) -> tuple[int, int]:
 
 def check(html_dir: Path = ROOT / "_build" / "html", shots: Path | None = None) -> list[str]:
     """Problems of a built book: broken links, a placeholder address, untypeset maths on the pages
-    with maths (rendered in headless Chromium; screenshots into ``shots``)."""
+    with maths and tables wider than the text column at 1280 px (rendered in headless Chromium;
+    screenshots into ``shots``)."""
     import tempfile
 
     problems = [f"broken link: {b}" for b in broken_links(html_dir)]
@@ -455,6 +541,10 @@ def check(html_dir: Path = ROOT / "_build" / "html", shots: Path | None = None) 
             formulas, rendered = typeset_maths(render(page, Path(tmp) / page.stem, shot))
             if rendered < formulas:
                 problems.append(f"{page.relative_to(html_dir)}: {rendered} of {formulas} formulas typeset")
+        for page in sorted(html_dir.rglob("*.html")):
+            if "_static" in page.parts or "<table" not in page.read_text(errors="replace"):
+                continue
+            problems += wide_tables(page, Path(tmp) / f"widths-{page.stem}")
     return problems
 
 
@@ -468,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     s = sub.add_parser("smoke", help="regenerate tests/notebooks/ (smoke configuration) for nbval")
     s.add_argument("--only", action="append", default=[])
     sub.add_parser("status", help="regenerate book/_generated/*.csv from the last build's results")
-    c = sub.add_parser("check", help="check the built book: links, placeholder address, maths typeset in Chromium")
+    c = sub.add_parser("check", help="check the built book: links, placeholder, maths typeset, tables fit (Chromium)")
     c.add_argument("--shots", type=Path, default=None, help="save a screenshot of each page with maths here")
     sub.add_parser("sync-url", help="write _config.yml's repository.url into every notebook's install cell")
     args = parser.parse_args(argv)
@@ -481,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "check":
         problems = check(shots=args.shots)
-        print("\n".join(problems) or "the built book has no broken link, no placeholder and typeset maths")
+        print("\n".join(problems) or "the built book has no broken link, no placeholder, typeset maths, no wide table")
         raise SystemExit(1 if problems else 0)
     if args.command == "sync-url":
         paths = [*notebooks(), *(SMOKE_DIR / p.name for p in notebooks())]

@@ -431,3 +431,65 @@ def test_markdown_table_escapes_pipes():
 
     text = book.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["{doc}`z`"]}))
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x\\|y | {doc}`z` |"]
+
+
+def test_figure4_panels_plot_what_their_titles_say():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ipcv.analysis import accuracy, efficiency
+
+    table = accuracy.paper_table("table4").rename(columns={"latency_pct": "total %"})
+    acc = {(s, m): a for s, m, a in table[["setting", "method", "mmb_acc"]].itertuples(index=False)}
+    bench = {"weights": "random (architecture of Qwen/Qwen2-VL-2B-Instruct); none", "device": "CPU: X (2 threads)"}
+    fig = efficiency.figure4(table, acc, "paper", bench)
+    (vit, llm), plotted = fig.axes[:2], lambda ax: {line.get_label() for line in ax.get_lines()}
+    assert vit.get_title().startswith("(a) ViT-side") and llm.get_title().startswith("(b) LLM-side")
+    assert plotted(vit) == {"IPCV", "ToMe", "ToFu", "DART (ViT)"}
+    assert plotted(llm) == {"DART", "FastV", "V2Drop", "SparseVLM"}
+    assert fig._suptitle.get_text() == "Latency: Qwen2-VL-2B architecture, random weights, CPU: X (2 threads)"
+    plt.close(fig)
+
+
+def test_tower_latency_one_table_per_file_from_cpu_time(monkeypatch, tmp_path):
+    def row(keep, wall, cpu=None):
+        r = dict(patches=1024, setting="vanilla" if keep == 1 else f"ipcv{keep}", keep=keep, times_s=wall,
+                 time_ratio=0.0, flop_ratio=keep)  # fmt: skip
+        return r if cpu is None else r | dict(cpu_s=cpu, cpu_time_ratio=sum(cpu) / 2 / 9.0)
+
+    noisy = dict(benchmark="InternViT-300M, 448x448 tiles, vanilla vs IPCV", device="CPU: X", dtype="fp32",
+                 repeats=2, rows=[row(1, [4.5, 4.8], [9.0, 9.0]), row(0.65, [3.3, 6.5], [6.5, 6.4])])  # fmt: skip
+    old = dict(benchmark="Qwen2-VL-7B vision tower, vanilla vs IPCV", device="CPU: X", dtype="fp32", repeats=5,
+               rows=[row(1, [8.0] * 5), row(0.5, [5.0] * 5) | dict(time_ratio=0.625)])  # fmt: skip
+    monkeypatch.setattr(paper, "bench_results", lambda: {"vision_a": noisy, "vision_b": old, "prefill_x": {}})
+    towers = paper.tower_latency()
+    assert [t["file"] for t in towers] == ["data/bench/vision_a.json", "data/bench/vision_b.json"]
+    assert (
+        towers[0]["tower"] == "InternViT-300M, 448x448 tiles"
+        and towers[0]["measure"] == "CPU time, median of 2 repeats"
+    )
+    assert towers[0]["table"]["time ratio"].tolist() == [1.0, 0.717]  # CPU time, not the noisy wall time
+    assert (
+        towers[1]["measure"] == "wall time, median of 5 repeats" and towers[1]["table"]["time ratio"].iloc[1] == 0.625
+    )
+    tables = status.tables(tmp_path)
+    assert {"tower_latency_vision_a", "tower_latency_vision_b", "table4_ipcv_latency"} <= set(tables)
+    assert set(tables["table4_ipcv_latency"].method) == {"Vanilla", "IPCV"}
+    from ipcv import book
+
+    page = book.tower_latency_page()
+    assert "**InternViT-300M, 448x448 tiles: CPU time, median of 2 repeats.**" in page
+    assert "From `data/bench/vision_a.json`" in page and "| 1024 | 0.65 | 0.717 | 0.650 | 6.45 |" in page
+
+
+def test_status_shows_columns_in_words():
+    t = status.by_keep_ratio(pd.DataFrame(dict(keep_ratio=[0.5, 0.2], B=[2.0, 2.0], above_norm=[1.0, 0.5])))
+    assert t.columns.tolist() == ["quantity", "keep 0.5", "keep 0.2"]
+    assert t.quantity.tolist() == ["$B$", "share with bound > norm"]
+    assert status.readable(pd.DataFrame(columns=["all_cos", "keep_ratio", "odd_name"])).columns.tolist() == [
+        "all-token cosine", "keep ratio", "odd name"]  # fmt: skip
+    shown = paper.readable(paper.paper_table("table1"))
+    assert shown.columns[:4].tolist() == ["keep % (ViT / LLM)", "method", "Avg. Acc. %", "Rel. Latency %"]
+    assert shown.iloc[0, 0] == "100/100" and "35/35" in set(shown.iloc[:, 0])

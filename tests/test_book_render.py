@@ -39,6 +39,40 @@ window.addEventListener("load", () => {
 """
 
 
+def tables_page(generated: Path) -> str:
+    """The book's widest tables, made by the functions that make them in the book: the paper's Tables 1
+    and 2 as notebook 08 shows them (pandas Styler HTML) and as the status page does (CSV tables), the
+    status page's vision-tower latency, notebook 05's table of the bound (Markdown, maths in the
+    header), notebook 07's Table 4 and the status page's claims table."""
+    import numpy as np
+    import pandas as pd
+
+    from ipcv.analysis import accuracy, efficiency, report, status
+
+    generated.mkdir(parents=True)
+    parts = ["# Tables\n"]
+    for name in ("table1", "table2"):
+        shown = accuracy.readable(accuracy.paper_table(name))
+        parts.append(shown.style.format(precision=1).hide(axis="index").to_html() + "\n")
+    tables = status.tables(generated / "results")
+    for name in ("paper_table1_summary", "paper_table1_scores", "paper_table2_scores", "paper_table4"):
+        tables[name].to_csv(generated / f"{name}.csv", index=False)
+        parts.append(f"```{{csv-table}}\n:file: _generated/{name}.csv\n:header-rows: 1\n```\n")
+    parts.append(book.tower_latency_page())
+    parts.append(book.markdown_table(tables["claims"].assign(where="—")))
+    rng = np.random.default_rng(0)
+    columns = ["B", "d_H", "L_proof", "L_matched", "bound", "max_error", "within", "identity"]
+    bound = pd.DataFrame(rng.uniform(1, 200, (4, len(columns))), columns=columns).assign(
+        keep_ratio=[0.65, 0.5, 0.35, 0.2], within=True
+    )
+    parts.append(report.markdown_table(bound[["keep_ratio", *columns]], 3))
+    loose = ["median_error", "median_norm", "median_slack", "min_slack", "lemma_slack", "above_norm"]
+    parts.append(report.markdown_table(pd.DataFrame(rng.uniform(0, 50, (4, 6)), columns=loose), 2))
+    table4 = efficiency.shown_table4(efficiency.table4(efficiency.load()))
+    parts.append(table4.style.format(precision=1, na_rep="–").hide(axis="index").to_html() + "\n")
+    return "\n".join(parts)
+
+
 def test_broken_links_finds_missing_targets(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "ok.html").write_text("x")
@@ -61,7 +95,9 @@ def small_book(tmp_path_factory):
     shutil.copy(book.ROOT / "book" / "references.bib", root / "book" / "references.bib")
     (root / "book" / "check.md").write_text(PAGE.replace("{long}", "w" * 400))
     (root / "book" / "other.md").write_text("# Other\n\nBack to {doc}`check`.\n")
-    (root / "_toc.yml").write_text("format: jb-book\nroot: book/check\nchapters:\n  - file: book/other\n")
+    (root / "book" / "tables.md").write_text(tables_page(root / "book" / "_generated"))
+    toc = "format: jb-book\nroot: book/check\nchapters:\n  - file: book/other\n  - file: book/tables\n"
+    (root / "_toc.yml").write_text(toc)
     book.copy_mathjax(root / "book" / "_generated" / "static" / "mathjax")
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "-W", "-n", "--keep-going"]
@@ -92,3 +128,17 @@ def test_maths_is_typeset_in_headless_chromium(small_book, tmp_path):
     assert "Math Font Not Found" not in dom and "Math Processing Error" not in dom
     assert (tmp_path / "check.png").stat().st_size > 10_000
     assert 'data-table-scroll="auto:true"' in dom, "a table wider than the column scrolls (book/_static/ipcv.css)"
+
+
+@pytest.mark.skipif(NO_BROWSER, reason="no chromium (apt-get install -y chromium)")
+def test_the_books_widest_tables_fit_the_column_at_1280_px(small_book, tmp_path):
+    """No table of the kinds the book shows needs a sideways scroll in a 1280-pixel window (compact
+    table CSS, headers that wrap, the key columns first, long names wrapped or moved out of tables).
+    ``python -m ipcv.book check`` measures every table of a full build the same way."""
+    rows = book.table_widths(small_book / "book" / "tables.html", tmp_path / "profile")
+    tables = [r for r in rows if r["kind"] == "table"]
+    assert len(tables) >= 10, rows
+    assert all(700 < r["column"] < 800 for r in tables), "at 1280 px the article is about 750 px wide"
+    wide = [r for r in tables if r["content"] > r["box"] + 1]
+    assert wide == [], wide
+    assert book.wide_tables(small_book / "book" / "check.html", tmp_path / "p2"), "the 400-character cell scrolls"

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..eval import store
 from ..eval.sweeps import IMAGE_TASKS, TASK_METRICS, VIDEO_TASKS
-from .paper import data_dir, paper_table
+from .paper import data_dir, paper_table, readable  # noqa: F401 (readable: for the notebook)
 
 DATA = data_dir()
 COLUMN_TASKS = {**IMAGE_TASKS, **VIDEO_TASKS, "VideoMME_overall": "videomme"}
@@ -117,14 +117,17 @@ def table_heading(table: str, mine: pd.DataFrame, protocol: str) -> str:
         "table5": "Table 5: IPCV with each LLM-side pruner, Qwen2-VL-7B-Instruct",
         "table6": "Table 6: ablation, Qwen2-VL-7B-Instruct",
     }[table]
+    splits = " Short, medium and long are VideoMME's splits by video length." if table == "table2" else ""
     if len(mine):
         devices = ", ".join(sorted({str(d) for d in mine.get("device", pd.Series(dtype=str)).dropna()}))
         return (
-            f"### {title}\n\nThe paper's rows, then {len(mine)} rows from the store ({protocol} protocol; {devices})."
+            f"### {title}\n\nThe paper's rows, then {len(mine)} rows from the store ({protocol} protocol; "
+            f"{devices}).{splits}"
         )
     return (
-        f"### {title}\n\nThe paper's rows. The store has no full-benchmark rows of this table in the {protocol} "
-        f"protocol; on a GPU with the released weights, this command fills them:\n\n`{command(table, protocol)}`"
+        f"### {title}\n\nThe paper's rows.{splits} The store has no full-benchmark rows of this table in the "
+        f"{protocol} protocol; on a GPU with the released weights, this command fills them:\n\n"
+        f"`{command(table, protocol)}`"
     )
 
 

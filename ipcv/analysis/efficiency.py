@@ -4,6 +4,7 @@ beside the paper's Table 4 (``data/paper/table4_efficiency_mmbench.csv``)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -58,7 +59,7 @@ def figure1(bench: dict, ax=None):
     ax.set_yticks(list(y), shares.input)
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of prefill time (%)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8, frameon=False)
     ax.set_title(f"Qwen2-VL-2B architecture, random weights, {bench['device']}", fontsize=9)
     return ax
 
@@ -76,28 +77,47 @@ def mmb_accuracy(store_rows: list[dict]) -> tuple[dict[tuple[str, str], float], 
     return {(s, m): a for s, m, a in paper[["setting", "method", "mmb_acc"]].itertuples(index=False)}, "paper"
 
 
-def figure4(table: pd.DataFrame, acc: dict, source: str, styles: dict | None = None):
-    """Accuracy vs relative total latency, (a) ViT-side methods (b) LLM-side methods."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+def _vit_side(setting: pd.Series) -> pd.Series:
+    """Rows of ViT-side methods: Table 4's settings that prune inside the ViT (``vitNN_llmNN`` with NN < 100,
+    the ViT method paired with LLM-side DART); ``vit100_*`` keep every patch and prune in the LLM only."""
+    return ~setting.str.startswith("vit100") & (setting != "vanilla")
+
+
+def figure4(table: pd.DataFrame, acc: dict, source: str, bench: dict | None = None):
+    """The paper's Figure 4: accuracy against relative total latency, (a) ViT-side methods (paired with
+    LLM-side DART at the same ratio), (b) LLM-side methods. ``bench``: the benchmark file, whose weights
+    and device the figure names."""
+    from . import plots
+
+    fig, axes = plt.subplots(1, 2, figsize=(plots.WIDTH, 4.2), sharey=True)
     frame = table.assign(acc=[acc.get((s, m)) for s, m in zip(table.setting, table.method)])
     vanilla = frame[frame.method == "Vanilla"].iloc[0]
-    markers = ["o", "s", "^", "D", "v", "P"]
-    for ax, side, title in (
-        (axes[0], "vit100", "(a) ViT-side methods (+ LLM-side DART)"),
-        (axes[1], None, "(b) LLM-side methods"),
-    ):
-        part = frame[frame.setting.str.startswith("vit100")] if side else frame[~frame.setting.str.startswith("vit100")]
-        part = part[part.method != "Vanilla"]
+    panels = (
+        (axes[0], _vit_side(frame.setting), "(a) ViT-side methods (+ LLM-side DART)"),
+        (axes[1], frame.setting.str.startswith("vit100"), "(b) LLM-side methods"),
+    )
+    for ax, rows, title in panels:
+        part = frame[rows]
         for i, (method, group) in enumerate(part.groupby("method", sort=False)):
             group = group.sort_values("total %")
-            style = (styles or {}).get(method, {})
-            ax.plot(group["total %"], group.acc, marker=markers[i % len(markers)], label=method, **style)
-        ax.scatter([vanilla["total %"]], [vanilla.acc], marker="*", s=120, color="black", label="Vanilla", zorder=3)
+            ax.plot(group["total %"], group.acc, label=method, **plots.method_style(method, i))
+        ax.scatter([vanilla["total %"]], [vanilla.acc], marker="*", s=120, color="black", label="Vanilla", zorder=6)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("total latency, % of vanilla (measured here)")
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel(f"MMBench-EN accuracy ({source})")
+        ax.set_xlabel("total latency, % of vanilla (measured here)", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7, frameon=False)
+    axes[0].set_ylabel(f"MMBench-EN accuracy ({'measured' if source == 'measured' else 'paper, Table 4'})")
+    if bench is not None:
+        fig.suptitle(f"Latency: {_weights_short(bench)}, {bench['device']}", fontsize=9)
+    fig.tight_layout()
     return fig
+
+
+def _weights_short(bench: dict) -> str:
+    """``"Qwen2-VL-2B architecture, random weights"`` from the file's ``weights`` field."""
+    found = re.search(r"architecture of (?:[\w.-]+/)?([\w.-]+?)(?:-Instruct)?\b[)']", bench.get("weights", ""))
+    if bench.get("weights", "").startswith("random") and found:
+        return f"{found.group(1)} architecture, random weights"
+    return bench.get("weights", "weights not recorded")
 
 
 def findings(bench: dict, table: pd.DataFrame, source: str) -> str:
@@ -105,7 +125,8 @@ def findings(bench: dict, table: pd.DataFrame, source: str) -> str:
     t = table.set_index(["setting", "method"])
     parts = [
         f"Measured on {bench['device']} with {bench['weights']}, {bench['dtype']}, {bench['attention']} attention, "
-        f"{bench['new_tokens']} generated tokens per call, median of {bench['repeats']} runs."
+        f"{bench['new_tokens']} generated tokens per call, median of {bench['repeats']} runs per setting (the "
+        "count recorded in the benchmark file)."
     ]
     key = ("vit35_llm35", "IPCV")
     if key in t.index:
@@ -171,6 +192,20 @@ def gpu_checks(bench: dict) -> pd.DataFrame:
         if c in frame:
             frame[c] = frame[c].astype("Int64")
     return frame
+
+
+def gpu_kernels(checks: pd.DataFrame) -> str:
+    """Which kernel each attention implementation ran (the ``kernel`` column of :func:`gpu_checks`), as a
+    sentence: kernel names are long identifiers that would widen the table past the page."""
+    pairs = dict(zip(checks.attention, checks.kernel))
+    return "Kernels: " + "; ".join(f"{a}: `{k}`" for a, k in pairs.items()) + "."
+
+
+def shown_table4(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`table4` as the book shows it: the setting as ViT / LLM keep percentages."""
+    from .paper import KEEP, keep_label
+
+    return table.assign(setting=table.setting.map(keep_label)).rename(columns={"setting": KEEP})
 
 
 def gpu_latency(bench: dict, which: int = 0) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """Figures for the notebooks (seaborn on matplotlib); every axis says what it shows and in which unit.
 
 Figures are at most 8 inches wide (the width of the book's text column at 100 dpi) and stack
-panels vertically, so that their text stays legible on the page.
+panels vertically, so that their text stays legible on the page. Legends sit outside the plot area
+(:func:`legend_outside`), so that they never hide a curve whatever the data; axis labels, titles and
+legends use words and typeset maths (mathtext), never the code's variable names.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from .names import column
+
 PALETTE = "colorblind"
 WIDTH = 8.0  # inches
 
@@ -25,6 +29,11 @@ METHOD_STYLES: dict[str, dict] = {
     "ToMe": dict(color="#E69F00", marker="s", ls="--", ms=9, mfc="none", mew=1.6, zorder=4),
     "ToFu": dict(color="#0072B2", marker="^", ls=":", ms=5, zorder=5),
     "DART (ViT)": dict(color="#CC79A7", marker="D", ls="-.", ms=5, zorder=3),
+    # the LLM-side methods (Table 4, Figure 4 b)
+    "DART": dict(color="#009E73", marker="v", ls=(0, (5, 1, 1, 1)), ms=7, zorder=3),
+    "FastV": dict(color="#D55E00", marker="P", ls=(0, (1, 2)), ms=7, zorder=4),
+    "V2Drop": dict(color="#56B4E9", marker="X", ls=(0, (6, 3)), ms=7, zorder=5),
+    "SparseVLM": dict(color="#882255", marker="h", ls=(0, (3, 1, 1, 1, 1, 1)), ms=7, zorder=6),
 }
 _SPARE_STYLES = [
     dict(color="#009E73", marker="v", ls=(0, (5, 1, 1, 1)), ms=6),
@@ -42,6 +51,33 @@ def setup() -> None:
     """The book's figure style."""
     sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE, font_scale=0.9)
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "legend.fontsize": 8, "legend.title_fontsize": 8})
+
+
+def legend_outside(ax, title: str | None = None, where: str = "right", ncol: int | None = None, names=None):
+    """Move ``ax``'s legend out of the plot area: to its right (``where="right"``) or under its x label
+    (``"below"``, entries side by side). ``names``: ``{label: shown label}`` for entries that are column
+    names (seaborn writes the hue and style columns as entries). Returns the legend (None: nothing to show)."""
+    handles, labels = ax.get_legend_handles_labels()
+    old = ax.get_legend()
+    if not handles:
+        if old is not None:
+            old.remove()
+        return None
+    if title is None and old is not None and old.get_title().get_text():
+        title = column(old.get_title().get_text())
+    labels = [(names or {}).get(label, label) for label in labels]
+    if where == "below":
+        kw = dict(loc="upper center", bbox_to_anchor=(0.5, _below(ax)), ncol=ncol or min(len(labels), 4))
+    else:
+        kw = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol or 1)
+    return ax.legend(handles, labels, title=title, frameon=False, borderaxespad=0.0, **kw)
+
+
+def _below(ax) -> float:
+    """Where a legend under ``ax`` starts, in axes coordinates: 0.7 inch below the axes, clear of the
+    tick labels and the x label whatever the axes' height."""
+    height = ax.get_position().height * ax.figure.get_size_inches()[1]
+    return -0.7 / max(height, 0.5)
 
 
 def _stack(n: int, height: float = 3.2) -> tuple[Figure, np.ndarray]:
@@ -73,7 +109,7 @@ def kept_patches(
     fig, axes = plt.subplots(len(names), len(ratios) + 1, figsize=(WIDTH, side * 1.1 * len(names)), squeeze=False)
     for row, name in enumerate(names):
         axes[row, 0].imshow(images[name])
-        axes[row, 0].set_ylabel(name, fontsize=8)
+        axes[row, 0].set_ylabel(name.replace("_", " "), fontsize=8)
         for col, ratio in enumerate(ratios, start=1):
             m = kept[name][ratio]
             axes[row, col].imshow(_dim_removed(images[name], m, patch))
@@ -105,9 +141,11 @@ def score_maps(images: Mapping[str, np.ndarray], scores: Mapping[str, np.ndarray
         ax.imshow(img.mean(axis=2), cmap="gray")
         im = ax.imshow(scores[name], cmap="magma", alpha=0.7, vmin=lo, vmax=hi,
                        extent=(0, img.shape[1], img.shape[0], 0), interpolation="nearest")  # fmt: skip
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name.replace("_", " "), fontsize=9)
     cb = fig.colorbar(im, ax=list(axes.flat), orientation="horizontal", fraction=0.05, pad=0.04, aspect=40)
-    cb.set_label(f"score s_i = ||h(l={layer}) − h(l={layer - 1})||₂ (hidden-state units)", fontsize=8)
+    cb.set_label(
+        f"score $s_i = \\Vert h_{{i,{layer}}} - h_{{i,{layer - 1}}} \\Vert_2$ (hidden-state units)", fontsize=8
+    )
     return fig
 
 
@@ -134,9 +172,20 @@ def saliency_panels(
 
 
 def lines(
-    df: pd.DataFrame, x: str, y: str, hue: str | None, xlabel: str, ylabel: str, title: str, ax=None, **kw
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    ax=None,
+    legend: str = "right",
+    **kw,
 ) -> plt.Axes:
-    """``sns.lineplot`` with markers and labelled axes (mean and 95% CI when x repeats)."""
+    """``sns.lineplot`` with markers and labelled axes (mean and 95% CI when x repeats). The legend (hue
+    and ``style`` named in words) goes outside the plot area, ``legend="right"`` or ``"below"``;
+    ``"none"``: no legend."""
     if ax is None:
         _, ax = plt.subplots(figsize=(WIDTH * 0.85, 3.4))
     palette = sns.color_palette(PALETTE, df[hue].nunique()) if hue else None
@@ -146,6 +195,12 @@ def lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
+    names = {c: column(c) for c in (hue, kw.get("style")) if c}
+    if legend == "none":
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    else:
+        legend_outside(ax, where=legend, names=names)
     return ax
 
 
@@ -162,6 +217,10 @@ def distributions(df: pd.DataFrame, value: str, hue: str, xlabel: str, title: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)
+    old = ax.get_legend()  # seaborn's histogram legend has no handles to hand on: keep it, moved under the axes
+    if old is not None:
+        old.set_title(column(hue))
+        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, _below(ax)), ncol=len(order), frameon=False)
     return ax
 
 
@@ -196,7 +255,7 @@ def trajectories(examples: Sequence[tuple[np.ndarray, np.ndarray]], first_layer:
                 ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle="->", color=color, lw=1.2))
         ax.annotate(f"block {first_layer}", tok[0], fontsize=7, xytext=(4, -10), textcoords="offset points")
         ax.annotate("output", tok[-1], fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title.replace("_", " "), fontsize=9)  # image names: "hubble deep field"
         ax.set_xlabel("PC 1 (hidden-state units)", fontsize=8)
         ax.set_ylabel("PC 2 (hidden-state units)", fontsize=8)
     axes[0, 0].legend(loc="best")
@@ -208,9 +267,9 @@ def change_distributions(final: pd.DataFrame) -> Figure:
     """The paper's Figure 2b-c: L1 distance and cosine between changes, per comparison."""
     fig, axes = _stack(2)
     distributions(final, "l1", "comparison", "L1 distance between changes (hidden-state units)",
-                  "(b) L1 distance between the changes, block l_p to output", ax=axes[0])  # fmt: skip
+                  "(b) L1 distance between the changes, block $l_p$ to output", ax=axes[0])  # fmt: skip
     distributions(final, "cosine", "comparison", "cosine similarity between changes",
-                  "(c) cosine similarity between the changes, block l_p to output", ax=axes[1])  # fmt: skip
+                  "(c) cosine similarity between the changes, block $l_p$ to output", ax=axes[1])  # fmt: skip
     axes[1].get_legend().remove()
     fig.tight_layout()
     return fig
@@ -219,12 +278,11 @@ def change_distributions(final: pd.DataFrame) -> Figure:
 def change_by_layer(by_layer: pd.DataFrame) -> Figure:
     """Median cosine and L1 between changes, per layer after the pruning block."""
     fig, axes = _stack(2, 3.0)
-    xlabel = "layer l (input of block l; the last is the output)"
-    lines(by_layer, "layer", "cosine", "comparison", xlabel, "median cosine", "Cosine of the changes since block l_p",
-          ax=axes[0])  # fmt: skip
+    xlabel = "layer $l$ (input of block $l$; the last is the output)"
+    lines(by_layer, "layer", "cosine", "comparison", xlabel, "median cosine",
+          "Cosine of the changes since block $l_p$", ax=axes[0], legend="below")  # fmt: skip
     lines(by_layer, "layer", "l1", "comparison", xlabel, "median L1 (hidden-state units)",
-          "L1 distance of the changes since block l_p", ax=axes[1])  # fmt: skip
-    axes[1].get_legend().remove()
+          "L1 distance of the changes since block $l_p$", ax=axes[1], legend="none")  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -232,13 +290,11 @@ def change_by_layer(by_layer: pd.DataFrame) -> Figure:
 def stabilization(drift: pd.DataFrame) -> Figure:
     """Kept tokens' final error and removed tokens' final cosine against the AS depth."""
     fig, axes = _stack(2, 3.0)
-    xlabel = "AS depth Δl_max (blocks)"
+    xlabel = "AS depth $\\Delta l_{\\max}$ (blocks)"
     lines(drift, "stabilize_layers", "kept_rel_error", "keep_ratio", xlabel, "relative error",
           "Kept tokens against the unpruned run (final output)", ax=axes[0])  # fmt: skip
     lines(drift, "stabilize_layers", "removed_cos", "keep_ratio", xlabel, "cosine",
-          "Removed tokens after reintegration (final output)", ax=axes[1])  # fmt: skip
-    for ax in axes:
-        ax.legend(title="keep ratio", loc="best")
+          "Removed tokens after reintegration (final output)", ax=axes[1], legend="none")  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -251,20 +307,26 @@ def sensitivity(sweeps: pd.DataFrame, labels: Mapping[str, str]) -> Figure:
     for ax, (sweep, xlabel) in zip(axes, labels.items(), strict=True):
         part = sweeps[sweeps.sweep == sweep]
         long = part.melt(["value"], list(names), "restore", "cosine").assign(restore=lambda d: d.restore.map(names))
-        lines(long, "value", "cosine", "restore", xlabel, "cosine to unpruned", sweep, ax=ax)
+        lines(long, "value", "cosine", "restore", xlabel, "cosine to unpruned", sweep, ax=ax, legend="none")
         twin = ax.twinx()
-        twin.plot(part.value, part.flop_ratio, ls="--", color="grey", marker=".", label="FLOP ratio")
+        twin.plot(part.value, part.flop_ratio, ls="--", color="grey", marker=".", label="FLOP ratio, Qwen2-VL-7B tower")
         twin.set_ylim(0, 1)
         twin.set_ylabel("FLOP ratio (Qwen2-VL-7B)", color="grey", fontsize=8)
         twin.grid(False)
-        ax.legend(loc="lower right")
-    fig.tight_layout()
+    # one legend for all panels, above them: the restores (left axes) and the FLOP ratio (right axes)
+    handles, shown = axes[0].get_legend_handles_labels()
+    flop_handles, flop_labels = twin.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.legend(handles + flop_handles, shown + flop_labels, loc="upper center", bbox_to_anchor=(0.5, 1.0),
+               ncol=3, frameon=False, fontsize=8)  # fmt: skip
     return fig
 
 
 def pareto(df: pd.DataFrame, cost: str, cost_label: str) -> Figure:
     """Fidelity against cost, one line per method, each point labelled with its keep ratio
-    (columns: method, keep_ratio, all_cos, saliency_mae and ``cost``)."""
+    (columns: method, keep_ratio, all_cos, saliency_mae and ``cost``). Where two methods' points lie on
+    top of each other (ToMe and ToFu) their common keep ratio is written once; labels of successive
+    methods go above and below their points, so that no two labels print over each other."""
     fig, axes = _stack(2, 3.3)
     has_saliency = df["saliency_mae"].notna().any()
     panels = [("all_cos", "mean cosine of output tokens", "Output tokens vs the unpruned encoder")]
@@ -277,12 +339,26 @@ def pareto(df: pd.DataFrame, cost: str, cost_label: str) -> Figure:
             ax.plot(part[cost], part[y], label=method, lw=1.6, **method_style(method, i))
         ax.set_xlabel(cost_label)
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        for _, r in df.iterrows():
-            ax.annotate(f"{r.keep_ratio:g}", (r[cost], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.legend(loc="best")
+        ax.set_title(f"{title} (numbers: keep ratio)", fontsize=10)
+        _label_points(ax, df, cost, y)
+        legend_outside(ax, where="right")
     fig.tight_layout()
     return fig
+
+
+def _label_points(ax, df: pd.DataFrame, x: str, y: str) -> None:
+    """Each point's keep ratio beside it: above for the 1st, 3rd... method, below for the others; a
+    label already written for the same ratio within 3 % of the axes is not written again."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    done: list[tuple[float, float, str]] = []
+    for i, (_, part) in enumerate(df.groupby("method", sort=False)):
+        for _, r in part.iterrows():
+            text, fx, fy = f"{r.keep_ratio:g}", (r[x] - x0) / (x1 - x0), (r[y] - y0) / (y1 - y0)
+            if any(t == text and abs(fx - a) < 0.03 and abs(fy - b) < 0.03 for a, b, t in done):
+                continue
+            done.append((fx, fy, text))
+            above = i % 2 == 0
+            ax.annotate(text, (r[x], r[y]), fontsize=7, xytext=(3, 4 if above else -10), textcoords="offset points")
 
 
 # --------------------------------------------------------------------------- the primer's pipeline diagram

@@ -1,16 +1,19 @@
 """What ran where, and printing numbers so that the notebook tests (nbval) can compare them.
 
-Numbers a test compares are printed as plain text with a fixed number of decimals
-(:func:`print_table`, :func:`print_values`): never timings, never DataFrame HTML.
+Numbers a test compares are shown as fixed text with a fixed number of decimals (:func:`show_table`,
+a Markdown table with its columns named in words; :func:`print_table`, :func:`print_values`): never
+timings, never DataFrame HTML (its element ids change from run to run).
 """
 
 from __future__ import annotations
 
 import html
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import transformers
@@ -19,6 +22,7 @@ import ipcv
 from ipcv.bench.common import device_name as _device_name
 
 from .encoders import Encoder
+from .names import column
 
 RESULTS_ENV = "IPCV_BOOK_RESULTS"
 
@@ -86,6 +90,44 @@ def print_table(df: pd.DataFrame, digits: int = 3) -> None:
     """A DataFrame as fixed-width text, floats rounded to ``digits`` decimals, no index."""
     text = df.to_string(index=False, float_format=lambda x: f"{x:.{digits}f}")
     print(text)
+
+
+SETTINGS = {"keep_ratio"}  # columns of settings, written as given (0.35), not to a number of decimals
+
+
+def _cell(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return f"{float(value):.{digits}f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3, labels: Mapping[str, str] | None = None) -> str:
+    """``df`` as a Markdown table: columns named in words and maths (:func:`ipcv.analysis.names.column`,
+    or ``labels``), numbers right-aligned with ``digits`` decimals, yes / no for booleans, no index."""
+    labels = labels or {}
+    heads = [labels.get(c) or column(c) for c in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+    settings = [c in SETTINGS for c in df.columns]  # e.g. 0.35, not 0.350
+    lines += [
+        "| " + " | ".join(f"{v:g}" if s else _cell(v, digits) for v, s in zip(row, settings)) + " |"
+        for row in df.itertuples(index=False)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def show_table(df: pd.DataFrame, digits: int = 3, labels: Mapping[str, str] | None = None) -> None:
+    """Show ``df`` as a table in the notebook and the book (:func:`markdown_table`: its header wraps in
+    the text column, maths typeset). The output is fixed text, so nbval compares it like a print."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(markdown_table(df, digits, labels)))
 
 
 def save_summary(name: str, table: pd.DataFrame | Mapping) -> Path | None:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims as claim_tests
-from .paper import latency_vs_table4, paper_table, table4_vs_vit_flops, vit_keep
+from . import names
+from .paper import KEEP, keep_label, paper_table, table4_ipcv_latency, table4_vs_vit_flops, tower_latency, vit_keep
+from .paper import readable as paper_readable
 
 NOT_IN_PAPER = "—"  # a setting the paper's table does not have
 NOT_MEASURED = pd.DataFrame([{"note": "not measured in this build (run `python -m ipcv.book build`)"}])
@@ -79,13 +81,14 @@ def restore_vs_table1(results: Path) -> pd.DataFrame:
 
 
 def tables(results: Path) -> dict[str, pd.DataFrame]:
-    """``{file stem: table}`` for ``book/_generated/``."""
-    latency, sources = latency_vs_table4()
-    none = pd.DataFrame([{"note": "no data/bench/vision_*.json yet (run `python -m ipcv.bench vision`)"}])
+    """``{file stem: table}`` for ``book/_generated/``: one ``tower_latency_<file>`` per
+    ``data/bench/vision_*.json`` (:func:`ipcv.analysis.paper.tower_latency`), Table 4's end-to-end
+    latency of IPCV on its own, the notebooks' summaries with their columns named in words, and the
+    paper's tables with their key columns first (:func:`ipcv.analysis.paper.readable`)."""
     out = {
-        "table4_vs_vit_flops": table4_vs_vit_flops(),
-        "latency_vs_table4": latency if len(latency) else none,
-        "latency_sources": sources if len(sources) else none,
+        "table4_vs_vit_flops": flops_shown(),
+        "table4_ipcv_latency": table4_ipcv_latency(),
+        **{f"tower_latency_{Path(t['file']).stem}": t["table"] for t in tower_latency()},
         "ablation_vs_table6": ablation_vs_table6(results),
         "restore_vs_table1": restore_vs_table1(results),
         "claims": claims(results),
@@ -93,8 +96,35 @@ def tables(results: Path) -> dict[str, pd.DataFrame]:
     }
     for name in ("ngr_premise", "attention_stabilization", "bound", "sensitivity", "token_pruning", "vit_baselines"):
         table = _read(results, name)
-        out[f"measured_{name}"] = NOT_MEASURED if table is None else table.round(4)
+        wide = name in ("bound", "token_pruning")  # a few keep ratios, many quantities: one column per ratio
+        shown = NOT_MEASURED if table is None else (by_keep_ratio if wide else readable)(table.round(4))
+        out[f"measured_{name}"] = shown
+    for name in ("table1", "table2", "table3", "table5", "table6"):  # a dozen columns: split in two
+        table = paper_readable(paper_table(name))
+        summary = [c for c in ("Avg. Acc. %", "Rel. Latency %") if c in table]
+        out[f"paper_{name}_summary"] = table[[KEEP, "method", *summary]]
+        out[f"paper_{name}_scores"] = table.drop(columns=summary)
+    out["paper_table4"] = paper_readable(paper_table("table4"))
     return out
+
+
+def flops_shown() -> pd.DataFrame:
+    """:func:`ipcv.analysis.paper.table4_vs_vit_flops` with Table 4's setting as ViT / LLM keep %."""
+    t = table4_vs_vit_flops()
+    return t.assign(setting=t.setting.map(keep_label)).rename(columns={"setting": KEEP}).drop(columns="ViT keep")
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its columns named in words and maths (:func:`ipcv.analysis.names.column`)."""
+    return table.rename(columns=names.column)
+
+
+def by_keep_ratio(table: pd.DataFrame) -> pd.DataFrame:
+    """A summary with one row per keep ratio and many columns, turned on its side: one row per quantity,
+    one column per keep ratio, so that it fits the page."""
+    side = table.set_index("keep_ratio").T
+    side.columns = [f"keep {k:g}" for k in side.columns]
+    return side.rename(index=names.column).rename_axis("quantity").reset_index()
 
 
 # --------------------------------------------------------------------------- the claims table
