@@ -9,30 +9,17 @@ model classes.
 
 from . import presets
 from .api import compress, compressed, restore, settings, stats, supported_models, vision_attention
-from .config import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop, keep_count
+from .budgets import keep_count
+from .catalog import METHODS
 from .flops import costs
+from .settings import DART, IPCV, DARTViT, FastV, LanguageMethod, SparseVLM, ToFu, ToMe, V2Drop, VisionMethod
 from .trace import trace
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DART",
-    "IPCV",
-    "DARTViT",
-    "FastV",
-    "SparseVLM",
-    "V2Drop",
-    "ToFu",
-    "ToMe",
-    "compress",
-    "compressed",
-    "costs",
-    "keep_count",
-    "presets",
-    "restore",
-    "settings",
-    "stats",
-    "supported_models",
-    "trace",
-    "vision_attention",
-]
+_API = ["compress", "compressed", "costs", "keep_count", "presets", "restore", "settings", "stats",
+        "supported_models", "trace", "vision_attention", "VisionMethod", "LanguageMethod"]  # fmt: skip
+# every method of the one table (ipcv.catalog.METHODS) is public under its settings class's name
+__all__ = [*(m.name for m in METHODS), *_API]
+if any(globals().get(m.name) is not m.settings for m in METHODS):
+    raise ImportError("ipcv: a method of ipcv.catalog.METHODS is not exported under its name")

@@ -12,26 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal, overload
 
 from torch import nn
 
-from . import schedules  # noqa: F401  (registers ToMe, ToFu, DARTViT in VISION_RUNNERS)
 from . import trace as _trace
-from .engine import VISION_RUNNERS
-from .language import LANGUAGE_RUNNERS
-from .models._attention import VARLEN, check_attention, register_varlen
+from .catalog import method_of
+from .models._attention import check_attention, check_decoder, set_attention
 from .models.base import Adapter
 from .models.registry import ADAPTERS, find, supported_models
+from .settings import LanguageMethod, VisionMethod
 
-__all__ = [
-    "ADAPTERS", "find", "compress", "compressed", "restore", "settings", "stats", "supported_models",
-    "vision_attention",
-]  # fmt: skip
+__all__ = ["compress", "compressed", "restore", "settings", "stats", "supported_models", "vision_attention"]
 
+Side = Literal["vision", "language"]
 _SETTINGS = "_ipcv_vision"
 _LANGUAGE = "_ipcv_language"
-# families whose adapters hand the LLM only a ViT-side baseline's kept merge units (output="reduced")
-REDUCED_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl")
 _subclasses: dict[tuple[type, object], type] = {}
 
 
@@ -42,8 +38,8 @@ def _patched_class(cls: type, forward) -> type:
     return _subclasses[key]
 
 
-def _language_targets(model: nn.Module, adapter: Adapter, language) -> tuple[nn.Module, nn.Module]:
-    found = adapter.language.locate(model) if adapter.language is not None else None
+def _language_targets(model: nn.Module, adapter: Adapter, language: LanguageMethod) -> tuple[nn.Module, nn.Module]:
+    found = adapter.locate_language(model)
     if found is None:
         raise TypeError(
             f"language={language!r}: a {type(model).__name__} has no language decoder; pass the whole model "
@@ -52,7 +48,7 @@ def _language_targets(model: nn.Module, adapter: Adapter, language) -> tuple[nn.
     return found
 
 
-def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
+def compress(model: nn.Module, vision: VisionMethod | None = None, language: LanguageMethod | None = None) -> nn.Module:
     """Patch ``model`` in place so it runs compressed; returns ``model``.
 
     Calls compose: a side given as None keeps what an earlier call set there, so
@@ -63,41 +59,38 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
 
     Args:
         vision: the vision-side method: ``ipcv.IPCV(...)`` or a baseline (``ipcv.ToMe``,
-            ``ipcv.ToFu``, ``ipcv.DARTViT``); any settings class registered in
-            :data:`ipcv.engine.VISION_RUNNERS`.
+            ``ipcv.ToFu``, ``ipcv.DARTViT``): any vision row of :data:`ipcv.catalog.METHODS`.
         language: the LLM-side method, pruning visual tokens inside the language decoder at
-            prefill: ``ipcv.DART``, ``ipcv.FastV``, ``ipcv.V2Drop``, ``ipcv.SparseVLM`` (any class
-            registered in :data:`ipcv.language.LANGUAGE_RUNNERS`). Needs a model with a decoder;
-            ``language=`` alone is the paper's "ViT retain 100%" setting.
+            prefill: ``ipcv.DART``, ``ipcv.FastV``, ``ipcv.V2Drop``, ``ipcv.SparseVLM`` (any language row
+            of :data:`ipcv.catalog.METHODS`). Needs a model with a decoder; ``language=`` alone is the
+            paper's "ViT retain 100%" setting.
     """
     if vision is None and language is None:
         raise ValueError(
             "compress: give a vision-side method (vision=ipcv.IPCV(0.35)) and/or a language-side one "
             "(language=ipcv.DART(0.35))"
         )
-    if vision is not None and type(vision) not in VISION_RUNNERS:
-        raise TypeError(
-            f"vision={vision!r} is not a vision-side method; use one of {', '.join(m.__name__ for m in VISION_RUNNERS)}"
-        )
-    if language is not None and type(language) not in LANGUAGE_RUNNERS:
-        raise TypeError(
-            f"language={language!r} is not a language-side method; use one of "
-            f"{', '.join(m.__name__ for m in LANGUAGE_RUNNERS)}"
-        )
+    for side, given in (("vision", vision), ("language", language)):
+        if given is not None:
+            try:
+                method_of(given, side)
+            except TypeError as e:
+                raise TypeError(f"{side}={e}") from None
     adapter, target = find(model)
     if vision is None:
         vision = getattr(target, _SETTINGS, None)  # compose: keep the vision side an earlier call set
     if language is None:
         language = settings(model, "language")
-    reduced = getattr(vision, "output", "full") == "reduced"
+    reduced = vision is not None and vision.reduces_output
     if vision is not None:
         vision.check_depth(adapter.depth(target))
         check_attention(target.config, type(model).__name__)
     if reduced:
-        found = adapter.language.locate(model) if adapter.language is not None else None
-        if adapter.family not in REDUCED_FAMILIES or found is None:
+        found = adapter.locate_language(model)
+        if not adapter.reduced_output or found is None:
+            families = tuple(a.family for a in ADAPTERS if a.reduced_output)
             raise NotImplementedError(
-                f"vision={vision!r}: output='reduced' is built for the mRoPE families {REDUCED_FAMILIES} only, "
+                f"vision={vision!r}: output='reduced' is built for the mRoPE families {families} only, "
                 f"on a whole model with its decoder (e.g. Qwen2VLForConditionalGeneration, Qwen2VLModel, "
                 f"Qwen2_5_VLForConditionalGeneration), got {type(model).__name__}; use output='full'"
             )
@@ -110,20 +103,16 @@ def compress(model: nn.Module, vision=None, language=None) -> nn.Module:
     if language is not None:
         outer, decoder = _language_targets(model, adapter, language)
         language.check_depth(len(decoder.layers))
-        check_attention(decoder.config, type(model).__name__)
-        if "sliding_attention" in getattr(decoder.config, "layer_types", ()):
-            raise ValueError(f"language={language!r}: sliding-window decoder layers are not supported")
+        check_decoder(decoder, type(model).__name__, language)
     restore(model)
     if vision is not None:
         target.__class__ = _patched_class(type(target), adapter.forward)
         setattr(target, _SETTINGS, vision)
-    if reduced:  # the outer call drops the unkept merge units, the decoder runs without them
-        outer, decoder = found
+    if reduced or language is not None:  # reduced: the outer call drops the unkept merge units
+        outer, decoder = found if reduced else (outer, decoder)
         outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
         decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
     if language is not None:
-        outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
-        decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
         setattr(decoder, _LANGUAGE, language)
     return model
 
@@ -148,26 +137,34 @@ def restore(model: nn.Module) -> nn.Module:
         )
     adapter, target = find(model)
     _unpatch(target, _SETTINGS)
-    found = adapter.language.locate(model) if adapter.language is not None else None
+    found = adapter.locate_language(model)
     if found is not None:
         _unpatch(found[0])
         _unpatch(found[1], _LANGUAGE)
     return model
 
 
-def settings(model: nn.Module, side: str = "vision"):
+@overload
+def settings(model: nn.Module, side: Literal["vision"] = "vision") -> VisionMethod | None: ...
+@overload
+def settings(model: nn.Module, side: Literal["language"]) -> LanguageMethod | None: ...
+
+
+def settings(model: nn.Module, side: Side = "vision") -> VisionMethod | LanguageMethod | None:
     """The settings ``model`` is compressed with on ``side`` ("vision" or "language"), or None."""
     adapter, target = find(model)
     if side == "vision":
         return getattr(target, _SETTINGS, None)
     if side == "language":
-        found = adapter.language.locate(model) if adapter.language is not None else None
+        found = adapter.locate_language(model)
         return None if found is None else getattr(found[1], _LANGUAGE, None)
     raise ValueError(f"settings: side={side!r} is not allowed: use 'vision' or 'language'")
 
 
 @contextmanager
-def compressed(model: nn.Module, vision=None, language=None) -> Iterator[nn.Module]:
+def compressed(
+    model: nn.Module, vision: VisionMethod | None = None, language: LanguageMethod | None = None
+) -> Iterator[nn.Module]:
     """``with ipcv.compressed(model, vision=ipcv.IPCV(0.35), language=ipcv.DART(0.35)):`` compress
     inside the block only, composed like :func:`compress` (a side given as None keeps its current
     settings); on exit both sides are back to what they were (uncompressed, or their earlier
@@ -196,7 +193,7 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
     context that opened it.
     """
     adapter, target = find(model)
-    found = adapter.language.locate(model) if adapter.language is not None else None
+    found = adapter.locate_language(model)
     with _trace.trace() as record:
         record.made_by = "stats"
 
@@ -222,7 +219,6 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
 
 
 VISION_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "varlen")
-_PACKED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # towers that attend over packed segments (cu_seqlens)
 
 
 def vision_attention(model: nn.Module, implementation: str) -> str:
@@ -239,26 +235,10 @@ def vision_attention(model: nn.Module, implementation: str) -> str:
     if implementation not in VISION_ATTENTION:
         raise ValueError(f"implementation={implementation!r} is not allowed: use one of {VISION_ATTENTION}")
     adapter, target = find(model)
-    name = implementation
-    if implementation == "varlen":
-        if adapter.family not in _PACKED_FAMILIES:
-            raise ValueError(
-                f"implementation='varlen' needs a tower that packs its images ({', '.join(_PACKED_FAMILIES)}); "
-                f"a {type(model).__name__} ({adapter.family}) batches them: use 'sdpa' or 'flash_attention_2'"
-            )
-        name = register_varlen()
-    elif implementation.startswith("flash"):
-        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
-
-        available = is_flash_attn_2_available() if implementation.endswith("2") else is_flash_attn_3_available()
-        if not available:
-            raise ValueError(
-                f"implementation={implementation!r} needs the flash-attn package (and a CUDA GPU); use 'varlen' "
-                "(PyTorch's own varlen kernel) or 'sdpa'"
-            )
-    configs = {id(m.config): m.config for m in target.modules() if hasattr(m, "config")}
-    configs.setdefault(id(target.config), target.config)
-    previous = target.config._attn_implementation or "eager"
-    for config in configs.values():
-        config._attn_implementation = name
-    return "varlen" if previous == VARLEN else previous
+    if implementation == "varlen" and not adapter.packs_segments:
+        packed = ", ".join(a.family for a in ADAPTERS if a.packs_segments)
+        raise ValueError(
+            f"implementation='varlen' needs a tower that packs its images ({packed}); "
+            f"a {type(model).__name__} ({adapter.family}) batches them: use 'sdpa' or 'flash_attention_2'"
+        )
+    return set_attention(target, implementation)

@@ -1,5 +1,7 @@
-"""Analytic FLOPs of a vision encoder, vanilla, under IPCV or under a vision-side baseline (ToMe,
-ToFu, DARTViT; their counts come from :mod:`ipcv.schedules`). A multiply-add counts 2 FLOPs.
+"""Analytic FLOPs of a vision encoder and a language decoder, vanilla or compressed, and the KV cache. A
+multiply-add counts 2 FLOPs. The tokens each block and layer processes, and each method's own work, come
+from the method's count in :data:`ipcv.catalog.METHODS` (the same schedule functions that run it), so what
+is counted is what runs; this module knows no method by name.
 
 Counted: the linear layers, the attention products (QK^T and AV, per segment), patch embedding
 and the encoder's own head (Qwen2-VL's merger), and IPCV's extra work: scoring (eq. 1), the kNN
@@ -13,10 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .config import IPCV, keep_count
-from .models.base import DecoderShape, EncoderShape  # noqa: F401  (re-exported: ipcv.flops.EncoderShape)
+from torch import nn
+
+from .catalog import method_of
 from .models.registry import find
-from .trace import Trace
+from .settings import VisionMethod
+from .shapes import DecoderShape, EncoderShape
+from .trace import DecoderRecord, Trace
 
 
 @dataclass(frozen=True)
@@ -60,17 +65,16 @@ def attention_windows(shape: EncoderShape, layer: int, seg_lengths: Sequence[int
     return [max(1, -(-int(n) // shape.window_tokens)) for n in seg_lengths]
 
 
-def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None) -> FlopCount:
+def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings: VisionMethod | None = None) -> FlopCount:
     """FLOPs of one call over segments of ``seg_lengths`` tokens (protected prefix included).
 
     When the model reads an inner layer (``shape.read_layer``), the method's schedule covers the
     blocks before it and the blocks from it on are counted on the full sequence, as they run.
 
-    ``settings``: None (vanilla), :class:`ipcv.IPCV`, or any other registered vision-side method
-    (ToMe, ToFu, DARTViT), whose per-block token counts come from the same schedule functions
-    that run it (:data:`ipcv.schedules.COUNTS`). For IPCV the per-segment kept counts follow
-    :func:`ipcv.keep_count` exactly as the library selects them (``scope="global"`` is counted as
-    if its budget fell evenly). ``tokens_per_block``: query tokens entering each block.
+    ``settings``: None (vanilla) or any vision-side method, whose per-block token counts and own work come
+    from its count in :data:`ipcv.catalog.METHODS` (for IPCV, :func:`ipcv.vision.ipcv.count_ipcv`: the
+    per-segment kept counts of :func:`ipcv.keep_count`, ``scope="global"`` counted as if its budget fell
+    evenly). ``tokens_per_block``: query tokens entering each block.
     """
     seg = [int(n) for n in seg_lengths]
     if shape.read_layer is not None and settings is not None and 0 < shape.read_layer < shape.depth:
@@ -86,43 +90,22 @@ def encoder_flops(shape: EncoderShape, seg_lengths: Sequence[int], settings=None
     return _encoder_flops(shape, seg, settings)
 
 
-def _encoder_flops(shape: EncoderShape, seg: list[int], settings) -> FlopCount:
-    L, D = sum(seg), shape.dim
+def _encoder_flops(shape: EncoderShape, seg: list[int], settings: VisionMethod | None) -> FlopCount:
+    L = sum(seg)
     fixed = L * (shape.embed_flops_per_token + shape.head_flops_per_token)
     if settings is None or settings.keep_ratio >= 1.0:
         total = sum(block_flops(shape, seg, seg, None, attention_windows(shape, i, seg)) for i in range(shape.depth))
         return FlopCount(total, 0, fixed, (L,) * shape.depth)
-    if not isinstance(settings, IPCV):
-        from .schedules import COUNTS
-
-        if type(settings) not in COUNTS:
-            raise TypeError(f"settings={settings!r} is not a vision-side method with an analytic count")
-        blocks, overhead = COUNTS[type(settings)](
-            settings, seg, shape.prefix_tokens, shape.depth, shape.dim, shape.heads
-        )
-        total = sum(
-            block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths), attention_windows(shape, i, seg))
-            for i, b in enumerate(blocks)
-        )
-        return FlopCount(total, overhead, fixed, tuple(sum(b.q_lengths) for b in blocks))
-    p = shape.prefix_tokens
-    kept = [keep_count(n - p, settings.keep_ratio) + p for n in seg]
-    removed = [n - k for n, k in zip(seg, kept)]
-    lp, n_as = settings.prune_layer, settings.stabilize_layers
-    blocks = 0
-    for i in range(shape.depth):  # full, stabilized (kept queries, all keys), kept only
-        q, kv = (seg, seg) if i < lp else (kept, seg) if i < lp + n_as else (kept, kept)
-        blocks += block_flops(shape, q, kv, None, attention_windows(shape, i, seg))
-    k = [min(settings.neighbors, c) for c in kept]
-    score = 3 * L * D
-    knn = sum(2 * D * r * c for r, c in zip(removed, kept))
-    ngr_uses = n_as + (1 if settings.reintegrate else 0)
-    ngr = ngr_uses * (sum(2 * D * r * kk for r, kk in zip(removed, k)) + D * sum(kept))
-    tokens = (L,) * lp + (sum(kept),) * (shape.depth - lp)
-    return FlopCount(blocks, score + knn + ngr, fixed, tokens)
+    count = method_of(settings, "vision").count
+    blocks, overhead = count(settings, seg, shape.prefix_tokens, shape.depth, shape.dim, shape.heads)
+    total = sum(
+        block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths), attention_windows(shape, i, seg))
+        for i, b in enumerate(blocks)
+    )
+    return FlopCount(total, overhead, fixed, tuple(sum(b.q_lengths) for b in blocks))
 
 
-def vision_flops(model, seg_lengths: Sequence[int], settings=None) -> FlopCount:
+def vision_flops(model: nn.Module, seg_lengths: Sequence[int], settings: VisionMethod | None = None) -> FlopCount:
     """:func:`encoder_flops` for the vision encoder of any model ``ipcv.compress`` accepts.
 
     ``seg_lengths``: tokens per image / video frame as the encoder sees them (patches, plus the
@@ -147,28 +130,19 @@ def decoder_layer_flops(shape: DecoderShape, queries: int, cache: int) -> int:
     return linear + 4 * shape.heads * hd * pairs
 
 
-def decoder_overhead(shape: DecoderShape, record) -> int:
-    """The LLM-side method's own work at its pruning layers (key / query projections it recomputes,
-    the scores, DART's cosine similarities, SparseVLM's clustering); norms, softmax and top-k are not
-    counted. From a :class:`ipcv.trace.DecoderRecord`."""
-    if not record.kept:
+def decoder_overhead(shape: DecoderShape, record: DecoderRecord) -> int:
+    """The LLM-side method's own work at its pruning layers (its ``<method>_overhead`` in
+    :mod:`ipcv.language`, from the settings the call ran under), summed over stages and samples; 0 for a
+    call that pruned nothing, or whose decoder ran no LLM-side method (vanilla, or a ViT-side baseline's reduced
+    output: no ``settings``). From a :class:`ipcv.trace.DecoderRecord`."""
+    if not record.kept or record.settings is None:
         return 0
-    D, kv = shape.dim, shape.kv_heads * shape.head_dim
+    overhead = method_of(record.settings, "language").count
     total = 0
     for layer in record.stages:
         before = layer - 1
         for b, n in enumerate(record.tokens[before]):
-            vis = record.visual[before][b]
-            text = n - vis
-            if record.method == "DART":
-                total += 2 * n * D * kv + 2 * D * 8 * vis
-            elif record.method == "FastV":
-                total += 2 * n * D * kv + 2 * D * D + 2 * n * shape.heads * shape.head_dim
-            elif record.method == "V2Drop":
-                total += 3 * vis * D
-            elif record.method == "SparseVLM":
-                deleted = vis - record.visual[layer][b]
-                total += 2 * n * D * kv + 2 * text * D * D + 2 * text * n * D + 2 * deleted**2 * D
+            total += overhead(record.settings, shape, n, record.visual[before][b], record.visual[layer][b])
     return total
 
 

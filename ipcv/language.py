@@ -14,8 +14,10 @@ own budget, in every sample of the batch. Samples of a padded batch may keep dif
 tokens; the token set stays rectangular ``[B, N]`` with the shorter samples padded on the left by
 *filler* slots that no token attends to (``Slots.valid`` False), the same way left padding is.
 
-The registry :data:`LANGUAGE_RUNNERS` maps each settings class to its selection function; every
-per-call value lives in local variables and in the :class:`Slots` passed around.
+Each method is a selection function (``select_<method>``, one pruning stage) and an overhead count
+(``<method>_overhead``, its own work at one stage, for :func:`ipcv.costs`); :mod:`ipcv.catalog` pairs them
+with the settings classes. Every per-call value lives in local variables and in the :class:`Slots` passed
+around.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from typing import Protocol
 import torch
 
 from . import trace as _trace
-from .config import DART, FastV, SparseVLM, V2Drop, progressive_counts, reduction_of
+from .budgets import dart_per_pivot, progressive_counts
 from .methods.dart import dart_keep, pivot_scores
 from .methods.fastv import attention_probs, last_token_scores
 from .methods.ipcv import feature_difference_scores
 from .methods.sparsevlm import rater_scores, recycle, recycled_clusters
+from .settings import DART, FastV, SparseVLM, V2Drop
+from .shapes import DecoderShape
 
 
 @dataclass
@@ -157,7 +161,7 @@ def _top(scores: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
     return rows[scores[rows].float().topk(k).indices] if k < rows.numel() else rows
 
 
-# --- the methods' selections (registered in LANGUAGE_RUNNERS) -------------------------------------
+# --- the methods' selections at one pruning stage (paired with their settings in ipcv.catalog) ------------
 
 
 def _guide_text(slots: Slots, b: int, text_from: str) -> torch.Tensor:
@@ -190,7 +194,7 @@ def select_dart(ops: DecoderOps, settings: DART, stage: int, layer: int, h, h_pr
             k = min(settings.counts(n)[0], rows.numel())
             per = None
             if settings.budget == "per_pivot" and k < rows.numel():
-                per = int(n * (1.0 - reduction_of(settings.keep_ratio)) / settings.pivots)
+                per = dart_per_pivot(n, settings.keep_ratio, settings.pivots)
             local = dart_keep(
                 states[b, rows], scores[b, rows], k, settings.pivots - settings.text_pivots, guides,
                 positions=slots.pos[b, rows] if official else None,
@@ -306,13 +310,33 @@ def embedding_raters(h0: torch.Tensor, slots: Slots, b: int) -> torch.Tensor:
     return slots.pos[b, text[chosen] if bool(chosen.any()) else text]
 
 
-# The registry of LLM-side methods: settings class -> selection at one pruning stage.
-LANGUAGE_RUNNERS: dict[type, Callable[..., Selection]] = {
-    DART: select_dart,
-    FastV: select_fastv,
-    V2Drop: select_v2drop,
-    SparseVLM: select_sparsevlm,
-}
+# --- each method's own work at one pruning stage, for ipcv.costs (norms, softmax and top-k not counted) -------
+# Arguments: the decoder's shape, n tokens and vis visual tokens entering the layer before the pruning layer
+# (one sample), vis_after visual tokens left after the stage.
+
+
+def dart_overhead(settings: DART, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """The keys DART recomputes (``2 n D kv``) and the cosine similarities of its ``pivots`` pivots to the
+    visual tokens (``2 D pivots vis``)."""
+    return 2 * n * shape.dim * shape.kv_heads * shape.head_dim + 2 * shape.dim * settings.pivots * vis
+
+
+def fastv_overhead(settings: FastV, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """The keys FastV recomputes, the last token's query and its attention row over all heads."""
+    D = shape.dim
+    return 2 * n * D * shape.kv_heads * shape.head_dim + 2 * D * D + 2 * n * shape.heads * shape.head_dim
+
+
+def v2drop_overhead(settings: V2Drop, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """The change of every visual token across the layer (difference and norm, ``3 vis D``)."""
+    return 3 * vis * shape.dim
+
+
+def sparsevlm_overhead(settings: SparseVLM, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """The keys it recomputes, the raters' queries and attention rows, and the DPC-kNN distances among the
+    deleted tokens."""
+    D, text, deleted = shape.dim, n - vis, vis - vis_after
+    return 2 * n * D * shape.kv_heads * shape.head_dim + 2 * text * D * D + 2 * text * n * D + 2 * deleted**2 * D
 
 
 def prunes_anything(settings, slots: Slots) -> bool:
@@ -368,8 +392,11 @@ def _apply(
     return h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])), index, new
 
 
-def run_language(ops: DecoderOps, h: torch.Tensor, slots: Slots, settings) -> torch.Tensor:
-    """Run all decoder layers of one prefill call under the LLM-side method ``settings``.
+def run_language(
+    ops: DecoderOps, h: torch.Tensor, slots: Slots, settings, select: Callable[..., Selection]
+) -> torch.Tensor:
+    """Run all decoder layers of one prefill call under the LLM-side method ``settings``, whose selection at
+    each pruning stage is ``select`` (``select_<method>``; :func:`ipcv.catalog.run_language` picks it).
 
     Args:
         h: ``[B, L, D]`` input of layer 0 (the prompt's embeddings); slots: the prompt's
@@ -378,7 +405,6 @@ def run_language(ops: DecoderOps, h: torch.Tensor, slots: Slots, settings) -> to
         tokens hold their final state, a pruned token the state it had when it was pruned.
     """
     stages = {layer: s for s, layer in enumerate(settings.stage_layers())}
-    select = LANGUAGE_RUNNERS[type(settings)]
     if isinstance(settings, SparseVLM) and settings.raters == "embeddings":
         slots.raters = [embedding_raters(h[b], slots, b) for b in range(h.shape[0])]
     frozen = torch.zeros_like(h)
@@ -400,6 +426,6 @@ def run_language(ops: DecoderOps, h: torch.Tensor, slots: Slots, settings) -> to
     frozen[rows[slots.valid], slots.pos[slots.valid]] = h[slots.valid]
     if record is not None:
         record.decoder.append(
-            _trace.DecoderRecord(type(settings).__name__, tokens, visual, tokens, kept, sorted(stages))
+            _trace.DecoderRecord(type(settings).__name__, tokens, visual, tokens, kept, sorted(stages), settings)
         )
     return frozen

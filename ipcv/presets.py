@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from .config import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop
+from .settings import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop
 
 PROTOCOLS: tuple[str, ...] = ("paper", "official")
 
@@ -82,8 +82,12 @@ PAPER_LLM_LAYER = 3  # the evaluation script's pruned_layer: DART (alone and aft
 # against the table's 42.0 / 29.5 / 17.0 %), not at the script's layer 3 (45.3 / 32.6 / 20.0 %);
 # DART fits layer 3 (45.5 / 32.7 / 19.9 % against 45.6 / 33.0 / 20.8 %). See the book's differences page.
 PAPER_FASTV_LAYER = 2
-PAPER_VIT_LAYER = {"qwen2_vl": 3, "internvl": 7}  # IPCV's l_p (and the ViT baselines' first pruned block)
+# per model family (the adapters' names, ipcv.models.registry): IPCV's l_p (and the ViT baselines' first pruned
+# block), its AS depth, and its budget scope (the authors' Qwen2-VL code takes one top-K over the call; their
+# InternVL3 rows run per 448x448 tile, see the book's page on differences)
+PAPER_VIT_LAYER = {"qwen2_vl": 3, "internvl": 7}
 PAPER_AS = {"qwen2_vl": 7, "internvl": 3}
+PAPER_IPCV_SCOPE = {"qwen2_vl": "global", "internvl": "segment"}
 PAPER_NEIGHBORS = 10
 TOME_RELEASE_MIN_KEEP = 0.8  # the authors' ToMe/ToFu ports: a block removes at most 20 % of its tokens
 
@@ -149,7 +153,7 @@ def _llm(method: str, keep: float, protocol: str):
 
 
 def _ipcv(keep: float, family: str, protocol: str, **ablation) -> IPCV:
-    scope = "global" if protocol == "paper" and family == "qwen2_vl" else "segment"
+    scope = PAPER_IPCV_SCOPE[family] if protocol == "paper" else "segment"
     values = dict(
         prune_layer=PAPER_VIT_LAYER[family], stabilize_layers=PAPER_AS[family], neighbors=PAPER_NEIGHBORS, scope=scope
     )

@@ -7,7 +7,6 @@ IPCV-specific work took. Nothing is stored on modules: the recorder lives in a C
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
+
+from .clock import Clock, sync
 
 
 @dataclass
@@ -72,7 +73,8 @@ class DecoderRecord:
     tokens among them. cache: ``[layer][sample]`` tokens in that layer's KV cache after the call
     (the keys the call's last query attends to), padding and filler slots excluded. kept:
     ``[stage][sample][span]`` tokens of each visual span after each pruning stage. stages: the
-    pruning layers (0-based; their inputs were pruned).
+    pruning layers (0-based; their inputs were pruned). settings: the LLM-side settings it ran under
+    (None: vanilla), from which :func:`ipcv.costs` counts the method's own work.
     """
 
     method: str
@@ -81,6 +83,7 @@ class DecoderRecord:
     cache: list[list[int]]
     kept: list[list[list[int]]] = field(default_factory=list)
     stages: list[int] = field(default_factory=list)
+    settings: object = None
 
 
 @dataclass
@@ -122,11 +125,6 @@ def active() -> Trace | None:
     return _current.get()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @contextmanager
 def section(name: str, device: torch.device) -> Iterator[None]:
     """Time a step into the active trace's ``sections`` (no-op unless ``trace(timing=True)``)."""
@@ -134,10 +132,10 @@ def section(name: str, device: torch.device) -> Iterator[None]:
     if t is None or not t.timing:
         yield
         return
-    _sync(device)
-    start = time.perf_counter()
+    sync(device)  # the section's own time only, not what was queued before it
+    clock = Clock(device)
+    start = clock.mark()
     try:
         yield
     finally:
-        _sync(device)
-        t.sections[name] += time.perf_counter() - start
+        t.sections[name] += clock.seconds(start, clock.mark())

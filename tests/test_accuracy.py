@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipcv.analysis import accuracy
+from ipcv.book import accuracy
 
 
 @pytest.mark.parametrize("table", ["table1", "table2", "table3", "table6"])

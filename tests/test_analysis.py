@@ -13,9 +13,10 @@ from conftest import make_tower
 from transformers import Dinov2Config, Dinov2Model
 
 import ipcv
-from ipcv.analysis import bound, claims, costs, encoders, fidelity, hidden, paper, pruning, report, status
+from ipcv.analysis import bound, encoders, fidelity, flop_tables, hidden, pruning
 from ipcv.analysis import images as imgs
-from ipcv.flops import EncoderShape
+from ipcv.book import claims, paper, report, status
+from ipcv.shapes import EncoderShape
 
 SIZE, PATCH = 56, 8  # 7 x 7 patches + CLS
 
@@ -248,18 +249,18 @@ def test_appendix_e_by_brute_force(vit):
 def test_stabilized_block_flops_by_hand():
     shape = EncoderShape(depth=1, dim=4, mlp_dim=8)
     # kept queries: linear 2*16*(2*4 + 2*10) + 2*2*4*4*8 = 1408, attention 4*4*(4*10) = 640
-    assert costs.stabilized_block_flops(shape, [10], [4], "kept") == 2048
+    assert flop_tables.stabilized_block_flops(shape, [10], [4], "kept") == 2048
     # all queries: full block 2*16*40 + 4*10*4*8 + 4*4*100 = 4160, minus the MLP of 6 removed rows (768)
-    assert costs.stabilized_block_flops(shape, [10], [4], "all") == 3392
+    assert flop_tables.stabilized_block_flops(shape, [10], [4], "all") == 3392
     with pytest.raises(ValueError):
-        costs.stabilized_block_flops(shape, [10], [4], "some")
+        flop_tables.stabilized_block_flops(shape, [10], [4], "some")
 
 
 def test_qwen2vl_7b_on_meta():
-    tower = costs.qwen2vl_7b_tower()
+    tower = flop_tables.qwen2vl_7b_tower()
     assert next(tower.parameters()).is_meta
     assert round(sum(p.numel() for p in tower.parameters()) / 1e6, 1) == 675.8
-    table = costs.flop_table(tower, [1024], {"vanilla": None, "ipcv": ipcv.IPCV(0.35)})
+    table = flop_tables.flop_table(tower, [1024], {"vanilla": None, "ipcv": ipcv.IPCV(0.35)})
     assert table.ratio.iloc[0] == 1.0 and 0.3 < table.ratio.iloc[1] < 0.6
 
 
@@ -323,7 +324,7 @@ def _restore_tables(ngr_minus_copy: float):
 
 
 def _reintegration(ctx, ngr_minus_copy):
-    from ipcv.analysis import findings
+    from ipcv.book import findings
 
     restore, restore_images = _restore_tables(ngr_minus_copy)
     ablation = pd.DataFrame(dict(variant=["IPCV", "w/o AS", "w/o Reint."], all_cos=[0.8, 0.7, 0.4]))
@@ -343,7 +344,7 @@ def _reintegration(ctx, ngr_minus_copy):
 def test_findings_state_the_runs_numbers_and_verdicts():
     from types import SimpleNamespace
 
-    from ipcv.analysis import findings
+    from ipcv.book import findings
 
     ctx = findings.context(SimpleNamespace(label="a trained encoder", trained=True), "cpu", 8, 56)
     assert ctx.startswith("In this run (weights: a trained encoder; 8 photographs at 56 px;") and ctx.trained
@@ -372,7 +373,7 @@ def test_findings_state_the_runs_numbers_and_verdicts():
 def test_findings_on_untrained_weights_draw_no_verdict():
     from types import SimpleNamespace
 
-    from ipcv.analysis import findings
+    from ipcv.book import findings
 
     ctx = findings.context(SimpleNamespace(label="random (untrained): ...", trained=False), "cpu", 8, 56)
     assert not ctx.trained and 'every verdict below reads "not a result"' in ctx
@@ -381,7 +382,7 @@ def test_findings_on_untrained_weights_draw_no_verdict():
 
 
 def test_findings_tell_close_numbers_apart():
-    from ipcv.analysis import findings
+    from ipcv.book import findings
 
     assert findings._pair(0.9991, 0.9994) == ("0.9991", "0.9994")  # never "1.00 -> 1.00"
     assert findings._pair(0.5, 0.5) == ("0.50", "0.50")
@@ -416,7 +417,7 @@ def test_status_claims_follow_the_builds_results(tmp_path):
 
 
 def test_method_styles_stay_apart_in_grey_scale():
-    from ipcv.analysis import plots
+    from ipcv.book import plots
 
     styles = [plots.method_style(m) for m in ("IPCV", "ToMe", "ToFu", "DART (ViT)")]
     for key in ("marker", "ls", "color"):
@@ -427,7 +428,7 @@ def test_method_styles_stay_apart_in_grey_scale():
 
 
 def test_markdown_table_escapes_pipes():
-    from ipcv import book
+    from ipcv.book import build as book
 
     text = book.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["{doc}`z`"]}))
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x\\|y | {doc}`z` |"]
@@ -439,7 +440,7 @@ def test_figure4_panels_plot_what_their_titles_say():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ipcv.analysis import accuracy, efficiency
+    from ipcv.book import accuracy, efficiency
 
     table = accuracy.paper_table("table4").rename(columns={"latency_pct": "total %"})
     acc = {(s, m): a for s, m, a in table[["setting", "method", "mmb_acc"]].itertuples(index=False)}
@@ -477,7 +478,7 @@ def test_tower_latency_one_table_per_file_from_cpu_time(monkeypatch, tmp_path):
     tables = status.tables(tmp_path)
     assert {"tower_latency_vision_a", "tower_latency_vision_b", "table4_ipcv_latency"} <= set(tables)
     assert set(tables["table4_ipcv_latency"].method) == {"Vanilla", "IPCV"}
-    from ipcv import book
+    from ipcv.book import build as book
 
     page = book.tower_latency_page()
     assert "**InternViT-300M, 448x448 tiles: CPU time, median of 2 repeats.**" in page

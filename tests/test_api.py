@@ -113,7 +113,7 @@ def test_keep_count_rejects_an_n_that_is_no_count(n):
 
 
 def test_keep_count_follows_the_documented_formula_and_keeps_nothing_of_nothing():
-    from ipcv.config import floor_count
+    from ipcv.budgets import floor_count
 
     def documented(n: int, keep_ratio: float) -> int:  # K = max(1, min(n, floor(keep_ratio * n + 0.5))), n >= 1
         return max(1, min(n, math.floor(keep_ratio * n + 0.5)))

@@ -13,8 +13,9 @@ from conftest import MIXED, SEVERAL, SINGLE, VIDEO, make_tower, pixels
 from reference import keep_budget
 
 import ipcv
-from ipcv.flops import EncoderShape, encoder_flops, vision_flops
+from ipcv.flops import encoder_flops, vision_flops
 from ipcv.methods import dart, tome
+from ipcv.shapes import EncoderShape
 
 METHODS = {
     "tome": ipcv.ToMe,

@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_qwen2vl
 
 import ipcv
-from ipcv.analysis import efficiency as analysis
 from ipcv.bench import efficiency
+from ipcv.book import efficiency as analysis
 
 
 def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path, capsys):

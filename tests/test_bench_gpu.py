@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import ipcv
+from ipcv import catalog
 from ipcv.bench import gpu
 from ipcv.bench.prefill import paper_settings
-from ipcv.engine import VISION_RUNNERS
 
 
 def _args(tmp_path, **kw):
@@ -128,14 +128,14 @@ def test_refuses_without_cuda_and_real_size_on_cpu(tmp_path):
 
 
 def test_sync_counter_leaves_the_runner_as_it_was():
-    runner = VISION_RUNNERS[ipcv.IPCV]
+    runner = catalog.BY_SETTINGS[ipcv.IPCV]
     with gpu.count_syncs(torch.device("cpu")) as seen:
-        assert VISION_RUNNERS[ipcv.IPCV] is runner and seen == []
-    assert VISION_RUNNERS[ipcv.IPCV] is runner
+        assert catalog.BY_SETTINGS[ipcv.IPCV] is runner and seen == []
+    assert catalog.BY_SETTINGS[ipcv.IPCV] is runner
 
 
 def test_status_claim_uses_only_real_gpu_runs(bench, tmp_path, monkeypatch):
-    from ipcv.analysis import efficiency, status
+    from ipcv.book import efficiency, status
 
     (tmp_path / "gpu_cpu.json").write_text(json.dumps(bench))  # a tiny CPU run is no GPU measurement
     assert efficiency.gpu_runs(tmp_path) == []
@@ -159,10 +159,10 @@ def test_parts_run_in_separate_calls_merge_into_one_file(bench):
 
 
 def test_table4_rows_are_found_for_every_benchmark_name():
-    from ipcv.bench.common import paper_table4, table4_key
     from ipcv.bench.prefill import protocol_settings
+    from ipcv.paper import table4, table4_key
 
-    paper = paper_table4()
+    paper = table4()
     assert paper[table4_key("vanilla")]["latency_pct"] == 100.0
     assert paper[table4_key("IPCV | ViT 35% / LLM 35%")]["latency_pct"] == 60.8  # the paper's headline figure
     ours = paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))

@@ -14,7 +14,7 @@ from ipcv.flops import vision_flops
 
 
 @pytest.mark.parametrize(
-    "family, blocks, width", [("qwen2_vl", 32, 1280), ("qwen2_5_vl", 32, 1280), ("internvl3", 24, 1024)]
+    "family, blocks, width", [("qwen2_vl", 32, 1280), ("qwen2_5_vl", 32, 1280), ("internvl", 24, 1024)]
 )
 def test_real_size_towers_and_flop_ratios(family, blocks, width):
     tower = vision.build_tower(torch.device("meta"), torch.float32, "sdpa", family=family)
@@ -22,7 +22,7 @@ def test_real_size_towers_and_flop_ratios(family, blocks, width):
     shape = adapter.shape(target)
     assert (shape.depth, shape.dim) == (blocks, width)
     segments = vision.FAMILIES[family].segments(1024)
-    assert segments == ([1025] if family == "internvl3" else [1024])
+    assert segments == ([1025] if family == "internvl" else [1024])
     inputs = vision.FAMILIES[family].inputs(1024, torch.device("meta"), torch.float32)
     assert all(t.device.type == "meta" for t in inputs.values())
     vanilla = vision_flops(tower, segments).total
@@ -43,4 +43,4 @@ def test_window_attention_costs_less_than_full_attention():
 
 def test_internvl_patches_must_be_whole_tiles():
     with pytest.raises(ValueError, match="--patches 1000: .*multiple of 1024"):
-        vision.FAMILIES["internvl3"].inputs(1000, torch.device("meta"), torch.float32)
+        vision.FAMILIES["internvl"].inputs(1000, torch.device("meta"), torch.float32)

@@ -13,7 +13,7 @@ nbformat = pytest.importorskip("nbformat")
 yaml = pytest.importorskip("yaml")
 pytest.importorskip("papermill")
 
-from ipcv import book  # noqa: E402
+from ipcv.book import build as book  # noqa: E402
 
 SOURCES = book.notebooks()
 
@@ -74,7 +74,7 @@ def test_parse_value():
 
 
 def test_results_variable_matches_report():
-    from ipcv.analysis import report
+    from ipcv.book import report
 
     assert book.RESULTS_ENV == report.RESULTS_ENV
 

@@ -14,7 +14,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
-from ipcv import book  # noqa: E402
+from ipcv.book import build as book  # noqa: E402
 
 
 def save_local_qwen2_vl(path):
@@ -64,7 +64,7 @@ def test_what_we_saw_has_no_number_of_its_own():
 
 
 def test_notebook_on_a_local_qwen2_vl_names_it_and_not_dinov2(tmp_path):
-    from ipcv.analysis import status
+    from ipcv.book import status
 
     model = save_local_qwen2_vl(tmp_path / "tiny-qwen2-vl")
     src = book.notebooks(["01"])[0]
@@ -107,7 +107,7 @@ NOT_QUALITY = ("§3.4–3.5", "§3.5, Table 5", "§4, Tables 1–3, Figure 4", "
 def test_every_notebook_that_takes_a_model_runs_on_a_local_random_qwen2_vl_and_claims_nothing(tmp_path):
     """Item 4 of the newcomer issue: every notebook with a ``model`` parameter, executed as the book build runs it
     (book.run_all, the build's own loop) on three photographs, so that the verdicts have images to test on."""
-    from ipcv.analysis import status
+    from ipcv.book import status
 
     model = save_local_qwen2_vl(tmp_path / "tiny-qwen2-vl")
     paths = [p for p in book.notebooks() if "model" in book.parameters_of(p)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("jupyter_book")
-from ipcv import book  # noqa: E402
+from ipcv.book import build as book  # noqa: E402
 
 PAGE = """# Maths check
 
@@ -47,7 +47,7 @@ def tables_page(generated: Path) -> str:
     import numpy as np
     import pandas as pd
 
-    from ipcv.analysis import accuracy, efficiency, report, status
+    from ipcv.book import accuracy, efficiency, report, status
 
     generated.mkdir(parents=True)
     parts = ["# Tables\n"]

@@ -16,8 +16,8 @@ import pytest
 
 import ipcv
 from ipcv.eval import store
-from ipcv.eval.measure import summarize
-from ipcv.eval.methods import format_method, parse_method
+from ipcv.measure import summarize
+from ipcv.method_strings import format_method, parse_method
 
 # --- method strings ------------------------------------------------------------------------------
 
@@ -315,8 +315,9 @@ def test_every_family_has_a_wrapper_of_the_harness_kind():
     from ipcv.eval import harness, plugin
 
     manifests = {m.model_id: m for m in plugin.manifests()}
-    assert set(manifests) == set(plugin.MODELS) and "ipcv_qwen2_vl" in manifests
-    for model_id, (name, base, kind) in plugin.MODELS.items():
+    rows = {h.model_id: (h.class_name, h.wrapper, h.kind) for h in plugin.harnesses().values()}
+    assert set(manifests) == set(rows) and "ipcv_qwen2_vl" in manifests
+    for model_id, (name, base, kind) in rows.items():
         cls = getattr(harness, name)
         assert issubclass(cls, harness._Compressed) and issubclass(cls, lmms)
         assert cls.__mro__[2].__name__ == base.rsplit(".", 1)[1]
@@ -617,6 +618,10 @@ def test_refuses_to_run_under_a_launcher(monkeypatch):
 
 def test_every_family_of_the_sweeps_has_a_wrapper():
     from ipcv.eval import plugin
-    from ipcv.eval.sweeps import FAMILY_MODELS
+    from ipcv.eval.sweeps import sweeps
 
-    assert set(FAMILY_MODELS.values()) == set(plugin.MODELS)
+    families = plugin.harnesses()
+    assert {s.family for s in sweeps().values()} <= set(families)
+    assert set(families) == {"qwen2_vl", "qwen2_5_vl", "internvl", "llava"}  # one vocabulary: the adapters' names
+    ids = {h.model_id for h in families.values()}
+    assert ids == {"ipcv_qwen2_vl", "ipcv_qwen2_5_vl", "ipcv_internvl3", "ipcv_llava"}

@@ -8,7 +8,8 @@ import pytest
 from conftest import make_tower
 
 import ipcv
-from ipcv.flops import EncoderShape, encoder_flops, vision_flops
+from ipcv.flops import encoder_flops, vision_flops
+from ipcv.shapes import EncoderShape
 
 
 def test_encoder_flops_hand_count():
@@ -43,12 +44,12 @@ def test_vision_flops_reads_the_model():
 
 def test_vision_benchmark_runs_on_a_small_tower(monkeypatch, tmp_path, capsys):
     from ipcv.bench import __main__ as cli
-    from ipcv.bench import vision
+    from ipcv.models import qwen2_vl
 
-    monkeypatch.setattr(
-        vision,
+    monkeypatch.setattr(  # the tower the qwen2_vl adapter names, shrunk (read when the benchmark builds it)
+        qwen2_vl,
         "QWEN2_VL_7B_VISION",
-        dict(vision.QWEN2_VL_7B_VISION, depth=4, embed_dim=32, num_heads=2, hidden_size=16),
+        dict(qwen2_vl.QWEN2_VL_7B_VISION, depth=4, embed_dim=32, num_heads=2, hidden_size=16),
     )
     out = tmp_path / "v.json"
     cli.main(["vision", "--patches", "64", "--keep", "0.5", "--prune-layer", "1", "--stabilize-layers", "1",
@@ -59,4 +60,4 @@ def test_vision_benchmark_runs_on_a_small_tower(monkeypatch, tmp_path, capsys):
     assert "CPU" in result["device"]
     assert "ipcv0.5" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--patches 60"):
-        vision.square_grid(60)
+        qwen2_vl.square_grid(60)

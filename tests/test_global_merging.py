@@ -20,10 +20,11 @@ from test_reduced_output import model as model  # noqa: F401  (the module's fixt
 from transformers.vision_utils import get_vision_position_ids
 
 import ipcv
+from ipcv.catalog import BY_SETTINGS
 from ipcv.flops import vision_flops
 from ipcv.methods.tome import bipartite_soft_matching, release_matching
 from ipcv.models.qwen2_vl import UNITS_KEY, reduced_units
-from ipcv.schedules import COUNTS, global_plan, run_merging
+from ipcv.vision.merging import global_plan, run_merging
 
 # --- the authors' port, transcribed --------------------------------------------------------------
 
@@ -271,7 +272,7 @@ def test_port_rule_in_the_tower(grid, tofu):
 
 
 def test_counts_follow_the_run(model):  # noqa: F811
-    """The analytic count (COUNTS, ipcv.flops) removes per block what the run removes from the call."""
+    """The analytic count (the method's row in ipcv.catalog) removes per block what the run removes from the call."""
     grid = [[1, 8, 12], [1, 4, 8], [2, 4, 6]]
     tower = model.model.visual
     for settings in (
@@ -283,7 +284,7 @@ def test_counts_follow_the_run(model):  # noqa: F811
             tower(pixels(grid), grid_thw=torch.tensor(grid))
         ran = [sum(c) for c in tr.calls[0].tokens_per_block]
         seg = [96, 32, 24, 24]
-        blocks, overhead = COUNTS[type(settings)](settings, seg, 0, len(tower.blocks), 64, 4)
+        blocks, overhead = BY_SETTINGS[type(settings)].count(settings, seg, 0, len(tower.blocks), 64, 4)
         assert [sum(b.q_lengths) for b in blocks] == ran
         assert sum(blocks[-1].mlp_lengths) == sum(tr.calls[0].keep_counts)
         assert overhead > 0

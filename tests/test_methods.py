@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ipcv.methods import ipcv as m
+from ipcv.methods import packed
 
 
 def test_keep_count_rounds_half_up_and_clamps():
@@ -62,7 +63,7 @@ def test_find_neighbors_stays_in_segment_and_pads_small_segments():
     g = torch.Generator().manual_seed(1)
     h = torch.randn(12, 8, generator=g)
     keep = torch.tensor([0, 1, 2, 8])  # segment 0 = 0..7 keeps 3, segment 1 = 8..11 keeps 1
-    rem = m.complement(keep, 12)
+    rem = packed.complement(keep, 12)
     nb = m.find_neighbors(h, keep, rem, [8, 4], [3, 1], neighbors=2)
     assert nb.index.shape == (8, 2)
     for r, i in enumerate(rem.tolist()):
@@ -86,5 +87,5 @@ def test_ngr_is_equation_5():
 
 def test_scatter_tokens_puts_rows_back():
     keep, rem = torch.tensor([0, 3]), torch.tensor([1, 2, 4])
-    full = m.scatter_tokens(torch.tensor([[0.0], [3.0]]), torch.tensor([[1.0], [2.0], [4.0]]), keep, rem)
+    full = packed.scatter_tokens(torch.tensor([[0.0], [3.0]]), torch.tensor([[1.0], [2.0], [4.0]]), keep, rem)
     assert full.flatten().tolist() == [0, 1, 2, 3, 4]

@@ -8,6 +8,7 @@ in our own words; they follow the published procedures, not their code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -17,13 +18,13 @@ from conftest import pixels, tiny_qwen2vl
 from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
 
 import ipcv
-from ipcv import language as lang
-from ipcv.config import floor_count, progressive_counts
+from ipcv import catalog
+from ipcv.budgets import floor_count, per_pivot4, progressive_counts
 from ipcv.methods import dart as dart_fns
 from ipcv.methods.ipcv import select_tokens
 from ipcv.methods.sparsevlm import recycled_clusters
 from ipcv.methods.tome import release_schedule
-from ipcv.schedules import dart_select, per_pivot4
+from ipcv.vision.dart_vit import dart_select
 
 # --- plain transcriptions of the official rules ---------------------------------------------------
 
@@ -186,7 +187,7 @@ def test_v2drop_progressive_counts():
 def test_layer_averaged_budget_matches_sparsevlm_accounting():
     # SparseVLM counts the equivalent tokens as the average over all layers: LLaVA 576 tokens, 32 layers,
     # counts 300 / 200 / 110 from the inputs of layers 2 / 6 / 16 average 191 tokens
-    from ipcv.config import average_counts, layer_average
+    from ipcv.budgets import average_counts, layer_average
 
     assert layer_average(576, [300, 200, 110], (2, 6, 16), 32) == pytest.approx(191.0)
     counts = average_counts(256, 0.35, (3, 7, 16), 28)
@@ -264,19 +265,20 @@ def internals(model, kw):
 def library_choice(model, kw, settings):
     """Visual prompt positions the library keeps at each stage (the selections of one call)."""
     chosen = []
-    select = lang.LANGUAGE_RUNNERS[type(settings)]
+    row = catalog.BY_SETTINGS[type(settings)]
+    select = row.run
 
     def spy(ops, s, stage, layer, h, h_prev, slots):
         sel = select(ops, s, stage, layer, h, h_prev, slots)
         chosen.append(sorted(slots.pos[0, sel.keep[0]].tolist()))
         return sel
 
-    lang.LANGUAGE_RUNNERS[type(settings)] = spy
+    catalog.BY_SETTINGS[type(settings)] = dataclasses.replace(row, run=spy)
     try:
         with torch.no_grad(), ipcv.compressed(model, language=settings):
             model(**kw)
     finally:
-        lang.LANGUAGE_RUNNERS[type(settings)] = select
+        catalog.BY_SETTINGS[type(settings)] = row
     return chosen
 
 
@@ -458,7 +460,7 @@ def _vanilla_stats(model, kw):
 
 
 def test_average_budget_refuses_what_it_cannot_reach():
-    from ipcv.config import average_counts
+    from ipcv.budgets import average_counts
 
     with pytest.raises(ValueError, match=r"keep_ratio=0\.11 cannot be reached with budget='average' for a span of 256"):
         average_counts(256, 0.11, (3, 7, 16), 28)

@@ -188,3 +188,10 @@ def test_table4_rows_run_in_the_prefill_bench(protocol):
     ok, refused = runnable(protocol_settings(protocol))
     expected = {} if protocol == "paper" else {"V2Drop | vit100_llm5", "SparseVLM | vit100_llm5"}
     assert set(refused) == set(expected) and len(ok) + len(refused) == len(presets.paper_rows("table4"))
+
+
+def test_the_paper_tables_per_family_use_the_adapters_names():
+    from ipcv.models.registry import families
+
+    for table in (presets.PAPER_VIT_LAYER, presets.PAPER_AS, presets.PAPER_IPCV_SCOPE):
+        assert set(table) <= set(families()), table

@@ -403,7 +403,7 @@ def _meta_tower_call(grid):
 
 @pytest.mark.parametrize("grid", [SINGLE, SEVERAL, VIDEO, MIXED], ids=["single", "several", "video", "mixed"])
 def test_ipcv_block_loop_never_reads_the_device(grid):
-    from ipcv.engine import run_ipcv
+    from ipcv.vision.ipcv import run_ipcv
 
     with pytest.raises(RuntimeError, match="meta"):  # the detector works: a host read fails on meta
         torch.ones(3, device="meta").sum().item()

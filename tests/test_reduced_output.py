@@ -9,7 +9,7 @@ import torch
 from conftest import make_tower, pixels, tiny_qwen2vl
 
 import ipcv
-from ipcv.config import keep_count
+from ipcv.budgets import keep_count
 from ipcv.models.qwen2_vl import UNITS_KEY, reduced_units
 
 IMAGE, VIDEO_TOKEN, START, END, PAD = 250, 251, 252, 253, 0

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ipcv.analysis import claims, weights
 from ipcv.analysis import verdicts as v
+from ipcv.analysis import weights
+from ipcv.book import claims
 
 IMAGES = [f"im{i}" for i in range(8)]
 

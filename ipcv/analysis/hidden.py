@@ -1,6 +1,6 @@
 """One unpruned forward with every block's input, and one compressed forward under ``ipcv.trace``.
 
-Block indices follow :mod:`ipcv.engine`: ``Unpruned.states[l]`` is the input of block ``l``
+Block indices follow :mod:`ipcv.vision.ipcv`: ``Unpruned.states[l]`` is the input of block ``l``
 (``l = 0`` the patch embeddings) and ``states[depth]`` the output of the last block, before any
 final norm or merger; the paper's ``h_{i,l}`` is ``states[l][i]`` and its ``l_final + 1`` is
 ``depth``. A compressed run's ``states[l]`` (from the trace) is the *output* of block ``l`` for the

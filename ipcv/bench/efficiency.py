@@ -3,7 +3,7 @@
 For every setting (vanilla, the ViT-side methods at 65/50/35/20 % paired with LLM-side DART at the same
 ratio, the LLM-side methods at 35/20/5 % with the whole ViT), one MMBench-like prompt (one 448x448
 image, a short question) is answered with ``--new-tokens`` greedy tokens and measured the way
-``python -m ipcv.eval`` measures a benchmark sample (:func:`ipcv.eval.measure.measured_generate`): total
+``python -m ipcv.eval`` measures a benchmark sample (:func:`ipcv.measure.measured_generate`): total
 latency, prefill latency (start of generate to the end of the first forward), time inside the vision
 tower, analytic prefill FLOPs and the KV cache after prefill. Figure 1: vanilla's vision-tower share
 of prefill time for a low-resolution image, a high-resolution image and a video.
@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 
 import ipcv
+from ipcv.models.configs import QWEN2_VL_2B_TEXT, QWEN2_VL_7B_VISION
 
-from ..eval.measure import measured_generate
-from ..eval.methods import format_method
-from .common import Progress, UsageError, environment, median, note, positive_int, write_json
-from .prefill import QWEN2_VL_2B_TEXT, build_model, inputs, paper_settings, text_ids
-from .vision import DTYPES, QWEN2_VL_7B_VISION
+from ..measure import environment, measured_generate
+from ..method_strings import format_method
+from .common import Progress, UsageError, median, note, positive_int, write_json
+from .prefill import build_model, inputs, paper_settings, text_ids
+from .vision import DTYPES
 
 # Figure 1's three inputs: (name, kind, side in px, frames)
 FIGURE1_INPUTS = (
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
         },  # fmt: skip
         "input": "Table 4: one 448x448 image (1024 patches, 256 LLM visual tokens) and 27 text tokens, batch 1",
         "new_tokens": args.new_tokens,
-        "measure": "ipcv.eval.measure.measured_generate: total = the whole generate() call, prefill = start of "
+        "measure": "ipcv.measure.measured_generate: total = the whole generate() call, prefill = start of "
         "generate to the end of the first forward (vision encoder included), vision = inside the vision tower; "
         "medians of repeats timed interleaved across settings",
         "protocol": "this library's defaults (ViT-side methods full-length output + LLM-side DART at the same "

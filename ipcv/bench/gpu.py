@@ -49,46 +49,26 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransforme
 from transformers.utils import is_flash_attn_2_available
 
 import ipcv
-from ipcv.engine import VISION_RUNNERS
+from ipcv import catalog
 from ipcv.models._attention import varlen_kernel
-
-from ..eval.methods import format_method
-from . import vision
-from .common import (
-    Progress,
-    UsageError,
-    check_device,
-    environment,
-    median,
-    note,
-    paper_table4,
-    positive_int,
-    table4_key,
-    write_json,
+from ipcv.models.configs import (
+    QWEN2_VL_2B_TEXT,
+    QWEN2_VL_2B_TOKENS,
+    QWEN2_VL_7B_TEXT,
+    QWEN2_VL_7B_VISION,
+    TINY_TEXT,
+    TINY_TOKENS,
+    TINY_VISION,
 )
-from .efficiency import apply, generate_measured, video_inputs
-from .prefill import QWEN2_VL_2B_TEXT, QWEN2_VL_2B_TOKENS, inputs, paper_settings, protocol_settings
-from .vision import DTYPES, QWEN2_VL_7B_VISION
 
-# Qwen/Qwen2-VL-7B-Instruct config.json, text part (its tower: QWEN2_VL_7B_VISION, merger out 3584)
-QWEN2_VL_7B_TEXT = dict(
-    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-    num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False,
-    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
-    bos_token_id=151643, eos_token_id=151645,
-)  # fmt: skip
-# --size tiny (the CPU variant): the same classes, small widths, enough layers for every method's defaults
-TINY_TEXT = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=24, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
-    rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-    bos_token_id=1, eos_token_id=2,
-)  # fmt: skip
-TINY_VISION = dict(
-    depth=12, embed_dim=64, num_heads=4, hidden_size=64, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
-    temporal_patch_size=2, in_channels=3,
-)  # fmt: skip
-TINY_TOKENS = dict(image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503)
+from ..measure import environment
+from ..method_strings import format_method
+from ..paper import table4, table4_key
+from . import vision
+from .common import Progress, UsageError, check_device, median, note, positive_int, write_json
+from .efficiency import apply, generate_measured, video_inputs
+from .prefill import inputs, paper_settings, protocol_settings
+from .vision import DTYPES
 
 SIZES = {
     # size: (check model (text, vision, tokens), latency model, inputs (name, kind, side, frames), tower patches)
@@ -189,7 +169,8 @@ def count_syncs(device: torch.device) -> Iterator[list]:
     """Count host-device synchronisations inside IPCV's block schedule (CUDA only): the runner is
     wrapped for the duration, under ``torch.cuda.set_sync_debug_mode("warn")``."""
     seen: list = []
-    runner = VISION_RUNNERS[ipcv.IPCV]
+    row = catalog.BY_SETTINGS[ipcv.IPCV]
+    runner = row.run
     if device.type != "cuda":
         yield seen
         return
@@ -205,11 +186,11 @@ def count_syncs(device: torch.device) -> Iterator[list]:
             torch.cuda.set_sync_debug_mode(previous)
             seen.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
 
-    VISION_RUNNERS[ipcv.IPCV] = guarded
+    catalog.BY_SETTINGS[ipcv.IPCV] = dataclasses.replace(row, run=guarded)  # the table row IPCV's calls read
     try:
         yield seen
     finally:
-        VISION_RUNNERS[ipcv.IPCV] = runner
+        catalog.BY_SETTINGS[ipcv.IPCV] = row
 
 
 def _logits(model, kw: dict) -> torch.Tensor:
@@ -344,7 +325,7 @@ def latency(args, device: torch.device) -> dict:
     settings = paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
     if args.protocol != "ours":
         settings = protocol_settings(args.protocol)
-    paper = paper_table4()
+    paper = table4()
     results = []
     for label, kind, side, frames in SIZES[args.size][2]:
         kw = prompt(model, kind, side, frames)
@@ -401,7 +382,7 @@ def latency(args, device: torch.device) -> dict:
         "protocol": args.protocol,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
-        "measure": "ipcv.eval.measure.measured_generate (CUDA events on a GPU): total = the whole generate() call, "
+        "measure": "ipcv.measure.measured_generate (CUDA events on a GPU): total = the whole generate() call, "
         "prefill = start of generate to the end of the first forward (vision tower included), vision = inside the "
         "tower; medians of repeats timed interleaved across settings after one warm-up call of each; peak = "
         "torch.cuda.max_memory_allocated during the call (weights included)",
@@ -434,6 +415,7 @@ def tower(args, device: torch.device) -> list[dict]:
         family = dataclasses.replace(
             family, name="vision_qwen2vl_tiny", title="tiny Qwen2-VL vision tower", weights=WEIGHTS["tiny"],
             build=lambda: Qwen2VisionTransformerPretrainedModel(Qwen2VLVisionConfig(**TINY_VISION)),
+            depth=TINY_VISION["depth"],
         )  # fmt: skip
     out = []
     for attn in attention_implementations(device):

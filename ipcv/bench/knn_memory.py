@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ipcv.config import keep_count
-from ipcv.methods.ipcv import KNN_BLOCK_ELEMENTS, complement, find_neighbors
+from ipcv.budgets import keep_count
+from ipcv.methods.ipcv import KNN_BLOCK_ELEMENTS, find_neighbors
+from ipcv.methods.packed import complement
 
-from .common import Progress, check_device, environment, positive_int, ratio, write_json
+from ..measure import environment
+from .common import Progress, check_device, positive_int, ratio, write_json
 
 
 def _status_bytes(field: str) -> int:

@@ -17,21 +17,14 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditionalGeneration
 
 import ipcv
+from ipcv.models.configs import QWEN2_VL_2B_TEXT, QWEN2_VL_2B_TOKENS, QWEN2_VL_7B_VISION
 
-from .common import Progress, UsageError, environment, median, nonnegative_int, note, timed, write_json
-from .vision import DTYPES, QWEN2_VL_7B_VISION
+from ..clock import timed
+from ..measure import environment
+from ..paper import table4
+from .common import Progress, UsageError, median, nonnegative_int, note, write_json
+from .vision import DTYPES
 
-# Qwen/Qwen2-VL-2B-Instruct config.json (text part and token ids); its vision tower is the 7B one
-# with a 1536-wide merger output
-QWEN2_VL_2B_TEXT = dict(
-    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-    num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True,
-    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
-    bos_token_id=151643, eos_token_id=151645,
-)  # fmt: skip
-QWEN2_VL_2B_TOKENS = dict(
-    image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653
-)
 TEXT_BEFORE, TEXT_AFTER = 15, 10  # chat template around the image: system + user turn, question + assistant
 
 
@@ -108,7 +101,7 @@ QWEN2_VL_7B_LAYERS, TABLE4_VISUAL, TABLE4_TEXT = 28, 1259, 77
 def visual_per_layer(language, visual: int, layers: int) -> list[int]:
     """Visual tokens each decoder layer holds after an LLM-side pruner (one image, batch 1), from the
     settings' own budget functions (SparseVLM's recycled cluster tokens included)."""
-    from ipcv.config import progressive_counts
+    from ipcv.budgets import progressive_counts
     from ipcv.methods.sparsevlm import recycled_clusters
 
     if language is None:
@@ -134,7 +127,7 @@ QWEN2_VL_7B_DECODER = dict(layers=28, dim=3584, mlp_dim=18944, heads=28, kv_head
 
 
 def _qwen2_vl_7b_tower_shape():
-    from ipcv.flops import EncoderShape
+    from ipcv.shapes import EncoderShape
 
     c = QWEN2_VL_7B_VISION
     D, m = c["embed_dim"], c["spatial_merge_size"] ** 2
@@ -148,7 +141,8 @@ def _prefill_tflops(vision, visual_per_layer: list[int], visual: int, text: int)
     under ``vision`` (one image: a global budget is that image's) and the decoder layers with causal attention."""
     import dataclasses
 
-    from ipcv.flops import DecoderShape, decoder_layer_flops, encoder_flops
+    from ipcv.flops import decoder_layer_flops, encoder_flops
+    from ipcv.shapes import DecoderShape
 
     if vision is not None and getattr(vision, "output", "full") == "reduced":
         vision = dataclasses.replace(vision, output="full")
@@ -161,10 +155,11 @@ def _prefill_tflops(vision, visual_per_layer: list[int], visual: int, text: int)
 def reduced_visual_tokens(vision, patches: int, depth: int = 32, unit: int = 4) -> int:
     """LLM visual tokens a ViT-side baseline with ``output="reduced"`` hands on for one image of
     ``patches`` patches in a tower of ``depth`` blocks: its surviving patches from the schedule that runs
-    it (ToMe / ToFu: :func:`ipcv.schedules.global_plan` or :func:`ipcv.schedules.merge_plan`;
-    DART-ViT: :func:`ipcv.schedules.dart_vit_counts`), turned into merge units by the rule of
+    it (ToMe / ToFu: :func:`ipcv.vision.merging.global_plan` or :func:`ipcv.vision.merging.merge_plan`;
+    DART-ViT: :func:`ipcv.vision.dart_vit.dart_vit_counts`), turned into merge units by the rule of
     :func:`ipcv.models.qwen2_vl.reduced_units` (survivors / unit, half up, at least one)."""
-    from ipcv.schedules import dart_vit_counts, global_plan, merge_plan
+    from ipcv.vision.dart_vit import dart_vit_counts
+    from ipcv.vision.merging import global_plan, merge_plan
 
     if isinstance(vision, ipcv.DARTViT):
         survivors = dart_vit_counts(vision, patches)
@@ -181,21 +176,17 @@ def table4_kv_fit(visual: int = TABLE4_VISUAL, text: int = TABLE4_TEXT) -> list[
     caches; FLOPs are the vision tower's and the decoder layers' (:mod:`ipcv.flops`). ViT-side
     baselines hand the LLM their reduced token set (``output="reduced"``): ``text`` +
     :func:`reduced_visual_tokens` in every layer. No model runs; a row a protocol cannot reach is None."""
-    import csv
-
     layers, vanilla = QWEN2_VL_7B_LAYERS, QWEN2_VL_7B_LAYERS * (visual + text)
     vanilla_tflops = _prefill_tflops(None, [visual] * layers, visual, text)
-    table = Path(__file__).resolve().parents[2] / "data" / "paper" / "table4_efficiency_mmbench.csv"
-    with open(table, newline="") as f:
-        rows = list(csv.DictReader(f))
+    table = table4()
+    paper_vanilla = table[("vanilla", "Vanilla")]  # Table 4's 100 %: 76.6 MB, 31.9 TFLOPs
     out = []
-    for r in rows:
-        setting, method = r["setting"], r["method"]
+    for (setting, method), r in table.items():
         fit = {
             "setting": setting,
             "method": method,
-            "table4_kv_pct": 100 * float(r["kv_cache_mb"]) / 76.6,
-            "table4_tflops_pct": 100 * float(r["tflops"]) / 31.9,
+            "table4_kv_pct": 100 * r["kv_cache_mb"] / paper_vanilla["kv_cache_mb"],
+            "table4_tflops_pct": 100 * r["tflops"] / paper_vanilla["tflops"],
         }
         for protocol in ipcv.presets.PROTOCOLS:
             vision, language = ipcv.presets.paper_settings("table4", setting, method, protocol)

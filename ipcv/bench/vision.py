@@ -1,7 +1,8 @@
 """Latency of an MLLM's vision tower, vanilla vs IPCV, at real sizes with random weights.
 
-``--family``: qwen2_vl (Qwen2-VL-7B's tower), qwen2_5_vl (Qwen2.5-VL-7B's, window attention),
-internvl3 (InternViT-300M of InternVL3-1B/2B/8B, one 448x448 tile = 1024 patches + CLS per tile).
+``--family``: every family whose adapter names a real-size tower (:attr:`ipcv.models.base.Adapter.tower`):
+qwen2_vl (Qwen2-VL-7B's tower), qwen2_5_vl (Qwen2.5-VL-7B's, window attention), internvl (InternViT-300M of
+InternVL3-1B/2B/8B, one 448x448 tile = 1024 patches + CLS per tile).
 Latency and FLOPs do not depend on weight values, so random weights at the real architecture give
 a real speed measurement (and no accuracy: none is reported). Settings are timed interleaved
 (vanilla, keep 0.65, 0.5, ... then again) so that slow drift of the machine hits all alike. Beside
@@ -13,112 +14,31 @@ waiting threads do not spin).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
-from transformers.models.internvl.modeling_internvl import InternVLVisionModel
-from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
 import ipcv
 from ipcv.flops import vision_flops
+from ipcv.models.base import RealTower
+from ipcv.models.registry import families
 
-from .common import (
-    Progress,
-    UsageError,
-    check_device,
-    environment,
-    median,
-    nonnegative_int,
-    note,
-    positive_int,
-    ratio,
-    timed,
-    write_json,
-)
+from ..clock import timed
+from ..measure import environment
+from .common import Progress, UsageError, check_device, median, nonnegative_int, note, positive_int, ratio, write_json
 
-# Qwen/Qwen2-VL-7B-Instruct vision_config (the 2B model has the same tower, hidden_size 1536)
-QWEN2_VL_7B_VISION = dict(
-    depth=32, embed_dim=1280, num_heads=16, hidden_size=3584, mlp_ratio=4, patch_size=14,
-    spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-)  # fmt: skip
-# Qwen/Qwen2.5-VL-7B-Instruct vision_config (3B and 72B share the tower, out_hidden_size differs)
-QWEN2_5_VL_7B_VISION = dict(
-    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
-    spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu",
-)  # fmt: skip
-# OpenGVLab/InternVL3-{1B,2B,8B}-hf vision_config: InternViT-300M-448px-V2.5
-INTERNVIT_300M = dict(
-    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, image_size=[448, 448],
-    patch_size=[14, 14], norm_type="layer_norm", use_qk_norm=False, layer_scale_init_value=0.1,
-    use_absolute_position_embeddings=True, use_mean_pooling=True, hidden_act="gelu",
-)  # fmt: skip
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass(frozen=True)
-class Family:
-    """One tower to time: how to build it, its input for ``patches`` patches, and its segments."""
-
-    name: str  # JSON file stem
-    title: str
-    weights: str
-    build: Callable[[], torch.nn.Module]
-    inputs: Callable[[int, torch.device, torch.dtype], dict]
-    segments: Callable[[int], list[int]]
+# --family -> the real-size tower its adapter names
+FAMILIES: dict[str, RealTower] = {name: a.tower for name, a in families().items() if a.tower is not None}
 
 
-def square_grid(patches: int) -> list[list[int]]:
-    side = math.isqrt(patches)
-    if side * side != patches or side % 2:
-        raise ValueError(f"--patches {patches}: must be the square of an even number (e.g. 1024, 4096)")
-    return [[1, side, side]]
-
-
-def _qwen_inputs(patches: int, device, dtype) -> dict:
-    grid = torch.tensor(square_grid(patches), device=device)
-    return dict(hidden_states=torch.randn(patches, 3 * 2 * 14 * 14, device=device, dtype=dtype), grid_thw=grid)
-
-
-def _tiles(patches: int, device, dtype) -> dict:
-    if patches % 1024:
-        raise ValueError(f"--patches {patches}: InternVL tiles are 448x448 (1024 patches each); use a multiple of 1024")
-    return dict(pixel_values=torch.randn(patches // 1024, 3, 448, 448, device=device, dtype=dtype))
-
-
-FAMILIES = {
-    "qwen2_vl": Family(
-        "vision_qwen2vl7b", "Qwen2-VL-7B vision tower",
-        "random (architecture of Qwen/Qwen2-VL-7B-Instruct's vision tower); no accuracy is implied",
-        lambda: Qwen2VisionTransformerPretrainedModel(Qwen2VLVisionConfig(**QWEN2_VL_7B_VISION)),
-        _qwen_inputs, lambda n: [n],
-    ),
-    "qwen2_5_vl": Family(
-        "vision_qwen2_5vl7b", "Qwen2.5-VL-7B vision tower (window attention, 4 full-attention blocks)",
-        "random (architecture of Qwen/Qwen2.5-VL-7B-Instruct's vision tower); no accuracy is implied",
-        lambda: Qwen2_5_VisionTransformerPretrainedModel(Qwen2_5_VLVisionConfig(**QWEN2_5_VL_7B_VISION)),
-        _qwen_inputs, lambda n: [n],
-    ),
-    "internvl3": Family(
-        "vision_internvit300m", "InternViT-300M (InternVL3-1B/2B/8B vision tower), 448x448 tiles",
-        "random (architecture of OpenGVLab/InternVL3-8B-hf's vision tower, InternViT-300M-448px-V2.5); "
-        "no accuracy is implied",
-        lambda: InternVLVisionModel(InternVLVisionConfig(**INTERNVIT_300M)),
-        _tiles, lambda n: [1024 + 1] * (n // 1024),
-    ),
-}  # fmt: skip
-
-
-def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0, family: str | Family = "qwen2_vl"):
+def build_tower(
+    device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0, family: str | RealTower = "qwen2_vl"
+):
     torch.manual_seed(seed)
     with torch.device(device):
         tower = (FAMILIES[family] if isinstance(family, str) else family).build()
@@ -130,7 +50,7 @@ def build_tower(device: torch.device, dtype: torch.dtype, attn: str, seed: int =
     return tower
 
 
-def run(args: argparse.Namespace, family: Family | None = None, desc: str = "vision") -> dict:
+def run(args: argparse.Namespace, family: RealTower | None = None, desc: str = "vision") -> dict:
     """Time the tower of ``args.family`` (or of ``family``, a tower not in :data:`FAMILIES`); ``desc``
     names the run in the progress display."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -227,7 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_vl", help="which tower (real size)")
     p.add_argument(
         "--patches", type=positive_int, nargs="+", default=[1024, 4096],
-        help="patches of one square image, the square of an even number (internvl3: a multiple of 1024, one "
+        help="patches of one square image, the square of an even number (internvl: a multiple of 1024, one "
         "448x448 tile each)",
     )  # fmt: skip
     p.add_argument("--keep", type=ratio, nargs="+", default=[0.65, 0.5, 0.35, 0.2], help="keep ratios, in (0, 1]")
@@ -243,14 +163,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: data/bench/...)")
 
 
-def depth(family: str) -> int:
-    """Blocks of the tower of ``family`` (read from its config when called)."""
-    configs = {"qwen2_vl": (QWEN2_VL_7B_VISION, "depth"), "qwen2_5_vl": (QWEN2_5_VL_7B_VISION, "depth")}
-    configs["internvl3"] = (INTERNVIT_300M, "num_hidden_layers")
-    config, key = configs[family]
-    return config[key]
-
-
 def validate(args: argparse.Namespace) -> None:
     """UsageError for arguments no tower can run (checked before one is built)."""
     family = FAMILIES[args.family]
@@ -259,7 +171,7 @@ def validate(args: argparse.Namespace) -> None:
             family.inputs(patches, torch.device("meta"), torch.float32)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    blocks = depth(args.family)
+    blocks = family.depth
     if not args.prune_layer < blocks:
         raise UsageError(
             f"--prune-layer {args.prune_layer}: outside the allowed range [1, {blocks - 1}] ({family.title}: "

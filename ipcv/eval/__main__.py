@@ -39,11 +39,15 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
+from ..measure import summarize
+from ..method_strings import format_method, parse_method
+from ..models import registry
 from . import store
 from .checks import MODEL_FIX, Model, ModelCannotLoad, check_model, load_error, task_problem
-from .measure import summarize
-from .methods import format_method, parse_method
-from .sweeps import FAMILY_MODEL_TYPES, FAMILY_MODELS, SWEEPS, TASK_NOTES, Setting, Sweep, sweeps
+from .plugin import harnesses
+from .sweeps import SWEEPS, TASK_NOTES, Setting, Sweep, sweeps
+
+FAMILIES = harnesses()  # --family -> how lmms-eval runs it (the adapters' harness rows)
 
 DEFAULT_STORE = Path("data/results/results.jsonl")
 DEFAULT_RAW = Path("data/results/raw")
@@ -103,8 +107,8 @@ def _custom(args) -> Sweep:
 def _select(sweep: Sweep, args) -> Sweep:
     """The sweep with the command line's model, family and task subset applied."""
     family = args.family or sweep.family
-    if family not in FAMILY_MODELS:
-        raise SystemExit(f"--family {family!r} is not allowed: use one of {', '.join(FAMILY_MODELS)}")
+    if family not in FAMILIES:
+        raise SystemExit(f"--family {family!r} is not allowed: use one of {', '.join(FAMILIES)}")
     tasks = sweep.tasks
     if args.tasks and sweep.name != "custom":
         wanted = _task_list(args.tasks)
@@ -148,7 +152,7 @@ def _command(sweep: Sweep, setting: Setting, tasks: list[str], run_dir: Path, ar
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.processes), "-m"]
     else:
         cmd = [sys.executable, "-m"]
-    cmd += ["lmms_eval", "--model", FAMILY_MODELS[sweep.family], "--model_args", ",".join(model_args)]
+    cmd += ["lmms_eval", "--model", FAMILIES[sweep.family].model_id, "--model_args", ",".join(model_args)]
     cmd += ["--tasks", ",".join(tasks), "--batch_size", str(args.batch_size), "--log_samples"]
     cmd += ["--output_path", str(run_dir / "lmms_eval")]
     if args.limit is not None:
@@ -234,14 +238,14 @@ def check_tasks(tasks, include_path: str | None) -> None:
 def not_built(setting: Setting, family: str | None = None) -> str | None:
     """Why the library cannot run ``setting`` yet, or None: a settings switch that is refused whatever
     the model, or (given the sweep's ``family``) a ViT-side baseline's ``output="reduced"`` on a family
-    that does not have it (:data:`ipcv.api.REDUCED_FAMILIES`)."""
-    from ..api import REDUCED_FAMILIES
-
+    that does not have it (:attr:`ipcv.models.base.Adapter.reduced_output`)."""
+    reduced_families = tuple(name for name, a in registry.families().items() if a.reduced_output)
     for text, side in ((setting.vision, "vision"), (setting.language, "language")):
         settings = parse_method(text, side)
-        if family is not None and getattr(settings, "output", "full") == "reduced" and family not in REDUCED_FAMILIES:
+        reduces = side == "vision" and settings is not None and settings.reduces_output
+        if family is not None and reduces and not registry.family(family).reduced_output:
             return (
-                f"output='reduced' is built for the mRoPE families {REDUCED_FAMILIES} only, not for {family!r} "
+                f"output='reduced' is built for the mRoPE families {reduced_families} only, not for {family!r} "
                 "(see the book's page on differences)"
             )
         try:
@@ -359,7 +363,7 @@ def dry_run(plan: Plan, args) -> int:
     sweep = plan.sweep
     print(f"[{sweep.name}] {sweep.description}")
     print(f"[{sweep.name}] model: {plan.model.describe()}; --family {sweep.family}: lmms-eval --model "
-          f"{FAMILY_MODELS[sweep.family]}")  # fmt: skip
+          f"{FAMILIES[sweep.family].model_id}")  # fmt: skip
     env = "HF_HUB_OFFLINE=1 " if plan.model.offline else ""
     for step in plan.steps:
         name = f"[{sweep.name}] {step.setting.name}"
@@ -451,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="hub id or local directory (default: the model the paper used for the sweep)")
     p.add_argument(
         "--family",
-        help=f"model family: {', '.join(f'{f} (model_type {t})' for f, t in FAMILY_MODEL_TYPES.items())}; "
+        help=f"model family: {', '.join(f'{f} (model_type {h.model_type})' for f, h in FAMILIES.items())}; "
         "must match --model's config.json (default: the sweep's; custom: qwen2_vl)",
     )
     p.add_argument("--tasks", help="comma-separated lmms-eval tasks (a named sweep: a subset of its tasks)")

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sweeps import FAMILY_MODEL_TYPES
+from .plugin import harnesses
 
 MODEL_FIX = (
     "give --model a local directory holding the checkpoint (config.json, *.safetensors, processor files), "
@@ -168,13 +168,14 @@ def check_model(model: str, family: str) -> Model:
                     f"the hub cannot be reached ({why}) and its cached copy {snapshot} has no {'; no '.join(missing)}"
                 )
             found = Model(model, _config(Path(config))["model_type"], "hub cache", snapshot, offline=True)
-    wanted = FAMILY_MODEL_TYPES[family]
+    FAMILIES = harnesses()
+    wanted = FAMILIES[family].model_type
     if found.model_type != wanted:
-        fits = [f for f, t in FAMILY_MODEL_TYPES.items() if t == found.model_type]
+        fits = [f for f, h in FAMILIES.items() if h.model_type == found.model_type]
         hint = (
             f"use --family {fits[0]}"
             if fits
-            else "ipcv.eval runs " + ", ".join(f"{f} (model_type {t})" for f, t in FAMILY_MODEL_TYPES.items())
+            else "ipcv.eval runs " + ", ".join(f"{f} (model_type {h.model_type})" for f, h in FAMILIES.items())
         )
         raise ValueError(
             f"--family {family} does not match --model {model}: its config.json has model_type "

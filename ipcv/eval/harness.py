@@ -1,23 +1,23 @@
 """lmms-eval model wrappers that compress the harness's own models after loading.
 
-Each wrapper (one per model family, listed in :data:`ipcv.eval.plugin.MODELS`) subclasses lmms-eval's
+Each wrapper (one per model family with a harness row, :func:`ipcv.eval.plugin.harnesses`) subclasses lmms-eval's
 wrapper of its family (so prompts, generation and scoring are
 exactly the harness's) and adds three model arguments:
 
     lmms-eval --model ipcv_qwen2_vl \\
         --model_args pretrained=Qwen/Qwen2-VL-7B-Instruct,vision=IPCV:0.35,language=DART:0.35 --tasks mme,pope
 
-- ``vision`` / ``language``: method strings (:mod:`ipcv.eval.methods`: ``IPCV:0.35``,
+- ``vision`` / ``language``: method strings (:mod:`ipcv.method_strings`: ``IPCV:0.35``,
   ``IPCV:0.35:prune_layer=4``, ``ToMe:0.5``, ``DART:0.35``, ``none``), validated before the model loads;
 - ``ipcv_log``: a JSON-lines file that receives one record per ``generate`` call (task, latency,
-  prefill, visual tokens per LLM layer, FLOPs, KV MB; :class:`ipcv.eval.measure.CallRecord`); with
+  prefill, visual tokens per LLM layer, FLOPs, KV MB; :class:`ipcv.measure.GenerateRecord`); with
   several processes each rank writes ``<ipcv_log>.rank<r>``. If the family's wrapper cannot load the
   model, its message goes to ``ipcv_load_error.rank<r>.txt`` beside ``ipcv_log`` (lmms-eval only logs
   it and exits 0), so ``python -m ipcv.eval`` stops the sweep there.
 
 Every call is also handed to lmms-eval's own throughput log, so its results JSON carries
 ``throughput.avg_prefill_s``, ``avg_visual_tokens_llm``, ``avg_tflops``, ``avg_kv_mb`` beside the total
-latency; per-task aggregates are logged at the end of each task (:func:`ipcv.eval.measure.summarize`).
+latency; per-task aggregates are logged at the end of each task (:func:`ipcv.measure.summarize`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from loguru import logger
 
 from .. import api
-from ..bench.common import device_name
+from ..measure import device_name, measured_generate, summarize
+from ..method_strings import format_method, parse_method
 from .checks import write_load_error
-from .measure import measured_generate, summarize
-from .methods import format_method, parse_method
 
 
 class _Compressed:
@@ -105,16 +104,17 @@ _classes: dict[str, type] = {}
 
 
 def __getattr__(name: str) -> type:
-    """The wrapper class ``name`` of :data:`ipcv.eval.plugin.MODELS`, built on first use: a subclass of
-    the lmms-eval wrapper it names (imported only then) with :class:`_Compressed` in front."""
-    from .plugin import MODELS
+    """The wrapper class ``name`` of a family's harness row (:func:`ipcv.eval.plugin.harnesses`), built on
+    first use: a subclass of the lmms-eval wrapper it names (imported only then) with :class:`_Compressed` in
+    front."""
+    from .plugin import harnesses
 
-    spec = next((s for s in MODELS.values() if s[0] == name), None)
+    spec = next((h for h in harnesses().values() if h.class_name == name), None)
     if spec is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name not in _classes:
-        module, base = spec[1].rsplit(".", 1)
+        module, base = spec.wrapper.rsplit(".", 1)
         wrapper = getattr(importlib.import_module(module), base)
-        doc = f"lmms-eval's {base} ({spec[1]}), compressed by ipcv (see the module docstring)."
+        doc = f"lmms-eval's {base} ({spec.wrapper}), compressed by ipcv (see the module docstring)."
         _classes[name] = type(name, (_Compressed, wrapper), {"__doc__": doc, "__module__": __name__})
     return _classes[name]

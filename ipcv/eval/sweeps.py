@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .methods import format_method
+from ..method_strings import format_method
 
 SWEEPS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5", "table6", "fig5")
 
@@ -67,20 +67,6 @@ TASK_NOTES: dict[str, str] = {
 # The model each table used (hub ids; any local directory with the same architecture works)
 QWEN2_VL_7B = "Qwen/Qwen2-VL-7B-Instruct"
 INTERNVL3_38B = "OpenGVLab/InternVL3-38B-hf"
-# --family -> lmms-eval model id of ipcv's wrapper (ipcv.eval.plugin.MODELS)
-FAMILY_MODELS: dict[str, str] = {
-    "qwen2_vl": "ipcv_qwen2_vl",
-    "qwen2_5_vl": "ipcv_qwen2_5_vl",
-    "internvl3": "ipcv_internvl3",
-    "llava": "ipcv_llava",
-}
-# --family -> the config.json model_type of the checkpoints its wrapper loads (InternVL3: the -hf checkpoints)
-FAMILY_MODEL_TYPES: dict[str, str] = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "internvl3": "internvl",
-    "llava": "llava",
-}
 
 
 @dataclass(frozen=True)
@@ -137,7 +123,7 @@ def _fig5(protocol: str) -> Sweep:
 
 
 def _canonical(text: str) -> str:
-    from .methods import parse_method
+    from ..method_strings import parse_method
 
     return format_method(parse_method(text, "vision"))
 
@@ -157,7 +143,7 @@ def sweeps(protocol: str = "paper") -> dict[str, Sweep]:
             "table3",
             (t for c, t in IMAGE_TASKS.items() if c != "SEED"),
             protocol,
-            "internvl3",
+            "internvl",
             INTERNVL3_38B,
             "Table 3: image benchmarks, InternVL3-38B",
         ),  # fmt: skip

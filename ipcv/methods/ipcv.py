@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import floor_count, keep_count
+from ..budgets import floor_count, keep_count
+from .packed import offsets, rows_of, segment_groups
 
 # Largest distance block computed at once by the kNN search (elements of a float32 matrix):
 # 2**24 elements = 64 MiB, so 16,384 patches never need their full R x K matrix.
@@ -34,38 +35,6 @@ def feature_difference_scores(h_lp: torch.Tensor, h_prev: torch.Tensor) -> torch
     return (h_lp.float() - h_prev.float()).norm(dim=-1)
 
 
-def device_index(values: Sequence[int], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """A 1-D tensor of the integers ``values`` on ``device``; on CUDA copied from pinned host memory
-    without blocking, so the host does not wait for the kernels already queued."""
-    t = torch.tensor(list(values), dtype=dtype)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def segment_groups(*per_segment: Sequence[int]) -> dict[tuple[int, ...], list[int]]:
-    """Segments grouped by their values in ``per_segment`` (e.g. length and budget): key -> the
-    indices of the segments sharing it, in order. One batched op then serves each group."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for s, key in enumerate(zip(*per_segment)):
-        groups.setdefault(key, []).append(s)
-    return groups
-
-
-def offsets(lengths: Sequence[int]) -> list[int]:
-    """Where each run starts when runs of ``lengths`` are laid end to end: ``[0, l0, l0 + l1, ...]``."""
-    out, total = [], 0
-    for n in lengths:
-        out.append(total)
-        total += n
-    return out
-
-
-def _rows(starts: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
-    """``[G, width]`` rows ``start + j`` of G equally long runs beginning at ``starts``."""
-    return device_index(starts, device).unsqueeze(1) + torch.arange(width, device=device)
-
-
 def select_tokens(
     scores: torch.Tensor,
     seg_lengths: Sequence[int],
@@ -78,7 +47,7 @@ def select_tokens(
     ``scope="segment"``: each segment keeps ``keep_count(n)`` of its ``n`` unprotected tokens, by
     top score. ``scope="global"``: the authors' release: one top-K over all unprotected tokens of
     the call, with the release's count ``K = int(total * (1 - reduction))``
-    (:func:`ipcv.config.floor_count`, ``reduction`` the decimal ``1 - keep_ratio``): 0.5 of 1,023
+    (:func:`ipcv.budgets.floor_count`, ``reduction`` the decimal ``1 - keep_ratio``): 0.5 of 1,023
     patches keeps 511 and 0.35 of 1,316 keeps 460, where ``keep_count`` gives 512 and 461. Protected tokens (a CLS
     token) are always kept and never counted. Scores are compared in float32 (see
     :func:`feature_difference_scores`); the release compares them in the model dtype, so in bf16 /
@@ -109,9 +78,9 @@ def select_tokens(
     keep = torch.empty(sum(budgets), dtype=torch.long, device=scores.device)
     starts, out_starts = offsets(seg_lengths), offsets(budgets)
     for (n, k), members in segment_groups(seg_lengths, budgets).items():  # one batched top-k per size
-        rows = _rows([starts[s] for s in members], n, scores.device)  # [G, n]
+        rows = rows_of([starts[s] for s in members], n, scores.device)  # [G, n]
         local = scores[rows].topk(k, dim=1).indices.sort(dim=1).values
-        out = _rows([out_starts[s] for s in members], k, scores.device)
+        out = rows_of([out_starts[s] for s in members], k, scores.device)
         keep[out.flatten()] = rows.gather(1, local).flatten()
     return keep, budgets
 
@@ -185,8 +154,8 @@ def find_neighbors(
         if not r:
             continue
         k = min(neighbors, c)
-        kept_rows = _rows([kstarts[s] for s in members], c, device)  # [G, c] rows of the kept sequence
-        rem_rows = _rows([rstarts[s] for s in members], r, device)  # [G, r] rows of the removed sequence
+        kept_rows = rows_of([kstarts[s] for s in members], c, device)  # [G, c] rows of the kept sequence
+        rem_rows = rows_of([rstarts[s] for s in members], r, device)  # [G, r] rows of the removed sequence
         local = nearest_kept(h_rem[rem_rows], h_keep[kept_rows], k, block_elements)  # [G, r, k]
         flat = rem_rows.flatten()
         idx[flat, :k] = kept_rows.gather(1, local.flatten(1)).view(-1, k)
@@ -210,19 +179,3 @@ def ngr(h_rem_lp: torch.Tensor, h_keep_l: torch.Tensor, h_keep_lp: torch.Tensor,
     for j in range(nb.index.shape[1]):
         out.addcmul_(delta.index_select(0, nb.index[:, j]), nb.weight[:, j : j + 1])
     return out.to(h_keep_l.dtype)
-
-
-def scatter_tokens(h_keep: torch.Tensor, h_rem: torch.Tensor, keep: torch.Tensor, rem: torch.Tensor) -> torch.Tensor:
-    """Eq. 7 / eq. 10: the full ``[L, D]`` sequence with kept and removed rows in their places."""
-    full = h_keep.new_empty((keep.numel() + rem.numel(), h_keep.shape[-1]))
-    full[keep] = h_keep
-    full[rem] = h_rem.to(h_keep.dtype)
-    return full
-
-
-def complement(keep: torch.Tensor, length: int) -> torch.Tensor:
-    """Indices in ``range(length)`` not in ``keep`` (distinct indices), sorted. Their number is known,
-    ``length - len(keep)``, so no count is read back from the device."""
-    mask = torch.ones(length, dtype=torch.bool, device=keep.device)
-    mask[keep] = False
-    return torch.nonzero_static(mask, size=length - keep.numel()).flatten()

@@ -12,7 +12,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import is_flash_attention_requested
 
-from ..methods.ipcv import device_index, offsets
+from ..methods.packed import device_index, offsets
 
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
@@ -31,7 +31,7 @@ def check_attention(config, owner: str) -> None:
 
 def cumulative(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
     """``[S + 1]`` int32 cumulative lengths (cu_seqlens) of segments, computed on the host and copied
-    to the device without blocking (:func:`ipcv.methods.ipcv.device_index`)."""
+    to the device without blocking (:func:`ipcv.methods.packed.device_index`)."""
     return device_index(offsets([*lengths, 0]), device, torch.int32)
 
 
@@ -219,3 +219,35 @@ def register_varlen() -> str:
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
     return VARLEN
+
+
+def set_attention(target: nn.Module, implementation: str) -> str:
+    """Set the attention implementation of ``target`` and every sub-module's config (transformers reads
+    ``config._attn_implementation`` at call time) to ``implementation`` (``"varlen"``: registered first);
+    returns the one it had. ValueError for flash attention without the flash-attn package."""
+    name = implementation
+    if implementation == "varlen":
+        name = register_varlen()
+    elif implementation.startswith("flash"):
+        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+        available = is_flash_attn_2_available() if implementation.endswith("2") else is_flash_attn_3_available()
+        if not available:
+            raise ValueError(
+                f"implementation={implementation!r} needs the flash-attn package (and a CUDA GPU); use 'varlen' "
+                "(PyTorch's own varlen kernel) or 'sdpa'"
+            )
+    configs = {id(m.config): m.config for m in target.modules() if hasattr(m, "config")}
+    configs.setdefault(id(target.config), target.config)
+    previous = target.config._attn_implementation or "eager"
+    for config in configs.values():
+        config._attn_implementation = name
+    return "varlen" if previous == VARLEN else previous
+
+
+def check_decoder(decoder: nn.Module, owner: str, language: object) -> None:
+    """Refuse a decoder an LLM-side method cannot run on: an unsupported attention implementation, or
+    sliding-window layers."""
+    check_attention(decoder.config, owner)
+    if "sliding_attention" in getattr(decoder.config, "layer_types", ()):
+        raise ValueError(f"language={language!r}: sliding-window decoder layers are not supported")

@@ -27,8 +27,10 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from .. import trace as _trace
-from ..language import Slots, prunes_anything, run_language
-from .base import DecoderShape, LanguageAdapter, pop_output_flags
+from ..catalog import run_language
+from ..language import Slots, prunes_anything
+from ..shapes import DecoderShape
+from .base import LanguageAdapter, pop_output_flags
 
 # spans(batch, length, device) -> [B, L] visual span per position (-1 text) or None, for the current call
 _SPANS: ContextVar[Callable | None] = ContextVar("ipcv_visual_spans", default=None)

@@ -5,48 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from torch import nn
 
-
-@dataclass(frozen=True)
-class EncoderShape:
-    """What the FLOP count needs to know about an encoder.
-
-    embed_flops_per_token: patch embedding; head_flops_per_token: work after the last block per
-    input token (Qwen2-VL's 2x2 merger), 0 for ViT encoders whose head belongs to the caller.
-    prefix_tokens: protected tokens per segment (CLS). heads: attention heads (the baselines'
-    similarity metrics work on one head's width). window_tokens: tokens per attention window
-    (Qwen2.5-VL), 0 when every block attends per segment; full_blocks: the blocks that attend per
-    segment anyway. read_layer: the hidden state the model reads from this encoder when that is an
-    inner one (LLaVA's ``vision_feature_layer=-2``): the compressed schedule ends there and the blocks
-    from it on run on the full sequence; None: the last block's output.
-    """
-
-    depth: int
-    dim: int
-    mlp_dim: int
-    embed_flops_per_token: int = 0
-    head_flops_per_token: int = 0
-    prefix_tokens: int = 0
-    heads: int = 1
-    window_tokens: int = 0
-    full_blocks: tuple[int, ...] = ()
-    read_layer: int | None = None
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """What the decoder FLOP / KV-cache count needs to know (grouped-query attention, gated MLP)."""
-
-    layers: int
-    dim: int
-    mlp_dim: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    mlp_matrices: int = 3
+from ..shapes import DecoderShape, EncoderShape
 
 
 @dataclass(frozen=True)
@@ -57,7 +20,7 @@ class LanguageAdapter:
         are (its forward is swapped for ``outer_forward``) and the module that owns the decoder
         layer loop (swapped for ``decoder_forward``, which reads ``self._ipcv_language``); None if
         the model has no decoder.
-    shape: the sizes the analytic FLOP / KV-cache count needs (:class:`ipcv.flops.DecoderShape`).
+    shape: the sizes the analytic FLOP / KV-cache count needs (:class:`ipcv.shapes.DecoderShape`).
     record_plain: ``(decoder, args, kwargs, output)`` records the token counts of an uncompressed
         decoder call into the active trace (a forward hook of :func:`ipcv.stats`).
     observe_outer: ``(outer) -> hook handles`` that let ``record_plain`` see where the visual tokens
@@ -73,6 +36,43 @@ class LanguageAdapter:
 
 
 @dataclass(frozen=True)
+class Harness:
+    """How lmms-eval runs a family through ipcv (:mod:`ipcv.eval`).
+
+    model_id: the ``lmms-eval --model`` id ipcv registers. class_name: the wrapper class
+    :mod:`ipcv.eval.harness` builds (``ipcv.eval.harness.<class_name>``). wrapper: the dotted path of
+    the lmms-eval wrapper it extends; kind: that wrapper's kind as lmms-eval registers it. model_type:
+    the ``config.json`` ``model_type`` of the checkpoints the wrapper loads.
+    """
+
+    model_id: str
+    class_name: str
+    wrapper: str
+    kind: Literal["simple", "chat"]
+    model_type: str
+
+
+@dataclass(frozen=True)
+class RealTower:
+    """A family's vision tower at the size of a released checkpoint, with random weights, for the benchmarks
+    (``python -m ipcv.bench vision --family <family>``): latency does not depend on weight values.
+
+    name: the benchmark file's stem; title: what it is, in words; weights: the label every result carries.
+    build: ``() -> tower`` (random weights). inputs: ``(patches, device, dtype) -> kwargs`` of one call with
+    that many patches (ValueError for a count the tower cannot take). segments: ``patches -> tokens per
+    segment`` as the tower sees them (CLS included). depth: its number of blocks.
+    """
+
+    name: str
+    title: str
+    weights: str
+    build: Callable[[], nn.Module]
+    inputs: Callable
+    segments: Callable[[int], list[int]]
+    depth: int
+
+
+@dataclass(frozen=True)
 class Adapter:
     """One model family.
 
@@ -82,12 +82,18 @@ class Adapter:
     depth: number of blocks of that module.
     forward: replacement ``forward`` of the located module; it reads its settings from
         ``self._ipcv_vision`` and keeps every per-call value local.
-    shape: the sizes the analytic FLOP count needs (:class:`ipcv.flops.EncoderShape`).
+    shape: the sizes the analytic FLOP count needs (:class:`ipcv.shapes.EncoderShape`).
     language: the family's language decoder, or None (vision encoders alone).
     segments: ``(encoder, args, kwargs) -> tokens per segment`` of one encoder call (for
         :func:`ipcv.stats`), or None.
     read_layer: ``(model) -> hidden state index`` the model's projector reads from the encoder when
         it is an inner one, else None (see :attr:`EncoderShape.read_layer`); None: always the last.
+    packs_segments: the encoder attends over all images / frames of a call packed into one sequence
+        (``cu_seqlens``), so the ``"varlen"`` kernel applies (:func:`ipcv.vision_attention`).
+    reduced_output: a ViT-side baseline's ``output="reduced"`` is built for this family (the LLM receives
+        only the kept merge units).
+    harness: how lmms-eval runs the family (None: not evaluated through lmms-eval).
+    tower: the real-size tower the benchmarks time (None: not benchmarked).
     """
 
     family: str
@@ -99,6 +105,14 @@ class Adapter:
     language: LanguageAdapter | None = None
     segments: Callable | None = None
     read_layer: Callable[[nn.Module], int | None] | None = None
+    packs_segments: bool = False
+    reduced_output: bool = False
+    harness: Harness | None = None
+    tower: RealTower | None = None
+
+    def locate_language(self, model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        """``(outer, decoder)`` of ``model``'s language side, or None (no decoder: a vision encoder alone)."""
+        return self.language.locate(model) if self.language is not None else None
 
     def model_shape(self, model: nn.Module, target: nn.Module) -> EncoderShape:
         """:attr:`shape` of ``target``, with the layer ``model`` reads from it."""

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 from transformers.models.internvl import modeling_internvl as internvl
 
+from ..shapes import EncoderShape
 from ._decoder import DecoderFamily, contiguous_spans, language_adapter, positions_1d
-from .base import Adapter, EncoderShape, inner_read_layer
+from .base import Adapter, Harness, RealTower, inner_read_layer
+from .configs import INTERNVIT_300M
 from .vit import _make_forward, _Spec
 
 _SPEC = _Spec(
@@ -96,6 +98,14 @@ LANGUAGE = language_adapter(
     DecoderFamily(locate=_locate_language, layout=_layout, spans=_spans, positions=positions_1d)
 )
 
+
+def random_tiles(patches: int, device, dtype) -> dict:
+    """One call of an InternViT tower on ``patches // 1024`` random 448x448 tiles (benchmarks)."""
+    if patches % 1024:
+        raise ValueError(f"--patches {patches}: InternVL tiles are 448x448 (1024 patches each); use a multiple of 1024")
+    return dict(pixel_values=torch.randn(patches // 1024, 3, 448, 448, device=device, dtype=dtype))
+
+
 ADAPTER = Adapter(
     family="internvl",
     classes=("InternVLForConditionalGeneration", "InternVLModel", "InternVLVisionModel"),
@@ -106,4 +116,17 @@ ADAPTER = Adapter(
     language=LANGUAGE,
     segments=vision_segments,
     read_layer=_read_layer,
+    harness=Harness(
+        "ipcv_internvl3", "IPCVInternVL3", "lmms_eval.models.chat.internvl_hf.InternVLHf", "chat", "internvl"
+    ),
+    tower=RealTower(
+        "vision_internvit300m",
+        "InternViT-300M (InternVL3-1B/2B/8B vision tower), 448x448 tiles",
+        "random (architecture of OpenGVLab/InternVL3-8B-hf's vision tower, InternViT-300M-448px-V2.5); "
+        "no accuracy is implied",
+        lambda: internvl.InternVLVisionModel(internvl.InternVLVisionConfig(**INTERNVIT_300M)),
+        random_tiles,
+        lambda n: [1024 + 1] * (n // 1024),
+        INTERNVIT_300M["num_hidden_layers"],
+    ),  # fmt: skip
 )

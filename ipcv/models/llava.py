@@ -20,7 +20,7 @@ from transformers.models.llava import modeling_llava as llava
 from transformers.models.siglip import modeling_siglip as siglip
 
 from ._decoder import DecoderFamily, contiguous_spans, language_adapter, positions_1d
-from .base import Adapter, inner_read_layer
+from .base import Adapter, Harness, inner_read_layer
 from .vit import _CLIP, _SIGLIP, _make_forward, _shaper
 
 _TOWERS = ((clip.CLIPVisionModel, _CLIP), (siglip.SiglipVisionModel, _SIGLIP))
@@ -78,9 +78,11 @@ LANGUAGE = language_adapter(
     DecoderFamily(locate=_locate_language, layout=_layout, spans=_spans, positions=positions_1d)
 )
 
+HARNESS = Harness("ipcv_llava", "IPCVLlava", "lmms_eval.models.simple.llava_hf.LlavaHf", "simple", "llava")
+
 ADAPTERS: list[Adapter] = [
     Adapter(
-        family=f"llava_{name}",
+        family="llava",
         classes=(f"LlavaForConditionalGeneration ({name} tower)", f"LlavaModel ({name} tower)"),
         locate=lambda model, s=spec: _tower(model, s),
         depth=lambda encoder: len(encoder.layers),
@@ -89,6 +91,7 @@ ADAPTERS: list[Adapter] = [
         language=LANGUAGE,
         segments=_segments,
         read_layer=_read_layer,
+        harness=HARNESS,
     )
     for name, spec in (("CLIP", _CLIP), ("SigLIP", _SIGLIP))
 ]

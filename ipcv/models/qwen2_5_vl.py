@@ -25,12 +25,14 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
 from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
-from ..engine import run_vision
-from ..schedules import collect_sources
+from ..catalog import run_vision
+from ..shapes import EncoderShape
+from ..vision.sources import collect_sources
 from . import _mrope
 from ._decoder import DecoderFamily, language_adapter
-from .base import Adapter, EncoderShape, pop_output_flags
-from .qwen2_vl import UNITS_KEY, Windows, _TowerCall, reduced_units, vision_segments
+from .base import Adapter, Harness, RealTower, pop_output_flags
+from .configs import QWEN2_5_VL_7B_VISION
+from .qwen2_vl import UNITS_KEY, Windows, _TowerCall, random_inputs, reduced_units, vision_segments
 
 
 def image_order_source(source: torch.Tensor, window_index: torch.Tensor, unit: int) -> torch.Tensor:
@@ -123,4 +125,18 @@ ADAPTER = Adapter(
     shape=_shape,
     language=LANGUAGE,
     segments=vision_segments,
+    packs_segments=True,
+    reduced_output=True,
+    harness=Harness(
+        "ipcv_qwen2_5_vl", "IPCVQwen2_5VL", "lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL", "chat", "qwen2_5_vl"
+    ),
+    tower=RealTower(
+        "vision_qwen2_5vl7b",
+        "Qwen2.5-VL-7B vision tower (window attention, 4 full-attention blocks)",
+        "random (architecture of Qwen/Qwen2.5-VL-7B-Instruct's vision tower); no accuracy is implied",
+        lambda: qwen25.Qwen2_5_VisionTransformerPretrainedModel(qwen25.Qwen2_5_VLVisionConfig(**QWEN2_5_VL_7B_VISION)),
+        random_inputs,
+        lambda n: [n],
+        QWEN2_5_VL_7B_VISION["depth"],
+    ),  # fmt: skip
 )

@@ -10,6 +10,7 @@ Language: the shared decoder code (:mod:`ipcv.models._decoder`) with the mRoPE l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,12 +22,15 @@ from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
 from transformers.utils.generic import is_flash_attention_requested
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
-from ..engine import Plan, run_vision
-from ..schedules import collect_sources
+from ..catalog import run_vision
+from ..shapes import EncoderShape
+from ..vision import Plan
+from ..vision.sources import collect_sources
 from . import _mrope
 from ._attention import cumulative, nonempty_segments, segment_attention
 from ._decoder import DecoderFamily, decoder_shape, language_adapter
-from .base import Adapter, EncoderShape, pop_output_flags
+from .base import Adapter, Harness, RealTower, pop_output_flags
+from .configs import QWEN2_VL_7B_VISION
 
 __all__ = ["ADAPTER", "LANGUAGE", "decoder_shape", "reduced_units", "tower_forward", "vision_segments"]
 
@@ -67,7 +71,7 @@ class _Segments:
 
 
 class _TowerCall:
-    """How one call of the tower runs its blocks (see :class:`ipcv.engine.BlockOps`).
+    """How one call of the tower runs its blocks (see :class:`ipcv.vision.BlockOps`).
 
     Attention segments: one per image / frame (``cu_seqlens``), except in Qwen2.5-VL's windowed
     blocks (``windows``), where they are the windows, which may hold few or no kept tokens.
@@ -200,7 +204,7 @@ def reduced_units(source: torch.Tensor | None, seg_lengths: list[int], unit: int
     unit size, and at keep 1.0 every unit.
 
     Args:
-        source: ``[L]`` source map of the call (:func:`ipcv.schedules.collect_sources`), or None
+        source: ``[L]`` source map of the call (:func:`ipcv.vision.sources.collect_sources`), or None
             when the runner removed nothing (every patch survives).
         seg_lengths: patches per image / frame (each a multiple of ``unit``). unit: patches per merge
             unit (``spatial_merge_size ** 2``).
@@ -293,6 +297,21 @@ LANGUAGE = language_adapter(
 )  # fmt: skip
 
 
+def square_grid(patches: int) -> list[list[int]]:
+    """``grid_thw`` of one square image of ``patches`` patches (ValueError unless it is the square of an even
+    number: the 2x2 merger needs an even side)."""
+    side = math.isqrt(patches)
+    if side * side != patches or side % 2:
+        raise ValueError(f"--patches {patches}: must be the square of an even number (e.g. 1024, 4096)")
+    return [[1, side, side]]
+
+
+def random_inputs(patches: int, device, dtype) -> dict:
+    """One call of a Qwen tower on a square image of ``patches`` patches, random pixels (benchmarks)."""
+    grid = torch.tensor(square_grid(patches), device=device)
+    return dict(hidden_states=torch.randn(patches, 3 * 2 * 14 * 14, device=device, dtype=dtype), grid_thw=grid)
+
+
 ADAPTER = Adapter(
     family="qwen2_vl",
     classes=(
@@ -306,4 +325,16 @@ ADAPTER = Adapter(
     shape=_shape,
     language=LANGUAGE,
     segments=vision_segments,
+    packs_segments=True,
+    reduced_output=True,
+    harness=Harness("ipcv_qwen2_vl", "IPCVQwen2VL", "lmms_eval.models.simple.qwen2_vl.Qwen2_VL", "simple", "qwen2_vl"),
+    tower=RealTower(
+        "vision_qwen2vl7b",
+        "Qwen2-VL-7B vision tower",
+        "random (architecture of Qwen/Qwen2-VL-7B-Instruct's vision tower); no accuracy is implied",
+        lambda: qwen.Qwen2VisionTransformerPretrainedModel(qwen.Qwen2VLVisionConfig(**QWEN2_VL_7B_VISION)),
+        random_inputs,
+        lambda n: [n],
+        QWEN2_VL_7B_VISION["depth"],
+    ),  # fmt: skip
 )

@@ -1,7 +1,10 @@
-"""The registry of model families: which adapter handles a model.
+"""The registry of model families: which adapter handles a model, and what each family can do.
 
 It sits above the adapters and below everything that works on whole models (:mod:`ipcv.flops`,
-:mod:`ipcv.api`); adding a family is one adapter file plus one entry in :data:`ADAPTERS`.
+:mod:`ipcv.api`, :mod:`ipcv.eval`, :mod:`ipcv.bench`). A new family is one adapter file plus one line in
+:data:`ADAPTERS`; everything else (what ``compress`` accepts, the lmms-eval ids, the benchmarks' towers) is
+read from the adapters. One family may have several adapters (LLaVA with a CLIP or a SigLIP tower, the
+ViT classes): they share its name.
 """
 
 from __future__ import annotations
@@ -23,6 +26,22 @@ ADAPTERS: list[Adapter] = [
 def supported_models() -> list[str]:
     """Names of the model classes ``ipcv.compress`` accepts."""
     return [name for a in ADAPTERS for name in a.classes]
+
+
+def families() -> dict[str, Adapter]:
+    """``{family: its first adapter}``, in registry order (the capabilities a family's adapters share)."""
+    out: dict[str, Adapter] = {}
+    for a in ADAPTERS:
+        out.setdefault(a.family, a)
+    return out
+
+
+def family(name: str) -> Adapter:
+    """The adapter of family ``name``; ValueError naming the families if there is none."""
+    found = families().get(name)
+    if found is None:
+        raise ValueError(f"family={name!r} is not allowed: use one of {', '.join(families())}")
+    return found
 
 
 def find(model: nn.Module) -> tuple[Adapter, nn.Module]:

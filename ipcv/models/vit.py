@@ -17,10 +17,12 @@ from transformers.models.clip import modeling_clip as clip
 from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.siglip import modeling_siglip as siglip
 
-from ..engine import Plan, run_vision
+from ..catalog import run_vision
+from ..shapes import EncoderShape
+from ..vision import Plan
 from . import _capture
 from ._attention import nonempty_segments, segment_attention
-from .base import Adapter, EncoderShape
+from .base import Adapter
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ _SIGLIP = _Spec(
 
 
 class _EncoderCall:
-    """How one call of the encoder runs its layers (see :class:`ipcv.engine.BlockOps`)."""
+    """How one call of the encoder runs its layers (see :class:`ipcv.vision.BlockOps`)."""
 
     def __init__(self, layers: nn.ModuleList, spec: _Spec, batch: int, tokens: int, kwargs: dict):
         self.layers, self.spec, self.B, self.N, self.kwargs = layers, spec, batch, tokens, kwargs

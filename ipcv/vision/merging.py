@@ -1,38 +1,27 @@
-"""Block schedules of the vision-side baselines (paper Appendix A.2, C), independent of any model family.
+"""ToMe and ToFu inside a vision encoder (paper Appendix A.2, C), independent of any model family.
 
     ToMe     every block: attention, merge (bipartite matching, size-weighted average), MLP
     ToFu     the same; blocks < prune_layers prune instead of merging, later ones merge with MLERP
-    DARTViT  blocks < lp full; at lp DART's duplication-aware selection; blocks lp.. kept tokens only
 
-Each runner has :func:`ipcv.engine.run_ipcv`'s signature, talks to the model only through the
-per-call ops object of an adapter (``full``, ``kept``, ``keys``, ``attention_part``,
-``mlp_part``) and registers itself in :data:`ipcv.engine.VISION_RUNNERS`. By default
-(``scope="segment"``) every image / video frame (segment) ends with ``keep_count(n, keep_ratio)``
-of its ``n`` unprotected tokens and matching and merging never cross segments; ``scope="global"``
-(the IPCV authors' runs) gives the call one budget and lets ToMe / ToFu merge and DART-ViT select
-across segments. Protected tokens (CLS) are never merged, pruned nor counted. The output is full
-length, in original order: every merged or pruned position gets a copy of the token that stands
-for it.
-
-The same schedule functions give the analytic FLOP count (:data:`COUNTS`, used by
-:func:`ipcv.flops.encoder_flops`), so what is counted is what runs.
+:func:`run_merging` talks to the model only through the per-call ops object of an adapter (``full``,
+``keys``, ``attention_part``, ``mlp_part``). By default (``scope="segment"``) every image / video frame ends
+with ``keep_count(n, keep_ratio)`` of its ``n`` unprotected tokens and matching never crosses segments;
+``scope="global"`` (the IPCV authors' runs) gives the call one budget and merges across segments. Protected
+tokens (CLS) are never merged nor counted. The output is full length, in original order: every merged
+position gets a copy of the token that stands for it. :func:`count_merging` gives the analytic count from
+the same schedule functions, so what is counted is what runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from . import trace as _trace
-from .config import DARTViT, ToFu, ToMe, keep_count, reduction_of
-from .engine import VISION_RUNNERS, BlockOps, Plan
-from .methods.dart import dart_keep, pivot_scores
-from .methods.ipcv import complement, find_neighbors, scatter_tokens
-from .methods.tome import (
+from ..budgets import keep_count, release_share
+from ..methods.packed import protected_counts
+from ..methods.tome import (
     bipartite_soft_matching,
     compose,
     identity_matching,
@@ -45,46 +34,8 @@ from .methods.tome import (
     release_matching,
     release_schedule,
 )
-
-# --- shared helpers ------------------------------------------------------------------------------
-
-
-def _protected_counts(seg_lengths: Sequence[int], protected: torch.Tensor | None) -> list[int]:
-    if protected is None:
-        return [0] * len(seg_lengths)
-    return [int(p.sum()) for p in protected.split(list(seg_lengths))]
-
-
-# per tower call, the ``source`` maps of the runners that ran in it (see :func:`collect_sources`)
-_SOURCES: ContextVar[list[torch.Tensor] | None] = ContextVar("ipcv_vit_sources", default=None)
-
-
-@contextmanager
-def collect_sources() -> Iterator[list[torch.Tensor]]:
-    """Collect, for the runs inside this context, the ``[L]`` source map of each call of a baseline
-    runner (for every position of the full-length output, the packed position of the token whose
-    final state it holds; itself if it survived). A runner that removed nothing appends nothing.
-    Used by adapters for ``output="reduced"``; the list lives only as long as the context."""
-    sink: list[torch.Tensor] = []
-    token = _SOURCES.set(sink)
-    try:
-        yield sink
-    finally:
-        _SOURCES.reset(token)
-
-
-def _record(method: str, seg_lengths, keep_counts, tokens_per_block, source: torch.Tensor) -> None:
-    sink = _SOURCES.get()
-    if sink is not None:
-        sink.append(source)
-    record = _trace.active()
-    if record is not None:
-        record.calls.append(
-            _trace.ReductionRecord(method, list(seg_lengths), list(keep_counts), tokens_per_block, source)
-        )
-
-
-# --- ToMe / ToFu ---------------------------------------------------------------------------------
+from ..settings import ToFu, ToMe
+from . import BlockCount, BlockOps, sources
 
 
 def merge_plan(
@@ -95,7 +46,7 @@ def merge_plan(
     (``schedule="even"``, or a bare keep ratio), or :func:`ipcv.methods.tome.release_schedule` per
     segment (``schedule="release"``, target ``1 - reduction``)."""
     if isinstance(settings, (ToMe, ToFu)) and settings.schedule == "release":
-        target = 1.0 - reduction_of(settings.keep_ratio)
+        target = release_share(settings.keep_ratio)
         per_segment = [
             release_schedule(n - p, target, depth, settings.start_layer) for n, p in zip(seg_lengths, n_protected)
         ]
@@ -113,7 +64,7 @@ def global_plan(free: int, settings: ToMe | ToFu, depth: int) -> list[int]:
     (``schedule="release"``, as the IPCV authors' ports compute it from the packed length), or
     :func:`ipcv.methods.tome.merge_schedule` down to ``keep_count(free, keep_ratio)`` (``"even"``)."""
     if settings.schedule == "release":
-        return release_schedule(free, 1.0 - reduction_of(settings.keep_ratio), depth, settings.start_layer)
+        return release_schedule(free, release_share(settings.keep_ratio), depth, settings.start_layer)
     return merge_schedule(free, keep_count(free, settings.keep_ratio), depth)
 
 
@@ -244,7 +195,7 @@ def run_merging(
     (with ``log(size)`` logit bias once tokens have merged, if ``proportional_attention``), the
     merge of this block, ``ops.mlp_part``.
 
-    Args: as :func:`ipcv.engine.run_ipcv`. Returns: ``[L, D]`` full length, original order.
+    Args: as :func:`ipcv.vision.ipcv.run_ipcv`. Returns: ``[L, D]`` full length, original order.
     """
     seg = [int(n) for n in seg_lengths]
     L = h.shape[0]
@@ -253,7 +204,7 @@ def run_merging(
     state = _Merged(h, rows, torch.ones(L, device=h.device), prot, list(seg), rows)
     if settings.scope == "global":
         return _run_merging_global(ops, depth, state, seg, settings)
-    plan = merge_plan(seg, _protected_counts(seg, protected), settings, depth)
+    plan = merge_plan(seg, protected_counts(seg, protected), settings, depth)
     tokens_per_block = []
     for layer in range(depth):
         r = plan[layer]
@@ -267,7 +218,7 @@ def run_merging(
             state = state.reduce(h_mid, metric, r, _merge_fn(settings, layer, depth))
             h_mid = state.h
         state.h = ops.mlp_part(layer, h_mid)
-    _record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
+    sources.record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
     return state.h[state.assign]
 
 
@@ -294,123 +245,8 @@ def _run_merging_global(ops: BlockOps, depth: int, state: _Merged, seg: list[int
             state, metric, order = state.reduce_global(h_mid, metric, step, merge, order, bounds)
             h_mid = state.h
         state.h = ops.mlp_part(layer, h_mid)
-    _record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
+    sources.record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
     return state.h[state.assign]
-
-
-# --- DART inside the vision tower ------------------------------------------------------------------
-
-
-def per_pivot4(n: int, keep_ratio: float, pivots: int) -> int:
-    """The IPCV authors' DART(ViT) per-pivot count: ``n * (1 - reduction) / pivots`` rounded to the
-    nearer multiple of 4 (from ``int`` of it; a tie goes down)."""
-    raw = n * (1.0 - reduction_of(keep_ratio)) / pivots
-    down, up = int(raw) // 4 * 4, (int(raw) + 3) // 4 * 4
-    return down if abs(raw - down) <= abs(raw - up) else up
-
-
-def dart_vit_counts(settings: DARTViT, free: int) -> int:
-    """Unprotected tokens DART-ViT keeps out of ``free`` (one segment, or the call with ``scope="global"``)."""
-    if settings.budget == "exact" or settings.keep_ratio >= 1.0:
-        return keep_count(free, settings.keep_ratio)
-    return min(
-        free, min(settings.pivots, free) + settings.pivots * per_pivot4(free, settings.keep_ratio, settings.pivots)
-    )
-
-
-def dart_select(
-    h: torch.Tensor,
-    scores: torch.Tensor,
-    seg_lengths: Sequence[int],
-    protected: torch.Tensor | None,
-    settings: DARTViT,
-) -> tuple[torch.Tensor, list[int]]:
-    """Kept rows (sorted) and kept count per segment (protected included) of DART-ViT: protected tokens
-    always, and of the others :func:`dart_vit_counts` by :func:`dart_keep`, per segment
-    (``scope="segment"``) or over the whole call (``"global"``). With ``budget="per_pivot4"`` the
-    pivots are visited in the official order (:func:`ipcv.methods.dart.official_order`) of their
-    packed positions.
-
-    Args: h ``[L, D]`` states at the pruning block; scores ``[L]`` pivot scores.
-    """
-    L = h.shape[0]
-    prot = torch.zeros(L, dtype=torch.bool, device=h.device) if protected is None else protected
-    groups = [(0, L)] if settings.scope == "global" else []
-    if not groups:
-        start = 0
-        for n in seg_lengths:
-            groups.append((start, start + n))
-            start += n
-    official = settings.budget == "per_pivot4"
-    keeps = []
-    for a, b in groups:
-        free = (~prot[a:b]).nonzero().flatten() + a
-        k = dart_vit_counts(settings, free.numel())
-        per = per_pivot4(free.numel(), settings.keep_ratio, settings.pivots) if official and k < free.numel() else None
-        local = dart_keep(
-            h[free], scores[free], k, settings.pivots, positions=free if official else None, per_pivot=per
-        )
-        keeps.append(torch.cat([prot[a:b].nonzero().flatten() + a, free[local]]).sort().values)
-    keep = torch.cat(keeps).sort().values
-    bounds = torch.tensor(list(seg_lengths), device=h.device).cumsum(0)
-    counts = torch.bincount(torch.bucketize(keep, bounds, right=True), minlength=len(seg_lengths)).tolist()
-    return keep, counts
-
-
-def run_dart_vit(
-    ops: BlockOps,
-    depth: int,
-    h: torch.Tensor,
-    seg_lengths: Sequence[int],
-    settings: DARTViT,
-    protected: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Run all ``depth`` blocks of one call under DART-ViT.
-
-    Blocks ``0 .. lp-1`` full; at the input of block lp: pivots = largest L1 norm of the attention
-    keys (before rotary in Qwen2-VL) of block lp (``key_layer="current"``) or of block lp - 1 for its
-    own input (``"previous"``), selection by :func:`dart_select`; blocks ``lp ..`` on the kept
-    tokens (``ops.kept``); finally every pruned token gets a copy of its closest kept token (same
-    segment; any segment with ``scope="global"``), Euclidean on the states at lp.
-
-    Args: as :func:`ipcv.engine.run_ipcv`. Returns: ``[L, D]`` full length, original order.
-    """
-    seg = [int(n) for n in seg_lengths]
-    lp = settings.prune_layer
-    n_prot = _protected_counts(seg, protected)
-    units = [sum(seg) - sum(n_prot)] if settings.scope == "global" else [n - p for n, p in zip(seg, n_prot)]
-    if all(dart_vit_counts(settings, n) == n for n in units):
-        for layer in range(depth):  # nothing pruned: the plain blocks
-            h = ops.full(layer, h)
-        return h
-    h_prev = h
-    for layer in range(lp):
-        h_prev, h = h, ops.full(layer, h)
-    keys = ops.keys(lp - 1, h_prev) if settings.key_layer == "previous" else ops.keys(lp, h)
-    keep, counts = dart_select(h, pivot_scores(keys), seg, protected, settings)
-    rem = complement(keep, h.shape[0])
-    nearest = find_neighbors(h, keep, rem, seg, counts, neighbors=1, scope=settings.scope)
-    plan = Plan(keep, rem, seg, counts, nearest)
-    h_keep = h[keep]
-    for layer in range(lp, depth):
-        h_keep = ops.kept(layer, h_keep, plan)
-    copy_of = nearest.index[:, 0]  # [R] rows of the kept sequence
-    source = torch.arange(h.shape[0], device=h.device)
-    source[rem] = keep[copy_of]
-    _record("DARTViT", seg, counts, [seg] * lp + [counts] * (depth - lp), source)
-    return scatter_tokens(h_keep, h_keep[copy_of], keep, rem)
-
-
-# --- analytic counts (see ipcv.flops) ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BlockCount:
-    """What one block computes: queries, keys/values and MLP rows per segment."""
-
-    q_lengths: list[int]
-    kv_lengths: list[int]
-    mlp_lengths: list[int]
 
 
 def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
@@ -467,32 +303,3 @@ def _count_merging_global(settings: ToMe | ToFu, seg: list[int], prefix: int, de
         blocks.append(BlockCount(list(counts), list(counts), after))
         counts, cur = after, n
     return blocks, overhead
-
-
-def count_dart_vit(settings: DARTViT, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
-    """Per-block token counts and overhead of DART-ViT (``scope="global"``: its budget counted as if it
-    fell evenly over the segments): the keys of block lp (``2 D^2 L``), the
-    pivot/candidate cosine similarities (``2 D P n`` per segment) and the closest-kept search
-    (``2 D R K`` per segment, as IPCV's kNN)."""
-    seg = [int(n) for n in seg_lengths]
-    lp = settings.prune_layer
-    if settings.scope == "global":  # counted as if the call's budget fell evenly (as IPCV's global scope)
-        free = [n - prefix for n in seg]
-        total = dart_vit_counts(settings, sum(free))
-        shares = [total * f // sum(free) for f in free]
-        shares[-1] += total - sum(shares)
-        kept = [k + prefix for k in shares]
-    else:
-        kept = [dart_vit_counts(settings, n - prefix) + prefix for n in seg]
-    blocks = [BlockCount(seg, seg, seg)] * lp + [BlockCount(kept, kept, kept)] * (depth - lp)
-    overhead = 2 * dim * dim * sum(seg)
-    for n, k in zip(seg, kept):
-        free, pivots = n - prefix, min(settings.pivots, k - prefix)
-        overhead += 2 * dim * pivots * free + 2 * dim * (n - k) * k
-    return blocks, overhead
-
-
-# Analytic counts of the methods registered here: settings class -> count function.
-COUNTS: dict[type, Callable] = {ToMe: count_merging, ToFu: count_merging, DARTViT: count_dart_vit}
-
-VISION_RUNNERS.update({ToMe: run_merging, ToFu: run_merging, DARTViT: run_dart_vit})

@@ -1,8 +1,8 @@
 """Method strings for the command line and the harness: ``"IPCV:0.35"``, ``"IPCV:0.35:prune_layer=4"``,
 ``"V2Drop:0.35:layers=3/16/22"``, ``"none"``, parsed into the library's settings objects.
 
-Grammar: ``NAME:KEEP_RATIO[:field=value]...`` or ``none``. NAME is a settings class of the side
-(``VISION_METHODS`` / ``LANGUAGE_METHODS``, case-insensitive); values are ints, floats, ``true`` /
+Grammar: ``NAME:KEEP_RATIO[:field=value]...`` or ``none``. NAME is a settings class of the side (the rows of
+:data:`ipcv.catalog.METHODS`, case-insensitive); values are ints, floats, ``true`` /
 ``false``, strings, or tuples of numbers written ``a/b/c``. The settings class validates every value
 exactly as the Python API does (same errors); an unknown field is refused with the allowed ones.
 """
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop
+from .catalog import LANGUAGE, VISION
 
-VISION_METHODS: dict[str, type] = {c.__name__: c for c in (IPCV, ToMe, ToFu, DARTViT)}
-LANGUAGE_METHODS: dict[str, type] = {c.__name__: c for c in (DART, FastV, V2Drop, SparseVLM)}
-SIDES = {"vision": VISION_METHODS, "language": LANGUAGE_METHODS}
+SIDES: dict[str, dict[str, type]] = {
+    "vision": {c.__name__: c for c in VISION},
+    "language": {c.__name__: c for c in LANGUAGE},
+}
 
 
 def _value(text: str):

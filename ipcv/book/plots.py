@@ -371,7 +371,7 @@ def pipeline(patches: int = 1024, settings=None) -> Figure:
     import ipcv
     from ipcv.flops import encoder_flops
 
-    from .costs import encoder_shape, qwen2vl_7b_tower
+    from ..analysis.flop_tables import encoder_shape, qwen2vl_7b_tower
 
     settings = settings or ipcv.IPCV(0.35)
     shape = encoder_shape(qwen2vl_7b_tower())

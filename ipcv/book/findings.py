@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..analysis.encoders import OFFLINE_DEFAULT, Encoder
+from ..analysis.verdicts import Verdict
 from . import claims
 from .claims import middle
-from .encoders import OFFLINE_DEFAULT, Encoder
 from .report import device_name
-from .verdicts import Verdict
 
 DEFAULT_IMAGES = "bundled"
 DEFAULT_SIZE = 224

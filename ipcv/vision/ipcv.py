@@ -1,7 +1,7 @@
-"""The IPCV block schedule, independent of any model family.
+"""The IPCV block schedule and its analytic count, independent of any model family.
 
-An adapter (``ipcv/models/*``) hands :func:`run_ipcv` a per-call :class:`BlockOps` that knows how
-to run one block of its encoder in three ways; this module decides which way, block by block:
+An adapter (``ipcv/models/*``) hands :func:`run_ipcv` a per-call :class:`~ipcv.vision.BlockOps` that knows
+how to run one block of its encoder in three ways; this module decides which way, block by block:
 
     blocks 0 .. lp-1            full sequence                    (ops.full)
     at lp                       score (eq. 1), select (eq. 2), neighbours (eq. 3)
@@ -14,52 +14,16 @@ All state of the call lives in local variables and in the :class:`Plan` passed t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
 
 import torch
 
-from . import trace as _trace
-from .config import IPCV
-from .methods.ipcv import (
-    Neighbors,
-    complement,
-    feature_difference_scores,
-    find_neighbors,
-    ngr,
-    scatter_tokens,
-    select_tokens,
-)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which tokens one call keeps; built once at the pruning block.
-
-    keep / rem: sorted indices into the packed sequence (``[K]`` / ``[R]``).
-    seg_lengths / keep_counts: tokens per segment before / after pruning.
-    """
-
-    keep: torch.Tensor
-    rem: torch.Tensor
-    seg_lengths: list[int]
-    keep_counts: list[int]
-    neighbors: Neighbors
-
-
-class BlockOps(Protocol):
-    """One encoder call's way to run its blocks (created per call by an adapter)."""
-
-    def full(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """Block ``layer`` on the full packed sequence ``[L, D]`` (the unmodified block)."""
-
-    def kept(self, layer: int, h_keep: torch.Tensor, plan: Plan) -> torch.Tensor:
-        """Block ``layer`` on the kept tokens ``[K, D]`` only, at their original positions."""
-
-    def stabilized(self, layer: int, h_keep: torch.Tensor, h_full: torch.Tensor, plan: Plan) -> torch.Tensor:
-        """Eq. 8-9: keys/values from ``h_full`` ``[L, D]``, queries and MLP for kept rows only;
-        returns the kept rows' output ``[K, D]``."""
+from .. import trace as _trace
+from ..budgets import keep_count
+from ..methods.ipcv import feature_difference_scores, find_neighbors, ngr, select_tokens
+from ..methods.packed import complement, scatter_tokens
+from ..settings import IPCV
+from . import BlockCount, BlockOps, Plan
 
 
 def run_ipcv(
@@ -121,18 +85,24 @@ def _record_state(record: _trace.Trace | None, layer: int, h_keep: torch.Tensor)
         record.calls[-1].states[layer] = h_keep.detach().clone()
 
 
-# The registry of vision-side methods: settings class -> the schedule that runs the blocks.
-# Every runner has run_ipcv's signature; adapters call run_vision and never name a method.
-VISION_RUNNERS: dict[type, Callable[..., torch.Tensor]] = {IPCV: run_ipcv}
-
-
-def run_vision(
-    ops: BlockOps,
-    depth: int,
-    h: torch.Tensor,
-    seg_lengths: Sequence[int],
-    settings,
-    protected: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Run the blocks of one call under the vision-side method ``settings`` (see VISION_RUNNERS)."""
-    return VISION_RUNNERS[type(settings)](ops, depth, h, seg_lengths, settings, protected)
+def count_ipcv(settings: IPCV, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
+    """Per-block token counts and IPCV's own work (FLOPs) for one call, as :func:`run_ipcv` runs it: blocks
+    ``< lp`` on all tokens, AS blocks with kept queries over all keys / values, later blocks on the kept tokens
+    only; each segment keeps :func:`ipcv.keep_count` of its unprotected tokens (``scope="global"`` is counted as
+    if its budget fell evenly). Overhead: eq. 1's score (``3 L D``), the kNN distances (``2 D R K`` per
+    segment) and NGR (``2 D R k + D K`` per use: every AS block, and the reintegration)."""
+    seg = [int(n) for n in seg_lengths]
+    L, D = sum(seg), dim
+    kept = [keep_count(n - prefix, settings.keep_ratio) + prefix for n in seg]
+    removed = [n - k for n, k in zip(seg, kept)]
+    lp, n_as = settings.prune_layer, settings.stabilize_layers
+    blocks = []
+    for i in range(depth):  # full, stabilized (kept queries, all keys), kept only
+        q, kv = (seg, seg) if i < lp else (kept, seg) if i < lp + n_as else (kept, kept)
+        blocks.append(BlockCount(list(q), list(kv), list(q)))
+    k = [min(settings.neighbors, c) for c in kept]
+    score = 3 * L * D
+    knn = sum(2 * D * r * c for r, c in zip(removed, kept))
+    ngr_uses = n_as + (1 if settings.reintegrate else 0)
+    ngr_flops = ngr_uses * (sum(2 * D * r * kk for r, kk in zip(removed, k)) + D * sum(kept))
+    return blocks, score + knn + ngr_flops

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..bench.common import table4_key as paper_key
+from ..paper import table4_key as paper_key
 from . import accuracy
 
 BENCH = accuracy.DATA / "bench" / "efficiency_qwen2vl2b_cpu.json"

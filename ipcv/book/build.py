@@ -41,7 +41,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .. import paths
+
+ROOT = paths.repository()  # the checkout: notebooks/, book/, tests/notebooks/, _config.yml
 SOURCES = ROOT / "notebooks"
 EXECUTED = ROOT / "book" / "notebooks"
 GENERATED = ROOT / "book" / "_generated"
@@ -306,7 +308,7 @@ def run_all(
 
 def write_status_tables(results: Path = GENERATED / "results", out: Path = GENERATED) -> None:
     """The CSV tables ``book/status.md`` includes: the paper's numbers beside the book's."""
-    from .analysis import status
+    from . import status
 
     out.mkdir(parents=True, exist_ok=True)
     tables = status.tables(results)
@@ -325,7 +327,7 @@ def write_status_tables(results: Path = GENERATED / "results", out: Path = GENER
 def tower_latency_page() -> str:
     """The status page's vision-tower latency: one section per ``data/bench/vision_*.json``, its full
     name, where and how it was measured, and its own table."""
-    from .analysis import paper
+    from . import paper
 
     towers = paper.tower_latency()
     if not towers:
@@ -346,7 +348,7 @@ def write_figures(out: Path = GENERATED) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .analysis import plots
+    from . import plots
 
     plots.setup()
     out.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,9 @@ import torch
 import transformers
 
 import ipcv
-from ipcv.bench.common import device_name as _device_name
+from ipcv.measure import device_name as _device_name
 
-from .encoders import Encoder
+from ..analysis.encoders import Encoder
 from .names import column
 
 RESULTS_ENV = "IPCV_BOOK_RESULTS"

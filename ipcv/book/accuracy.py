@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..eval import store
 from ..eval.sweeps import IMAGE_TASKS, TASK_METRICS, VIDEO_TASKS
-from .paper import data_dir, paper_table, readable  # noqa: F401 (readable: for the notebook)
+from ..paths import data_dir
+from .paper import paper_table, readable  # noqa: F401 (readable: for the notebook)
 
 DATA = data_dir()
 COLUMN_TASKS = {**IMAGE_TASKS, **VIDEO_TASKS, "VideoMME_overall": "videomme"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import verdicts as v
+from ..analysis import verdicts as v
 
 #: mean cosine of output tokens (they sit near 1: a difference of 0.001 is a tenth of a percent)
 COSINE = 0.001

@@ -5,40 +5,23 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pandas as pd
 
 import ipcv
 
-from .costs import flop_table, qwen2vl_7b_tower
+from .. import paper as published
+from ..analysis.flop_tables import flop_table, qwen2vl_7b_tower
+from ..paths import data_dir
 
-TABLES = {
-    "table1": "table1_qwen2vl_image.csv",
-    "table2": "table2_qwen2vl_video.csv",
-    "table3": "table3_internvl3_38b.csv",
-    "table4": "table4_efficiency_mmbench.csv",
-    "table5": "table5_llm_compat.csv",
-    "table6": "table6_ablation.csv",
-}
 # Qwen2-VL's processor in the authors' evaluation: min_pixels = 1280 * 28 * 28, so every MMBench image
 # reaches the tower with at least 1280 merged tokens = 5120 patches (small images are upscaled).
 MMBENCH_PATCHES = 5120
-MMBENCH_GRID = (64, 80)  # one 896 x 1120 px image = 5120 patches
-
-
-def data_dir() -> Path:
-    """``data/`` of the repository checkout this package runs from."""
-    return Path(__file__).resolve().parents[2] / "data"
 
 
 def paper_table(name: str) -> pd.DataFrame:
-    """One of the paper's tables by short name (``"table4"``) or file stem."""
-    file = TABLES.get(name, f"{name}.csv")
-    path = data_dir() / "paper" / file
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the paper's tables live in data/paper of a checkout")
-    return pd.read_csv(path)
+    """One of the paper's tables by short name (``"table4"``) or file stem (:func:`ipcv.paper.table_path`)."""
+    return pd.read_csv(published.table_path(name))
 
 
 def vit_keep(setting: str) -> float:

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import ipcv
-from ipcv.bench.vision import QWEN2_VL_7B_VISION
-from ipcv.flops import EncoderShape, block_flops, vision_flops
+from ipcv.flops import block_flops, vision_flops
+from ipcv.models.configs import QWEN2_VL_7B_VISION
+from ipcv.shapes import EncoderShape
 
 
 def qwen2vl_7b_tower(device: str | torch.device = "meta") -> nn.Module:

@@ -1,5 +1,7 @@
-"""What one ``generate`` call costs, measured around it: prefill and total latency, visual tokens entering
-the LLM and kept per decoder layer, analytic FLOPs and KV cache (:func:`ipcv.costs`).
+"""Measurement shared by the benchmarks (:mod:`ipcv.bench`) and the evaluation harness (:mod:`ipcv.eval`):
+where a run happened (:func:`device_name`, :func:`environment`) and what one ``generate`` call costs, measured
+around it (:func:`measured_generate`): prefill and total latency, visual tokens entering the LLM and kept per
+decoder layer, analytic FLOPs and KV cache (:func:`ipcv.costs`). Times come from :class:`ipcv.clock.Clock`.
 
 Latency: CUDA events on a GPU (recorded on the stream, read after one synchronize at the end), else
 ``time.perf_counter``. *Prefill* is from the start of ``generate`` to the end of the model's first
@@ -12,39 +14,48 @@ encoder's calls (Figure 1's "ViT encoding"; the rest of prefill is mostly the LL
 from __future__ import annotations
 
 import dataclasses
-import time
+import datetime as _dt
+import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+import transformers
 
-from .. import api
-from ..flops import costs
-from ..models.registry import find
+from . import api
+from .clock import Clock
+from .flops import costs
+from .models.registry import find
 
 
-class _Clock:
-    """A point in time on ``device``: a recorded CUDA event, or perf_counter on the CPU."""
+def device_name(device: str | torch.device) -> str:
+    """Human name of a device: the GPU model, or the CPU model and the threads torch uses."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
 
-    def mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def seconds(self, start, end) -> float:
-        if self.cuda:
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        return end - start
+def environment(device: torch.device) -> dict:
+    """What a result file records about where it ran: device, library versions, date (UTC)."""
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 @dataclass
-class CallRecord:
+class GenerateRecord:
     """One ``generate`` call (one sample at batch size 1).
 
     batch: samples in the call. new_tokens: tokens generated per sample (longest row). prefill_s /
@@ -73,10 +84,10 @@ class CallRecord:
 def measured_generate(model: torch.nn.Module, generate: Callable, *args, **kwargs):
     """Run ``generate(*args, **kwargs)`` on ``model`` (patched or not) and measure it.
 
-    Returns ``(output, CallRecord)``. The observation hooks exist only during the call.
+    Returns ``(output, GenerateRecord)``. The observation hooks exist only during the call.
     """
     device = next(model.parameters()).device
-    clock = _Clock(device)
+    clock = Clock(device)
     marks = {}
     spans: list[list] = []
 
@@ -105,7 +116,7 @@ def measured_generate(model: torch.nn.Module, generate: Callable, *args, **kwarg
     new = int(sequences.shape[1] - ids.shape[1]) if ids is not None else 0
     cost = costs(model, dataclasses.replace(record, decoder=record.decoder[:1]))  # prefill only
     first = record.decoder[0] if record.decoder else None
-    return out, CallRecord(
+    return out, GenerateRecord(
         batch=batch,
         new_tokens=new,
         prefill_s=prefill,
@@ -120,7 +131,7 @@ def measured_generate(model: torch.nn.Module, generate: Callable, *args, **kwarg
 
 
 def summarize(records: list[dict]) -> dict:
-    """Per-task aggregate of :class:`CallRecord` dicts: sums (latency over the benchmark, as Table 4) and
+    """Per-task aggregate of :class:`GenerateRecord` dicts: sums (latency over the benchmark, as Table 4) and
     per-sample means."""
     n = sum(r["batch"] for r in records)
     if not n:
