@@ -19,8 +19,8 @@ from .clock import Clock, sync
 
 
 @dataclass
-class CallRecord:
-    """What one compressed encoder call did.
+class IPCVCall:
+    """What one encoder call compressed by IPCV did.
 
     keep / rem: ``[K]`` / ``[R]`` indices into the packed token sequence of the call.
     neighbors: ``[R, k]`` rows of the kept sequence used by NGR. seg_lengths / keep_counts: per
@@ -98,7 +98,7 @@ class Trace:
 
     timing: bool = False
     states: bool = False
-    calls: list[CallRecord | ReductionRecord] = field(default_factory=list)
+    calls: list[IPCVCall | ReductionRecord] = field(default_factory=list)
     # "stats" when made by ipcv.stats (every encoder and decoder call counted), else "trace"
     # (compressed calls only); ipcv.costs accepts "stats" only
     made_by: str = "trace"

@@ -12,6 +12,7 @@ import torch
 
 from ipcv.bench import __main__ as cli
 from ipcv.bench import common, efficiency, gpu, knn_memory, prefill, vision
+from ipcv.bench.gpu import shared as gpu_shared
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +27,7 @@ def nothing_runs(monkeypatch):
     monkeypatch.setattr(vision, "build_tower", ran)
     monkeypatch.setattr(prefill, "build_model", ran)
     monkeypatch.setattr(efficiency, "build_model", ran)
-    monkeypatch.setattr(gpu, "build", ran)
+    monkeypatch.setattr(gpu_shared, "build", ran)
 
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")

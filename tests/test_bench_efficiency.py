@@ -26,7 +26,7 @@ def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path, caps
         "DART | ViT 100% / LLM 35%": (None, ipcv.DART(0.35)),
         "SparseVLM | ViT 100% / LLM 5%": (None, ipcv.SparseVLM(0.05)),  # too deep for 4 layers: reported
     }
-    monkeypatch.setattr(efficiency, "paper_settings", lambda vit, llm: settings)
+    monkeypatch.setattr(efficiency, "ratio_grid", lambda vit, llm: settings)
     monkeypatch.setenv("IPCV_PROGRESS", "lines")
     out = tmp_path / "eff.json"
     args = argparse.Namespace(repeats=1, new_tokens=3, only=None, dtype="fp32", attn="eager", out=out)

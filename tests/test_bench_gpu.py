@@ -15,7 +15,8 @@ import torch
 import ipcv
 from ipcv import catalog
 from ipcv.bench import gpu
-from ipcv.bench.prefill import paper_settings
+from ipcv.bench.gpu.check import count_syncs, identical
+from ipcv.bench.prefill import ratio_grid
 
 
 def _args(tmp_path, **kw):
@@ -52,7 +53,7 @@ def test_check_keep_all_exact_and_kernels_agree(bench):
     check = bench["check"]
     assert set(check["attention_implementations"]) == {"eager", "sdpa", "varlen"}
     assert check["attention_implementations"]["varlen"] == "sdpa per segment"  # no CUDA: the reference path
-    methods = set(paper_settings(vit=(0.35,), llm=(0.35,))) - {"vanilla"}
+    methods = set(ratio_grid(vit=(0.35,), llm=(0.35,))) - {"vanilla"}
     rows = check["rows"]
     assert {(r["dtype"], r["attention"], r["setting"]) for r in rows} == {
         (d, a, m) for d in ("fp32", "bf16") for a in ("eager", "sdpa", "varlen") for m in methods
@@ -66,7 +67,7 @@ def test_check_keep_all_exact_and_kernels_agree(bench):
 def test_latency_rows_for_every_input(bench):
     lat = bench["latency"]
     assert [i["input"] for i in lat["inputs"]] == [x[0] for x in gpu.SIZES["tiny"][2]]
-    names = set(paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05)))
+    names = set(ratio_grid(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05)))
     for inp in lat["inputs"]:
         rows = {r["setting"]: r for r in inp["rows"]}
         assert set(rows) | set(inp["refused"]) == names
@@ -108,7 +109,7 @@ def test_targets_are_judged_on_a_real_gpu_run(bench, capsys):
 def test_every_part_reports_its_progress(printed):
     _, _, err = printed
     lines = err.splitlines()
-    checks = 2 * 3 * (len(paper_settings(vit=(0.35,), llm=(0.35,))) - 1)  # dtypes x attentions x methods
+    checks = 2 * 3 * (len(ratio_grid(vit=(0.35,), llm=(0.35,))) - 1)  # dtypes x attentions x methods
     assert f"gpu check [1/{checks}] fp32 eager: " in err and f"gpu check [{checks}/{checks}] bf16 varlen: " in err
     assert any(line.startswith("gpu latency: building the tiny Qwen2-VL") for line in lines)
     for label, *_ in gpu.SIZES["tiny"][2]:
@@ -129,7 +130,7 @@ def test_refuses_without_cuda_and_real_size_on_cpu(tmp_path):
 
 def test_sync_counter_leaves_the_runner_as_it_was():
     runner = catalog.BY_SETTINGS[ipcv.IPCV]
-    with gpu.count_syncs(torch.device("cpu")) as seen:
+    with count_syncs(torch.device("cpu")) as seen:
         assert catalog.BY_SETTINGS[ipcv.IPCV] is runner and seen == []
     assert catalog.BY_SETTINGS[ipcv.IPCV] is runner
 
@@ -165,11 +166,11 @@ def test_table4_rows_are_found_for_every_benchmark_name():
     paper = table4()
     assert paper[table4_key("vanilla")]["latency_pct"] == 100.0
     assert paper[table4_key("IPCV | ViT 35% / LLM 35%")]["latency_pct"] == 60.8  # the paper's headline figure
-    ours = paper_settings(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
+    ours = ratio_grid(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
     assert {table4_key(n) for n in ours} == set(paper) == {table4_key(n) for n in protocol_settings("paper")}
 
 
 def test_identical_is_bitwise_and_nan_aware():
     a = torch.tensor([1.0, float("nan"), -0.5])
-    assert gpu.identical(a, a.clone()) and not gpu.identical(a, a + 1e-7 * torch.tensor([1.0, 0.0, 0.0]))
-    assert not gpu.identical(a, torch.tensor([1.0, 2.0, -0.5])) and not gpu.identical(a, a[:2])
+    assert identical(a, a.clone()) and not identical(a, a + 1e-7 * torch.tensor([1.0, 0.0, 0.0]))
+    assert not identical(a, torch.tensor([1.0, 2.0, -0.5])) and not identical(a, a[:2])

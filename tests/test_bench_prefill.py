@@ -19,7 +19,7 @@ def test_prefill_rows_and_progress_on_a_tiny_model(monkeypatch, tmp_path, capsys
         "IPCV | ViT 35% / LLM 35%": (ipcv.IPCV(0.35, stabilize_layers=2), ipcv.DART(0.35)),
         "DART | ViT 100% / LLM 35%": (None, ipcv.DART(0.35)),
     }
-    monkeypatch.setattr(prefill, "paper_settings", lambda: settings)
+    monkeypatch.setattr(prefill, "ratio_grid", lambda: settings)
     monkeypatch.setenv("IPCV_PROGRESS", "lines")
     out = tmp_path / "prefill.json"
     args = argparse.Namespace(repeats=2, protocol="ours", side=112, kv_fit=False, dtype="fp32", attn="eager", out=out)

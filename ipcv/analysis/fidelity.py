@@ -16,8 +16,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..methods.ipcv import Neighbors, ngr
 from .encoders import Batch
-from .hidden import Compressed, Unpruned
+from .hidden import Compressed, Unpruned, downstream
 
 METHODS = ("NGR", "copy", "frozen")
 
@@ -95,11 +96,6 @@ def kept_drift(un: Unpruned, c: Compressed, exclude: torch.Tensor | None = None)
             dict(block=layer, cosine=float(row_cosine(a, b).mean()), rel_error=float(relative_error(a, b).mean()))
         )
     return pd.DataFrame(rows)
-
-
-def segment_of_rows(batch: Batch, rows: torch.Tensor) -> torch.Tensor:
-    """Image index of each packed row."""
-    return batch.segment_ids()[rows]
 
 
 def delta_agreement(
@@ -186,8 +182,6 @@ def ngr_on_unpruned(un: Unpruned, c: Compressed) -> torch.Tensor:
     """``[R, D]``: NGR (the library's :func:`ipcv.methods.ipcv.ngr`, eq. 4-5) at the final output
     with the kept tokens' changes taken from the *unpruned* run: the error NGR's approximation
     alone would make, without the drift pruning causes in the kept tokens."""
-    from ipcv.methods.ipcv import Neighbors, ngr
-
     k = c.neighbors.shape[1]
     nb = Neighbors(c.neighbors, torch.full(c.neighbors.shape, 1.0 / k))
     lp = c.settings.prune_layer
@@ -217,8 +211,6 @@ def downstream_rows(enc, batch: Batch, un: Unpruned, c: Compressed) -> pd.DataFr
 
     Columns: keep_ratio, method, all_cos, saliency_mae.
     """
-    from .hidden import downstream
-
     rows = []
     for method, est in removed_estimates(un, c).items():
         out, sal = downstream(enc, batch, with_removed(c.final, c.rem, est))
@@ -269,8 +261,6 @@ def image_cosines(batch: Batch, un: Unpruned, out) -> dict[str, float]:
 
 def downstream_image_rows(enc, batch: Batch, un: Unpruned, c: Compressed) -> pd.DataFrame:
     """:func:`downstream_rows`' ``all_cos`` per image. Columns: keep_ratio, method, image, all_cos."""
-    from .hidden import downstream
-
     rows = []
     for method, est in removed_estimates(un, c).items():
         out, _ = downstream(enc, batch, with_removed(c.final, c.rem, est))

@@ -9,7 +9,6 @@ kept tokens, i.e. the compressed counterpart of ``Unpruned.states[l + 1][keep]``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -151,11 +150,6 @@ def run_compressed(enc: Encoder, batch: Batch, settings: ipcv.IPCV, states: bool
         {layer: _cpu(s) for layer, s in rec.states.items()}, list(rec.seg_lengths), list(rec.keep_counts),
         _cpu(full), out, sal,
     )  # fmt: skip
-
-
-def run_settings(enc: Encoder, batch: Batch, settings: Iterable[ipcv.IPCV], states: bool = False) -> list[Compressed]:
-    """:func:`run_compressed` for each settings object, in order."""
-    return [run_compressed(enc, batch, s, states) for s in settings]
 
 
 @dataclass

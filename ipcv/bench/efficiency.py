@@ -26,7 +26,7 @@ from ipcv.models.configs import QWEN2_VL_2B_TEXT, QWEN2_VL_7B_VISION
 from ..measure import environment, measured_generate
 from ..method_strings import format_method
 from .common import Progress, UsageError, median, note, positive_int, write_json
-from .prefill import build_model, inputs, paper_settings, text_ids
+from .prefill import build_model, inputs, ratio_grid, text_ids
 from .vision import DTYPES
 
 # Figure 1's three inputs: (name, kind, side in px, frames)
@@ -205,14 +205,14 @@ SETTINGS = dict(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
 
 def selected(only: list[str] | None) -> dict[str, tuple[object, object]]:
     """The settings to run: all of Table 4's, or vanilla and those whose name contains one of ``only``."""
-    settings = paper_settings(**SETTINGS)
+    settings = ratio_grid(**SETTINGS)
     if only:
         settings = {k: v for k, v in settings.items() if k == "vanilla" or any(o in k for o in only)}
     return settings
 
 
 def validate(args: argparse.Namespace) -> None:
-    names = [n for n in paper_settings(**SETTINGS) if n != "vanilla"]
+    names = [n for n in ratio_grid(**SETTINGS) if n != "vanilla"]
     unmatched = [o for o in args.only or () if not any(o in name for name in names)]
     if unmatched:
         methods = ", ".join(dict.fromkeys(n.split(" | ")[0] for n in names))

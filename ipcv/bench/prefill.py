@@ -17,7 +17,13 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditionalGeneration
 
 import ipcv
+from ipcv.budgets import progressive_counts
+from ipcv.flops import decoder_layer_flops, encoder_flops
+from ipcv.methods.sparsevlm import recycled_clusters
 from ipcv.models.configs import QWEN2_VL_2B_TEXT, QWEN2_VL_2B_TOKENS, QWEN2_VL_7B_VISION
+from ipcv.shapes import DecoderShape, EncoderShape
+from ipcv.vision.dart_vit import dart_vit_counts
+from ipcv.vision.merging import global_plan, merge_plan
 
 from ..clock import timed
 from ..measure import environment
@@ -62,7 +68,7 @@ def inputs(model, side: int = 448, seed: int = 0) -> dict:
     )
 
 
-def paper_settings(vit=(0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05)) -> dict[str, tuple[object, object]]:
+def ratio_grid(vit=(0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05)) -> dict[str, tuple[object, object]]:
     """The rows of Tables 1 and 4: (vision, language) settings by name. ViT-side methods are paired
     with LLM-side DART at the same ratio (the authors' script pairs IPCV with DART) at the ratios
     ``vit``; LLM-side methods run with the whole ViT (100%) at the ratios ``llm``."""
@@ -101,8 +107,6 @@ QWEN2_VL_7B_LAYERS, TABLE4_VISUAL, TABLE4_TEXT = 28, 1259, 77
 def visual_per_layer(language, visual: int, layers: int) -> list[int]:
     """Visual tokens each decoder layer holds after an LLM-side pruner (one image, batch 1), from the
     settings' own budget functions (SparseVLM's recycled cluster tokens included)."""
-    from ipcv.budgets import progressive_counts
-    from ipcv.methods.sparsevlm import recycled_clusters
 
     if language is None:
         return [visual] * layers
@@ -127,7 +131,6 @@ QWEN2_VL_7B_DECODER = dict(layers=28, dim=3584, mlp_dim=18944, heads=28, kv_head
 
 
 def _qwen2_vl_7b_tower_shape():
-    from ipcv.shapes import EncoderShape
 
     c = QWEN2_VL_7B_VISION
     D, m = c["embed_dim"], c["spatial_merge_size"] ** 2
@@ -140,9 +143,6 @@ def _prefill_tflops(vision, visual_per_layer: list[int], visual: int, text: int)
     """Analytic prefill TFLOPs of Qwen2-VL-7B for one image of ``4 * visual`` patches: the vision tower
     under ``vision`` (one image: a global budget is that image's) and the decoder layers with causal attention."""
     import dataclasses
-
-    from ipcv.flops import decoder_layer_flops, encoder_flops
-    from ipcv.shapes import DecoderShape
 
     if vision is not None and getattr(vision, "output", "full") == "reduced":
         vision = dataclasses.replace(vision, output="full")
@@ -158,8 +158,6 @@ def reduced_visual_tokens(vision, patches: int, depth: int = 32, unit: int = 4) 
     it (ToMe / ToFu: :func:`ipcv.vision.merging.global_plan` or :func:`ipcv.vision.merging.merge_plan`;
     DART-ViT: :func:`ipcv.vision.dart_vit.dart_vit_counts`), turned into merge units by the rule of
     :func:`ipcv.models.qwen2_vl.reduced_units` (survivors / unit, half up, at least one)."""
-    from ipcv.vision.dart_vit import dart_vit_counts
-    from ipcv.vision.merging import global_plan, merge_plan
 
     if isinstance(vision, ipcv.DARTViT):
         survivors = dart_vit_counts(vision, patches)
@@ -240,7 +238,7 @@ def runnable(settings: dict[str, tuple[object, object]]) -> tuple[dict[str, tupl
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
-    settings, refused = runnable(paper_settings() if args.protocol == "ours" else protocol_settings(args.protocol))
+    settings, refused = runnable(ratio_grid() if args.protocol == "ours" else protocol_settings(args.protocol))
     note(f"prefill: building Qwen2-VL-2B ({args.dtype}, {args.attn}, random weights) for {len(settings)} settings")
     model = build_model(DTYPES[args.dtype], args.attn)
     kw = inputs(model, side=args.side)

@@ -224,10 +224,6 @@ def gpu_latency(bench: dict, which: int = 0) -> pd.DataFrame:
     return out
 
 
-def gpu_targets(bench: dict) -> pd.DataFrame:
-    return pd.DataFrame(bench["targets"])
-
-
 def gpu_findings(bench: dict) -> str:
     """The paragraph under the GPU section, from the file's own numbers."""
     checks = gpu_checks(bench)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..method_strings import format_method
+from .. import presets
+from ..method_strings import format_method, parse_method
 
 SWEEPS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5", "table6", "fig5")
 
@@ -92,7 +93,6 @@ class Sweep:
 
 
 def _table(table: str, tasks, protocol: str, family: str, model: str, what: str) -> Sweep:
-    from .. import presets
 
     settings = []
     for setting, method in presets.paper_rows(table):
@@ -107,7 +107,6 @@ def _fig5(protocol: str) -> Sweep:
     """Figure 5: IPCV's l_p, AS depth and k on MMBench-EN at ViT 35 % / LLM 35 % (LLM side as Table 6's
     IPCV row), ToMe as the reference. The figure's grid is not given in the text: this one brackets the
     defaults (l_p 3, AS 7, k 10)."""
-    from .. import presets
 
     base_v, base_l = presets.paper_settings("table6", "vit35_llm35", "IPCV", protocol)
     base = format_method(base_v)
@@ -123,14 +122,12 @@ def _fig5(protocol: str) -> Sweep:
 
 
 def _canonical(text: str) -> str:
-    from ..method_strings import parse_method
 
     return format_method(parse_method(text, "vision"))
 
 
 def sweeps(protocol: str = "paper") -> dict[str, Sweep]:
     """Every named sweep in ``protocol`` ("paper" or "official")."""
-    from .. import presets
 
     if protocol not in presets.PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is not allowed: use one of {presets.PROTOCOLS}")

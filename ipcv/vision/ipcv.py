@@ -61,7 +61,7 @@ def run_ipcv(
         nb = find_neighbors(h, keep, rem, seg_lengths, keep_counts, settings.neighbors, settings.scope)
     plan = Plan(keep, rem, seg_lengths, keep_counts, nb)
     if record is not None:
-        record.calls.append(_trace.CallRecord(seg_lengths, list(keep_counts), keep, rem, nb.index, scores))
+        record.calls.append(_trace.IPCVCall(seg_lengths, list(keep_counts), keep, rem, nb.index, scores))
 
     h_keep_lp, h_rem_lp = h[keep], h[rem]  # eq. 2
     h_keep = h_keep_lp
