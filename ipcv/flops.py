@@ -185,7 +185,7 @@ class Costs:
         return self.vision + self.decoder
 
 
-def costs(model, stats, bytes_per_value: int = 2) -> Costs:
+def costs(model: nn.Module, stats: Trace, bytes_per_value: int = 2) -> Costs:
     """FLOPs and KV cache of everything ``stats`` (from ``with ipcv.stats(model) as stats``) recorded
     for ``model``: vision calls counted by :func:`encoder_flops` under the settings they ran with,
     decoder calls by :func:`decoder_flops`, the KV cache by :func:`kv_cache_mb`."""
