@@ -38,12 +38,18 @@ def _patched_class(cls: type, forward) -> type:
     return _subclasses[key]
 
 
+def _whole_models(which) -> list[str]:
+    """The whole-model classes (the first two each adapter accepts: the model with its head, and without) of
+    the families ``which(adapter)`` selects, for error messages."""
+    return [name for a in ADAPTERS if which(a) and a.language is not None for name in a.classes[:2]]
+
+
 def _language_targets(model: nn.Module, adapter: Adapter, language: LanguageMethod) -> tuple[nn.Module, nn.Module]:
     found = adapter.locate_language(model)
     if found is None:
         raise TypeError(
             f"language={language!r}: a {type(model).__name__} has no language decoder; pass the whole model "
-            f"(e.g. Qwen2VLForConditionalGeneration) or use vision= only"
+            f"(e.g. {_whole_models(lambda a: a.language is not None)[0]}) or use vision= only"
         )
     return found
 
@@ -89,10 +95,10 @@ def compress(model: nn.Module, vision: VisionMethod | None = None, language: Lan
         found = adapter.locate_language(model)
         if not adapter.reduced_output or found is None:
             families = tuple(a.family for a in ADAPTERS if a.reduced_output)
+            examples = ", ".join(_whole_models(lambda a: a.reduced_output))
             raise NotImplementedError(
                 f"vision={vision!r}: output='reduced' is built for the mRoPE families {families} only, "
-                f"on a whole model with its decoder (e.g. Qwen2VLForConditionalGeneration, Qwen2VLModel, "
-                f"Qwen2_5_VLForConditionalGeneration), got {type(model).__name__}; use output='full'"
+                f"on a whole model with its decoder (e.g. {examples}), got {type(model).__name__}; use output='full'"
             )
         if language is not None:
             raise ValueError(
@@ -228,8 +234,8 @@ def vision_attention(model: nn.Module, implementation: str) -> str:
     ``"varlen"``: one variable-length attention call per block over all images / frames, by
     PyTorch's own kernel (``torch.nn.attention.varlen``, flash or cuDNN; CUDA, bf16 / fp16) registered
     in transformers' attention interface, for users without the ``flash-attn`` package; on CPU or in
-    float32 it runs scaled_dot_product_attention per segment. For towers that pack their images
-    (Qwen2-VL, Qwen2.5-VL). ``"flash_attention_2"`` / ``"_3"`` need the ``flash-attn`` package.
+    float32 it runs scaled_dot_product_attention per segment. For towers that pack their images (the
+    families whose adapter says ``packs_segments``). ``"flash_attention_2"`` / ``"_3"`` need the ``flash-attn`` package.
     Works on compressed and uncompressed models alike (the compressed blocks use the same kernel).
     """
     if implementation not in VISION_ATTENTION:
