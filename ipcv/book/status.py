@@ -93,7 +93,7 @@ def tables(results: Path) -> dict[str, pd.DataFrame]:
         "ablation_vs_table6": ablation_vs_table6(results),
         "restore_vs_table1": restore_vs_table1(results),
         "claims": claims(results),
-        "build_run": build_run(results),
+        "build_run": _readable_run(build_run(results)),
     }
     for name in ("ngr_premise", "attention_stabilization", "bound", "sensitivity", "token_pruning", "vit_baselines"):
         table = _read(results, name)
@@ -353,9 +353,18 @@ def claims(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "paper", "reproduced in this build?", "where"])
 
 
+def _readable_run(run: pd.DataFrame) -> pd.DataFrame:
+    """:func:`build_run` as the page shows it: the weights check in words."""
+    if "trained" not in run:
+        return run
+    checked = run["trained"].astype(str).str.lower().map({"true": "trained", "false": "random (untrained)"})
+    return run.assign(trained=checked).rename(columns={"trained": "weights checked"})
+
+
 def build_run(results: Path) -> pd.DataFrame:
     """Which weights and device this build's notebook numbers come from (``run.csv``, written by
-    :func:`ipcv.analysis.report.run_note` during the build)."""
+    :func:`ipcv.book.report.run_note` during the build); ``trained`` is what :mod:`ipcv.analysis.weights`
+    found (True / False), shown on the page as "weights checked: trained / untrained"."""
     t = _read(results, "run")
     if t is None:
         return pd.DataFrame([{"weights": NOT_RUN, "device": NOT_RUN}])
