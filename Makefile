@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make book   the main job: execute every notebook (papermill, offline defaults) and build the book
-#   make test   every test (pytest + nbval)
+#   make test   every test (pytest + nbval); make test-fast: the unit tests only (no slow, subprocess or notebook)
 # Both create .venv on first use from the lock (requirements/lock.txt: every package CI tested, with hashes).
 #   make lock          re-resolve the lock after changing pyproject.toml or requirements/*.in (uv)
 #   make check-latest  the newest versions pyproject.toml allows, in a throwaway venv, against the fast tests
@@ -55,8 +55,9 @@ endif
 test: setup
 	$(PY) -m pytest -q $(NBVAL) tests
 
+# the unit tests: no notebook, nothing marked slow (real-size models, long runs) or subprocess (pyproject.toml)
 test-fast: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow and not subprocess" tests
 
 book: setup
 	$(PY) -m ipcv.book build

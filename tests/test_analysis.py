@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tower
-from transformers import Dinov2Config, Dinov2Model
+from families import VIT_SIZE, make_tower, tiny_vit
 
 import ipcv
 from ipcv.analysis import bound, encoders, fidelity, flop_tables, hidden, pruning
@@ -18,21 +17,7 @@ from ipcv.analysis import images as imgs
 from ipcv.book import claims, paper, report, status
 from ipcv.shapes import EncoderShape
 
-SIZE, PATCH = 56, 8  # 7 x 7 patches + CLS
-
-
-def tiny_dinov2() -> Dinov2Model:
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, image_size=SIZE, patch_size=PATCH,
-                       mlp_ratio=2)  # fmt: skip
-    model = Dinov2Model(cfg).eval()
-    with torch.no_grad():  # random init barely moves the residual stream: make blocks matter
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.2)
-            elif "lambda1" in name:
-                p.fill_(0.5)
-    return model
+SIZE = VIT_SIZE  # 7 x 7 patches of 8 + CLS
 
 
 def photos(n: int = 2, seed: int = 0) -> list[np.ndarray]:
@@ -42,7 +27,7 @@ def photos(n: int = 2, seed: int = 0) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def vit():
-    enc = encoders.vit_encoder(tiny_dinov2(), "tiny random DINOv2", trained=False)
+    enc = encoders.vit_encoder(tiny_vit("dinov2", "sdpa"), "tiny random DINOv2", trained=False)
     batch = enc.prepare(photos(), ["a", "b"], SIZE)
     settings = ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=2, neighbors=3)
     return enc, batch, hidden.run_unpruned(enc, batch), hidden.run_compressed(enc, batch, settings)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tower
+from families import make_tower
 
 import ipcv
 

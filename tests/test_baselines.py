@@ -7,9 +7,8 @@ import itertools
 import math
 
 import pytest
-import test_vit as vit_models
 import torch
-from conftest import MIXED, SEVERAL, SINGLE, VIDEO, make_tower, pixels
+from families import MIXED, SEVERAL, SINGLE, VIDEO, make_tower, pixels, tiny_vit, vit_encoder, vit_images, vit_layers
 from reference import keep_budget
 
 import ipcv
@@ -139,8 +138,8 @@ def test_qwen_keep_all_is_bit_exact(method, grid):
 @pytest.mark.parametrize("family", ["dinov2", "clip", "siglip"])
 @pytest.mark.parametrize("method", METHODS)
 def test_vit_keep_all_is_bit_exact(method, family):
-    model = vit_models.make(family, "sdpa")
-    x = vit_models.images()
+    model = tiny_vit(family, "sdpa")
+    x = vit_images()
     with torch.no_grad():
         ref = model(pixel_values=x).last_hidden_state
         ipcv.compress(model, vision=METHODS[method](1.0))
@@ -180,8 +179,8 @@ def test_qwen_per_segment_counts_and_full_length_copies(method, ratio):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_vit_counts_protect_cls(method):
-    model = vit_models.make("dinov2")
-    x = vit_models.images()
+    model = tiny_vit("dinov2")
+    x = vit_images()
     ipcv.compress(model, vision=METHODS[method](0.3))
     with ipcv.trace() as t, torch.no_grad():
         out = model(pixel_values=x).last_hidden_state
@@ -212,10 +211,10 @@ def test_proportional_attention_and_tofu_split_change_the_output():
 
 def test_tome_matches_a_plain_reference_on_a_vit():
     """ToMe written out with explicit per-token bookkeeping on CLIP (no rotary), one image."""
-    model = vit_models.make("clip", "eager")
-    x = vit_models.images(batch=1)
+    model = tiny_vit("clip", "eager")
+    x = vit_images(batch=1)
     settings = ipcv.ToMe(0.3)
-    enc = vit_models.encoder(model)
+    enc = vit_encoder(model)
     captured = {}
 
     def grab(module, args, kwargs):
@@ -226,11 +225,11 @@ def test_tome_matches_a_plain_reference_on_a_vit():
         model(pixel_values=x)
     hook.remove()
     h = captured["h"]  # [50, D]: CLS + 49 patches
-    depth = len(vit_models.layers(model))
+    depth = len(vit_layers(model))
     schedule = tome.merge_schedule(49, keep_budget(49, 0.3), depth)
     groups = [[i] for i in range(50)]  # source positions of each current token
     with torch.no_grad():
-        for layer, r in zip(vit_models.layers(model), schedule):
+        for layer, r in zip(vit_layers(model), schedule):
             a = layer.self_attn
             n = layer.layer_norm1(h)
             H = a.num_heads

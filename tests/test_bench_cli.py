@@ -118,6 +118,7 @@ def test_the_defaults_and_the_small_options_of_the_tests_pass_the_checks():
         assert args.command == argv[0]
 
 
+@pytest.mark.subprocess
 def test_as_a_command_a_bad_argument_prints_no_traceback():
     done = subprocess.run(
         [sys.executable, "-m", "ipcv.bench", "knn-memory", "--keep", "2"], capture_output=True, text=True, timeout=300

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import tiny_qwen2vl
+from families import tiny_qwen2vl
 
 import ipcv
 from ipcv.bench import efficiency

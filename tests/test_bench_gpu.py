@@ -43,12 +43,14 @@ def bench(printed):
     return printed[0]
 
 
+@pytest.mark.slow
 def test_json_names_where_it_ran(bench):
     for key in ("device", "torch", "transformers", "date", "weights"):
         assert bench[key]
     assert bench["device"].startswith("CPU") and "tiny" in bench["weights"] and bench["size"] == "tiny"
 
 
+@pytest.mark.slow
 def test_check_keep_all_exact_and_kernels_agree(bench):
     check = bench["check"]
     assert set(check["attention_implementations"]) == {"eager", "sdpa", "varlen"}
@@ -64,6 +66,7 @@ def test_check_keep_all_exact_and_kernels_agree(bench):
     assert check["failures"] == [] and all(r["ok"] for r in rows)
 
 
+@pytest.mark.slow
 def test_latency_rows_for_every_input(bench):
     lat = bench["latency"]
     assert [i["input"] for i in lat["inputs"]] == [x[0] for x in gpu.SIZES["tiny"][2]]
@@ -80,6 +83,7 @@ def test_latency_rows_for_every_input(bench):
         assert all(r["prefill_s"] <= r["total_s"] for r in rows.values())
 
 
+@pytest.mark.slow
 def test_tower_part_and_targets(bench):
     assert [t["attention"] for t in bench["tower"]] == ["eager", "sdpa", "varlen"]
     for t in bench["tower"]:
@@ -91,12 +95,14 @@ def test_tower_part_and_targets(bench):
     assert "--size real" in bench["targets_not_judged"] and "CUDA GPU" in bench["targets_not_judged"]
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_says_the_targets_are_not_checked(printed):
     _, out, _ = printed
     assert "MISSED" not in out and " met" not in out
     assert "speed targets (3): not checked on this run: they are judged only on a real-size run" in out
 
 
+@pytest.mark.slow
 def test_targets_are_judged_on_a_real_gpu_run(bench, capsys):
     assert gpu.not_judged("real", "cuda") is None
     assert gpu.not_judged("tiny", "cuda") and gpu.not_judged("tiny", "cpu")
@@ -106,6 +112,7 @@ def test_targets_are_judged_on_a_real_gpu_run(bench, capsys):
     assert capsys.readouterr().out == f"target {judged[0]['target']}: 2.000 (limit 1.1) MISSED\n"
 
 
+@pytest.mark.slow
 def test_every_part_reports_its_progress(printed):
     _, _, err = printed
     lines = err.splitlines()
@@ -135,6 +142,7 @@ def test_sync_counter_leaves_the_runner_as_it_was():
     assert catalog.BY_SETTINGS[ipcv.IPCV] is runner
 
 
+@pytest.mark.slow
 def test_status_claim_uses_only_real_gpu_runs(bench, tmp_path, monkeypatch):
     from ipcv.book import efficiency, status
 
@@ -150,6 +158,7 @@ def test_status_claim_uses_only_real_gpu_runs(bench, tmp_path, monkeypatch):
     assert claim.startswith("**Measured on NVIDIA Test GPU**") and f"{100 * row['total_ratio']:.1f} %" in claim
 
 
+@pytest.mark.slow
 def test_parts_run_in_separate_calls_merge_into_one_file(bench):
     tower_only = {k: v for k, v in bench.items() if k not in ("check", "latency")}
     merged = gpu.merge(bench, tower_only)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from conftest import tiny_qwen2vl
+from families import tiny_qwen2vl
 
 import ipcv
 from ipcv.bench import prefill

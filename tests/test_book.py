@@ -222,6 +222,7 @@ def test_run_all_stops_at_a_failure_with_the_times_so_far(monkeypatch, capsys):
     assert re.search(r"executed 1 of 3 notebook\(s\) in \d+ s:\n  " + SOURCES[0].stem + r"\s+5 s\n$", out)
 
 
+@pytest.mark.subprocess
 def test_the_kernel_gets_no_interrupt_when_it_is_shut_down(tmp_path, capsys):
     """jupyter_client interrupts (SIGINT) every kernel it shuts down; after the last cell that only makes
     ipykernel log "KeyboardInterrupt caught in kernel" when it lands mid-request. The cell below makes the

@@ -63,6 +63,8 @@ def test_what_we_saw_has_no_number_of_its_own():
                 assert not re.search(r"\d", cell.source), f"{path.name}: a number in prose:\n{cell.source}"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_notebook_on_a_local_qwen2_vl_names_it_and_not_dinov2(tmp_path):
     from ipcv.book import status
 
@@ -104,6 +106,7 @@ NOT_QUALITY = ("§3.4–3.5", "§3.5, Table 5", "§4, Tables 1–3, Figure 4", "
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_notebook_that_takes_a_model_runs_on_a_local_random_qwen2_vl_and_claims_nothing(tmp_path):
     """Item 4 of the newcomer issue: every notebook with a ``model`` parameter, executed as the book build runs it
     (book.run_all, the build's own loop) on three photographs, so that the verdicts have images to test on."""

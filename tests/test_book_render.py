@@ -106,6 +106,7 @@ def small_book(tmp_path_factory):
     return root / "_build" / "html"
 
 
+@pytest.mark.subprocess
 def test_small_book_has_no_broken_link_or_placeholder(small_book):
     assert book.broken_links(small_book) == []
     assert (small_book / "_static" / "mathjax" / "MathJax.js").exists()
@@ -121,6 +122,7 @@ NO_BROWSER = book.chromium() is None and not os.environ.get("CI")
 
 
 @pytest.mark.skipif(NO_BROWSER, reason="no chromium (apt-get install -y chromium)")
+@pytest.mark.subprocess
 def test_maths_is_typeset_in_headless_chromium(small_book, tmp_path):
     dom = book.render(small_book / "book" / "check.html", tmp_path / "profile", tmp_path / "check.png")
     formulas, rendered = book.typeset_maths(dom)
@@ -131,6 +133,7 @@ def test_maths_is_typeset_in_headless_chromium(small_book, tmp_path):
 
 
 @pytest.mark.skipif(NO_BROWSER, reason="no chromium (apt-get install -y chromium)")
+@pytest.mark.subprocess
 def test_the_books_widest_tables_fit_the_column_at_1280_px(small_book, tmp_path):
     """No table of the kinds the book shows needs a sideways scroll in a 1280-pixel window (compact
     table CSS, headers that wrap, the key columns first, long names wrapped or moved out of tables).

@@ -189,6 +189,8 @@ def _visual_tokens(assets, task) -> list[int]:
     return counts
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_cell_is_one_row(sweep):
     assert set(sweep) == {(s, t) for s in SETTINGS for t in TASKS}
     for row in sweep.values():
@@ -199,6 +201,8 @@ def test_every_cell_is_one_row(sweep):
     assert "mc_accuracy" in sweep["vanilla", "ipcv_tiny_mc"]["metrics"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_token_counts_match_hand_counts(sweep, assets):
     for task in TASKS:
         counts = _visual_tokens(assets, task)
@@ -216,12 +220,16 @@ def test_token_counts_match_hand_counts(sweep, assets):
         assert ours["llm_tflops"] < vanilla["llm_tflops"] == pytest.approx(tome["llm_tflops"])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_keep_one_answers_exactly_as_vanilla(sweep):
     for task in TASKS:
         assert sweep["keep1", task]["answers_sha256"] == sweep["vanilla", task]["answers_sha256"]
         assert sweep["keep1", task]["metrics"] == sweep["vanilla", task]["metrics"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_lmms_eval_results_carry_ipcv_throughput(sweep):
     raw = Path(sweep["ipcv_dart", TASKS[0]]["raw"])
     results = json.loads(next(raw.glob("lmms_eval/**/*_results.json")).read_text())
@@ -236,6 +244,8 @@ def _comparable(row):
     } | {"tokens": row["ipcv"]["visual_tokens_per_layer"]}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sweep_killed_and_resumed_ends_with_the_same_rows(sweep, assets):
     """SIGKILL the whole sweep (runner and lmms-eval) while its second setting runs, start it again: the
     store ends with exactly the rows of the uninterrupted sweep, none lost, none twice."""
@@ -516,6 +526,7 @@ def _offline_env(tmp_path, how: str) -> dict:
 
 
 @pytest.mark.parametrize("how", ["offline mode", "unreachable"])
+@pytest.mark.subprocess
 def test_a_model_that_cannot_load_stops_the_sweep_before_its_first_cell_in_seconds(assets, tmp_path, how):
     """A hub id with no hub and no cached copy: the sweep stops before any lmms-eval process starts, in
     seconds (not a minute of download retries per cell), with the loader's message and the fix."""
@@ -551,6 +562,8 @@ def test_a_model_that_cannot_load_stops_the_sweep_before_its_first_cell_in_secon
     assert not (tmp_path / "raw").exists() and not (tmp_path / "r.jsonl").exists()  # no lmms-eval process started
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_hub_model_in_the_cache_runs_offline_when_the_hub_cannot_be_reached(assets, tmp_path):
     """A hub id whose checkpoint is in the local cache, the hub unreachable: the check reads the cache and
     lmms-eval is told HF_HUB_OFFLINE=1 (so it reads the cache instead of retrying downloads)."""
@@ -571,6 +584,8 @@ def test_a_hub_model_in_the_cache_runs_offline_when_the_hub_cannot_be_reached(as
     assert [c.split()[0] for c in _commands(done.stdout)] == ["HF_HUB_OFFLINE=1"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_model_lmms_eval_cannot_load_stops_the_sweep_at_its_first_cell(assets, tmp_path):
     """A checkpoint whose files are all there but whose weights are cut short: lmms-eval starts once,
     cannot load it, and the sweep stops there (the second setting never starts), with the loader's

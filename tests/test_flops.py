@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_tower
+from families import make_tower
 
 import ipcv
 from ipcv.flops import encoder_flops, vision_flops

@@ -14,9 +14,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tower, pixels
-from test_reduced_output import MIXED, PADDED, SINGLE, VIDEO, _text
-from test_reduced_output import model as model  # noqa: F401  (the module's fixture)
+from families import INTERNVL, REDUCED_CASES, make_tower, pixels, tiny_internvl, tiny_qwen2vl
+from families import qwen_text_tokens as _text
 from transformers.vision_utils import get_vision_position_ids
 
 import ipcv
@@ -25,6 +24,16 @@ from ipcv.flops import vision_flops
 from ipcv.methods.tome import bipartite_soft_matching, release_matching
 from ipcv.models.qwen2_vl import UNITS_KEY, reduced_units
 from ipcv.vision.merging import global_plan, run_merging
+
+SINGLE, PADDED, VIDEO, MIXED = (REDUCED_CASES[c].kw for c in ("single", "padded", "video", "mixed"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = tiny_qwen2vl("sdpa", layers=3, decoder_std=0.08)  # the output="reduced" tests' Qwen2-VL
+    yield m
+    ipcv.restore(m)
+
 
 # --- the authors' port, transcribed --------------------------------------------------------------
 
@@ -271,7 +280,7 @@ def test_port_rule_in_the_tower(grid, tofu):
         torch.testing.assert_close(full[t["row"]], t["vec"], rtol=1e-4, atol=1e-4)
 
 
-def test_counts_follow_the_run(model):  # noqa: F811
+def test_counts_follow_the_run(model):
     """The analytic count (the method's row in ipcv.catalog) removes per block what the run removes from the call."""
     grid = [[1, 8, 12], [1, 4, 8], [2, 4, 6]]
     tower = model.model.visual
@@ -294,7 +303,7 @@ def test_counts_follow_the_run(model):  # noqa: F811
 # --- reduced output, keep 1.0, generate -----------------------------------------------------------
 
 
-def test_reduced_units_from_the_global_result(model):  # noqa: F811
+def test_reduced_units_from_the_global_result(model):
     """output="reduced" with one budget: each image / frame gets round(survivors / 4) merge units of
     the patches that survived the call's merging, so the LLM receives the call's total."""
     settings = release_settings(ipcv.ToMe, 0.35, 1, output="reduced")
@@ -312,7 +321,7 @@ def test_reduced_units_from_the_global_result(model):  # noqa: F811
 
 
 @pytest.mark.parametrize("case", ["single", "padded", "video", "mixed"])
-def test_reduced_global_in_the_model(model, case):  # noqa: F811
+def test_reduced_global_in_the_model(model, case):
     """Token and KV counts by hand (text + kept units of each call) and generate() working."""
     kw = {"single": SINGLE, "padded": PADDED, "video": VIDEO, "mixed": MIXED}[case]
     settings = release_settings(ipcv.ToFu, 0.35, 1, output="reduced", prune_layers=3)
@@ -330,9 +339,11 @@ def test_reduced_global_in_the_model(model, case):  # noqa: F811
         assert all(layer.keys.shape[2] == expected for layer in out.past_key_values.layers)
     else:
         assert sum(st.decoder[-1].visual[0]) == sum(units)
-    with torch.no_grad(), ipcv.compressed(model, vision=settings):
+    with torch.no_grad(), ipcv.compressed(model, vision=settings), ipcv.stats(model) as gen:
         greedy = model.generate(**kw, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert greedy.shape == (B, kw["input_ids"].shape[1] + 5)
+    # the prefill's decoder receives what the forward above did: the same kept units
+    assert gen.decoder[0].visual == st.decoder[-1].visual
 
 
 @pytest.mark.parametrize(
@@ -345,7 +356,7 @@ def test_reduced_global_in_the_model(model, case):  # noqa: F811
     ],
     ids=["ToMe", "ToFu", "even", "reduced"],
 )
-def test_keep_all_bit_exact(model, settings):  # noqa: F811
+def test_keep_all_bit_exact(model, settings):
     with torch.no_grad():
         ref = model(**MIXED).logits
         greedy_ref = model.generate(**PADDED, max_new_tokens=4, do_sample=False)
@@ -356,7 +367,7 @@ def test_keep_all_bit_exact(model, settings):  # noqa: F811
     assert torch.equal(greedy, greedy_ref)
 
 
-def test_segment_scope_unchanged(model):  # noqa: F811
+def test_segment_scope_unchanged(model):
     """The default scope still merges inside each image only (every source in its own segment)."""
     grid = [[1, 8, 12], [1, 4, 8]]
     with torch.no_grad(), ipcv.compressed(model, vision=ipcv.ToMe(0.35)), ipcv.trace() as tr:
@@ -369,7 +380,7 @@ def test_segment_scope_unchanged(model):  # noqa: F811
 # --- refusals ------------------------------------------------------------------------------------
 
 
-def test_bad_values_and_combinations_are_refused(model):  # noqa: F811
+def test_bad_values_and_combinations_are_refused(model):
     with pytest.raises(ValueError, match=r"ToMe: scope='all' is not allowed: use one of \('segment', 'global'\)"):
         ipcv.ToMe(0.35, scope="all")
     with pytest.raises(ValueError, match=r"ToMe: merge='mlerp' is not allowed: use one of \('average', 'mean'\)"):
@@ -387,12 +398,11 @@ def test_bad_values_and_combinations_are_refused(model):  # noqa: F811
 def test_global_on_a_family_with_cls_tokens():
     """InternVL (tiles with a CLS token, no rotary): one matching over all tiles' patches; the CLS tokens
     are never merged nor merged into; the reduced output is refused with the families that have it."""
-    from test_internvl import SEVERAL, tiny_internvl
-
+    several = INTERNVL.cases["several"].kw
     m = tiny_internvl()
     with torch.no_grad(), ipcv.compressed(m, vision=ipcv.ToMe(0.35, scope="global")), ipcv.trace() as tr:
-        m(**SEVERAL)
-        m.generate(**SEVERAL, max_new_tokens=2, do_sample=False)
+        m(**several)
+        m.generate(**several, max_new_tokens=2, do_sample=False)
     record = tr.calls[0]
     assert record.seg_lengths == [65, 65, 65]  # three tiles of 64 patches + CLS
     assert sum(record.keep_counts) == 3 + 67  # CLS tokens + keep_count(192, 0.35) patches of the call

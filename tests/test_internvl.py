@@ -4,70 +4,25 @@ decoder with 1D RoPE)."""
 
 from __future__ import annotations
 
+import families
 import pytest
 import torch
-from conftest import family_languages as languages
-from conftest import family_visions as visions
+from families import INTERNVL, tiny_internvl
+from families import family_languages as languages
+from families import family_visions as visions
+from families import internvl_prompts as prompts
 from reference import keep_budget, masked_attention, reference_ipcv
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
 import ipcv
 
-IMAGE, PAD = 250, 0
-SIZE, PATCH = 56, 7  # 8x8 = 64 patches + CLS per tile; 16 LLM tokens per tile after pixel shuffle
-PER_TILE = 16
-LAYERS, DEPTH = 4, 6
-
-
-def tiny_internvl(attn: str = "sdpa", qk_norm: bool = False, feature_layer: int = -1, seed: int = 0):
-    cfg = InternVLConfig(
-        vision_config=dict(
-            hidden_size=32, num_hidden_layers=DEPTH, num_attention_heads=4, intermediate_size=64,
-            image_size=[SIZE, SIZE], patch_size=[PATCH, PATCH], use_qk_norm=qk_norm,
-            norm_type="rms_norm" if qk_norm else "layer_norm",
-        ),
-        text_config=dict(
-            model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
-            eos_token_id=2, pad_token_id=PAD,
-        ),
-        image_token_id=IMAGE, image_seq_length=PER_TILE, downsample_ratio=0.5, vision_feature_layer=feature_layer,
-    )  # fmt: skip
-    for c in (cfg, cfg.vision_config, cfg.text_config):
-        c._attn_implementation = attn
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
-        for name, p in model.named_parameters():
-            if "lambda" in name:
-                p.uniform_(0.3, 0.8)  # LayerScale, per channel
-            elif p.dim() > 1 and "embed_tokens" not in name:
-                p.normal_(0, 0.2 if "vision_tower" in name else 0.08)
-    return model
-
-
-def prompt(tiles_per_image, text=(5, 6)):
-    ids = [1, text[0]]
-    for n in tiles_per_image:
-        ids += [3] + [IMAGE] * (PER_TILE * n) + [4]
-    return ids + list(text[1:]) + [7]
-
-
-def prompts(*samples, seed=3):
-    """Left-padded batch; each sample a list of images given by their tile counts."""
-    rows = [prompt(s, text=(5, 6, 8)[: 2 + i]) for i, s in enumerate(samples)]
-    L = max(len(r) for r in rows)
-    ids = torch.tensor([[PAD] * (L - len(r)) + r for r in rows])
-    mask = (torch.arange(L) >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
-    tiles = sum(sum(s) for s in samples)
-    pixels = torch.randn(tiles, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels)
-
+IMAGE, PAD, PER_TILE = families.INTERNVL_IMAGE, families.PAD, families.PER_TILE
+SIZE, PATCH = families.INTERNVL_SIZE, families.INTERNVL_PATCH  # 8x8 = 64 patches + CLS per tile; 16 LLM tokens per tile
+LAYERS, DEPTH = families.INTERNVL_LAYERS, families.INTERNVL_DEPTH
 
 SINGLE = prompts([2])  # one image of two tiles
-SEVERAL = prompts([2, 1])  # two images: 2 tiles + 1 tile
-PADDED = prompts([1], [2, 1])
-CASES = {"single": SINGLE, "several": SEVERAL, "padded": PADDED}
+CASES = {name: case.kw for name, case in INTERNVL.cases.items()}
+SEVERAL, PADDED = CASES["several"], CASES["padded"]  # two images: 2 tiles + 1 tile; [1] and [2, 1] tiles
 
 
 @pytest.fixture(scope="module")
@@ -289,31 +244,6 @@ def test_cached_decoding_matches_full_forward(model, settings, case):
                 input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=kw["pixel_values"], use_cache=False
             )
             torch.testing.assert_close(out.logits[t], ref.logits[:, -1], rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", languages(0.35))
-@pytest.mark.parametrize("case", ["several", "padded"])  # a single image is sample 0 of "padded"
-def test_generate_greedy_and_sampled(model, name, case):
-    kw = CASES[case]
-    with torch.no_grad(), ipcv.compressed(model, language=languages(0.35)[name]):
-        greedy = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        torch.manual_seed(0)
-        sampled = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=True, top_k=0)
-    assert greedy.shape == sampled.shape == (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + 4)
-
-
-@pytest.mark.parametrize("vision", visions(0.35))
-@pytest.mark.parametrize("name", languages(0.35))
-def test_vision_and_language_pairs_generate(model, vision, name):
-    v, lang = visions(0.35)[vision], languages(0.35)[name]
-    with torch.no_grad():
-        vanilla = model(**PADDED).logits
-        with ipcv.compressed(model, vision=v, language=lang):
-            assert ipcv.settings(model) == v and ipcv.settings(model, "language") == lang
-            out = model.generate(**PADDED, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-            logits = model(**PADDED).logits
-    assert out.shape[1] == PADDED["input_ids"].shape[1] + 3
-    assert torch.isfinite(logits).all() and not torch.equal(logits, vanilla)
 
 
 def test_ipcv_fastv_table3_pairing_counts(model):

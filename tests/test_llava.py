@@ -3,69 +3,26 @@ layer, and a Llama decoder (1D RoPE), on tiny random configs of the real classes
 
 from __future__ import annotations
 
+import families
 import pytest
 import torch
-from conftest import family_languages as languages
-from conftest import family_visions as visions
+from families import LLAVA, tiny_llava
+from families import family_languages as languages
+from families import family_visions as visions
+from families import llava_per_image as per_image
+from families import llava_prompts as prompts
 from reference import masked_attention, reference_ipcv
-from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import ipcv
 
-IMAGE, PAD = 250, 0
-SIZE, PATCH, DEPTH, LAYERS = 56, 8, 6, 4  # 49 patches
+IMAGE, DEPTH, LAYERS = families.LLAVA_IMAGE, families.LLAVA_DEPTH, families.LLAVA_LAYERS  # 49 patches per image
 
-
-def tiny(tower="clip", strategy="default", feature_layer=-2, attn="sdpa"):
-    cfg = LlavaConfig(
-        vision_config=dict(
-            model_type=f"{tower}_vision_model", hidden_size=32, num_hidden_layers=DEPTH, num_attention_heads=4,
-            intermediate_size=64, image_size=SIZE, patch_size=PATCH,
-        ),
-        text_config=dict(
-            model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
-            eos_token_id=2, pad_token_id=PAD,
-        ),
-        image_token_index=IMAGE, vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy,
-    )  # fmt: skip
-    for c in (cfg, cfg.vision_config, cfg.text_config):
-        c._attn_implementation = attn
-    torch.manual_seed(0)
-    m = LlavaForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
-        for name, p in m.named_parameters():
-            if p.dim() > 1 and "embed_tokens" not in name:
-                p.normal_(0, 0.2 if "vision_tower" in name else 0.08)
-    return m
-
-
-def per_image(tower="clip", strategy="default"):
-    return 49 + (tower == "clip") - (strategy == "default")
-
-
-def prompts(*samples, n=49, seed=3):
-    """Left-padded batch; each sample = its number of images."""
-    rows = []
-    for i, images in enumerate(samples):
-        ids = [1, 5]
-        for _ in range(images):
-            ids += [IMAGE] * n + [6]
-        rows.append(ids + [8] * i + [7])
-    L = max(len(r) for r in rows)
-    ids = torch.tensor([[PAD] * (L - len(r)) + r for r in rows])
-    mask = (torch.arange(L) >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
-    pixels = torch.randn(sum(samples), 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels)
-
-
-SINGLE, TWO, PADDED = prompts(1), prompts(2), prompts(1, 2)
-CASES = {"single": SINGLE, "two_images": TWO, "padded": PADDED}
+SINGLE, TWO, PADDED = prompts(1), LLAVA.cases["two_images"].kw, LLAVA.cases["padded"].kw  # prompts(2), prompts(1, 2)
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = tiny()
+    m = tiny_llava()
     yield m
     ipcv.restore(m)
 
@@ -79,7 +36,7 @@ def encoder(m):
 
 @pytest.mark.parametrize("tower, strategy", [("clip", "default"), ("clip", "full"), ("siglip", "full")])
 def test_keep_all_every_method_bit_exact_and_restore(tower, strategy):
-    m = tiny(tower, strategy)
+    m = tiny_llava(tower, strategy)
     kw = prompts(2, n=per_image(tower, strategy))
     with torch.no_grad():
         ref = m(**kw).logits
@@ -121,7 +78,7 @@ def reference(m, x, settings, depth):
 
 @pytest.mark.parametrize("feature_layer, depth", [(-2, 5), (3, 3), (-1, 6)])
 def test_projector_input_is_the_reintegrated_read_layer(feature_layer, depth):
-    m = tiny(feature_layer=feature_layer)
+    m = tiny_llava(feature_layer=feature_layer)
     settings = ipcv.IPCV(0.35, prune_layer=1, stabilize_layers=1, neighbors=3)
     with torch.no_grad():
         vt = m.model.vision_tower
@@ -142,12 +99,12 @@ def test_projector_input_is_the_reintegrated_read_layer(feature_layer, depth):
 
 
 def test_read_layer_errors():
-    m = tiny(feature_layer=-2)
+    m = tiny_llava(feature_layer=-2)
     with ipcv.compressed(m, vision=ipcv.IPCV(0.35, prune_layer=4, stabilize_layers=2)):
         with pytest.raises(ValueError, match=r"reads hidden state 5 \(vision_feature_layer\).*stabilize_layers=2"):
             with torch.no_grad():
                 m(**SINGLE)
-    m = tiny(feature_layer=[-2, -1])
+    m = tiny_llava(feature_layer=[-2, -1])
     with ipcv.compressed(m, vision=ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2)):
         with pytest.raises(ValueError, match=r"layers \[5, 6\] \(vision_feature_layer\).*only one layer"):
             with torch.no_grad():
@@ -192,31 +149,8 @@ def test_cached_decoding_matches_full_forward(model):
             torch.testing.assert_close(out.logits[t], ref.logits[:, -1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", languages(0.35))
-@pytest.mark.parametrize("case", ["two_images", "padded"])  # a single image is sample 0 of "padded"
-def test_generate_greedy_and_sampled(model, name, case):
-    kw = CASES[case]
-    with torch.no_grad(), ipcv.compressed(model, language=languages(0.35)[name]):
-        greedy = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        torch.manual_seed(0)
-        sampled = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=True, top_k=0)
-    assert greedy.shape == sampled.shape == (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + 4)
-
-
-@pytest.mark.parametrize("vision", visions(0.35))
-@pytest.mark.parametrize("name", languages(0.35))
-def test_vision_and_language_pairs_generate(model, vision, name):
-    with torch.no_grad():
-        vanilla = model(**PADDED).logits
-        with ipcv.compressed(model, vision=visions(0.35)[vision], language=languages(0.35)[name]):
-            out = model.generate(**PADDED, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-            logits = model(**PADDED).logits
-    assert out.shape[1] == PADDED["input_ids"].shape[1] + 3
-    assert torch.isfinite(logits).all() and not torch.equal(logits, vanilla)
-
-
 def test_siglip_tower_has_no_protected_token():
-    m = tiny("siglip", "full")
+    m = tiny_llava("siglip", "full")
     kw = prompts(2, n=49)
     with torch.no_grad(), ipcv.compressed(m, vision=ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2)):
         with ipcv.trace() as t:

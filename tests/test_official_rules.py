@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import pixels, tiny_qwen2vl
+from families import pixels, qwen_prompts, tiny_qwen2vl
 from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
 
 import ipcv
@@ -218,12 +218,7 @@ BEFORE, AFTER = [1, 5, 9], [END, 6, 8, 11, 12, 13, 7]  # the vision-end token co
 
 @pytest.fixture(scope="module")
 def model():
-    m = tiny_qwen2vl("eager", layers=4)
-    with torch.no_grad():
-        for name, p in m.model.language_model.named_parameters():
-            if p.dim() > 1 and "embed" not in name:
-                p.normal_(0, 0.08)
-    return m
+    return tiny_qwen2vl("eager", layers=4, decoder_std=0.08)
 
 
 def prompt(grids):
@@ -395,9 +390,7 @@ def test_ipcv_global_in_the_tower(model):
 
 
 def test_spans_first_takes_a_video_as_one_span_and_spares_later_images(model):
-    from test_language import prompts
-
-    kw = prompts([("video", [4, 6, 8]), ("image", [1, 4, 4])])  # 4 frames of 12 tokens, then a 4-token image
+    kw = qwen_prompts([("video", [4, 6, 8]), ("image", [1, 4, 4])])  # 4 frames of 12 tokens, then a 4-token image
     settings = ipcv.V2Drop(0.5, layers=(2,), budget="progressive", spans="first")
     with torch.no_grad(), ipcv.compressed(model, language=settings), ipcv.stats(model) as st:
         model(**kw)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import family_languages as languages
-from conftest import pixels
+from families import QWEN2_5_FULL_BLOCKS as FULL_BLOCKS
+from families import QWEN2_5_VL, pixels, tiny_qwen2_5_vl
+from families import family_languages as languages
+from families import qwen_prompts as prompts
 from reference import masked_attention, reference_ipcv
-from test_language import prompts
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as q25
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
@@ -19,38 +19,12 @@ from ipcv.flops import block_flops, vision_flops
 from ipcv.models.qwen2_vl import Windows, _TowerCall
 
 LAYERS = 4
-FULL_BLOCKS = (2, 5)
 GRIDS = [[1, 8, 12], [1, 10, 4]]  # windows of 4x4 patches: 6 full ones, then 16, 16, 8 (padded edge)
-
-
-def tiny(attn: str = "sdpa", seed: int = 0, layers: int = LAYERS) -> Qwen2_5_VLForConditionalGeneration:
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-        ),
-        vision_config=dict(
-            depth=6, hidden_size=64, intermediate_size=96, num_heads=4, out_hidden_size=64, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=56,
-            fullatt_block_indexes=list(FULL_BLOCKS),
-        ),
-        image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
-    )  # fmt: skip
-    for c in (cfg, cfg.vision_config, cfg.text_config):
-        c._attn_implementation = attn
-    torch.manual_seed(seed)
-    m = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
-        for name, p in m.named_parameters():
-            if p.dim() > 1 and "embed_tokens" not in name:
-                p.normal_(0, 0.15 if "visual" in name else 0.08)
-    return m
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = tiny()
+    m = tiny_qwen2_5_vl()
     yield m
     ipcv.restore(m)
 
@@ -109,7 +83,7 @@ SETTINGS = {
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_tower_matches_reference_equations(name, attn):
     settings = SETTINGS[name]
-    tower = tiny(attn).model.visual
+    tower = tiny_qwen2_5_vl(attn).model.visual
     expected, keep, counts, window = reference(tower, GRIDS, settings)
     ipcv.compress(tower, vision=settings)
     with ipcv.trace() as t:
@@ -123,7 +97,7 @@ def test_tower_matches_reference_equations(name, attn):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_keep_all_bit_exact_every_method_and_restore(attn):
-    m = tiny(attn)
+    m = tiny_qwen2_5_vl(attn)
     kw = prompts([("image", GRIDS[0]), ("image", GRIDS[1])])
     vid = prompts([("video", [2, 4, 8])])
     with torch.no_grad():
@@ -203,10 +177,7 @@ def test_flops_count_windows(model):
 # --- the LLM side (the mRoPE decoder code shared with Qwen2-VL) -----------------------------------
 
 SINGLE = prompts([("image", [1, 8, 12])])
-TWO_IMAGES = prompts([("image", [1, 8, 12]), ("image", [1, 4, 6])])
-VIDEO = prompts([("video", [2, 4, 8])])
-PADDED = prompts([("image", [1, 8, 12])], [("image", [1, 4, 6]), ("image", [1, 4, 4])])
-CASES = {"single": SINGLE, "two_images": TWO_IMAGES, "video": VIDEO, "padded": PADDED}
+CASES = {name: case.kw for name, case in QWEN2_5_VL.cases.items()}  # two_images, video, padded
 
 
 def test_shares_the_mrope_decoder_code_with_qwen2_vl():
@@ -257,30 +228,3 @@ def test_cached_decoding_matches_full_forward(model, settings, case):
             )
             ref = model(**full, use_cache=False).logits[:, -1]
             torch.testing.assert_close(out.logits[t], ref, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", languages(0.35))
-@pytest.mark.parametrize("case", ["two_images", "video", "padded"])  # a single image is sample 0 of "padded"
-def test_generate_greedy_and_sampled(model, name, case):
-    kw = CASES[case]
-    with torch.no_grad(), ipcv.compressed(model, language=languages(0.35)[name]):
-        greedy = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        torch.manual_seed(0)
-        sampled = model.generate(**kw, max_new_tokens=4, min_new_tokens=4, do_sample=True, top_k=0)
-    assert greedy.shape == sampled.shape == (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + 4)
-
-
-VISIONS = {
-    "IPCV": ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2),
-    "ToMe": ipcv.ToMe(0.35),
-    "ToFu": ipcv.ToFu(0.35),
-    "DARTViT": ipcv.DARTViT(0.35, prune_layer=2),
-}
-
-
-@pytest.mark.parametrize("vision", VISIONS)
-@pytest.mark.parametrize("name", languages(0.35))
-def test_vision_and_language_pairs_generate(model, vision, name):
-    with torch.no_grad(), ipcv.compressed(model, vision=VISIONS[vision], language=languages(0.35)[name]):
-        out = model.generate(**PADDED, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert out.shape[1] == PADDED["input_ids"].shape[1] + 3

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from conftest import MIXED, SEVERAL, SINGLE, VIDEO, make_tower, pixels, tiny_qwen2vl
+from families import MIXED, SEVERAL, SINGLE, VIDEO, make_tower, pixels, tiny_qwen2vl
 from reference import keep_budget, masked_attention, reference_ipcv
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
@@ -252,9 +252,11 @@ def test_full_model_generate_and_reduced_dtypes():
     model = tiny_qwen2vl()
     kw = lm_inputs(SEVERAL)
     ipcv.compress(model, vision=ipcv.IPCV(0.35, stabilize_layers=2))
-    with torch.no_grad():
+    with torch.no_grad(), ipcv.trace() as t:
         out = model.generate(**kw, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == kw["input_ids"].shape[1] + 3
+    assert len(t.calls) == 1 and t.calls[0].seg_lengths == [96, 24, 40]  # the prefill's one tower call
+    assert t.calls[0].keep_counts == [ipcv.keep_count(n, 0.35) for n in (96, 24, 40)]
     for dtype in (torch.bfloat16, torch.float16):
         tower = make_tower("sdpa", dtype=dtype)
         ipcv.compress(tower, vision=ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2))

@@ -1,68 +1,45 @@
-"""ViT-side baselines with ``output="reduced"`` on the tiny Qwen2-VL: the LLM receives only the kept
-2x2 merge units of each image / frame (random weights: these tests check shapes, counts and
-equalities, never accuracy)."""
+"""ViT-side baselines with ``output="reduced"`` on the tiny Qwen2-VL and Qwen2.5-VL (the ``model`` fixture
+runs every test that takes it on both): the LLM receives only the kept 2x2 merge units of each image /
+frame (random weights: these tests check shapes, counts and equalities, never accuracy). Qwen2.5-VL's
+window-order checks are in ``tests/test_reduced_output_qwen2_5_vl.py``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tower, pixels, tiny_qwen2vl
+from families import (
+    IMAGE,
+    QWEN2_5_VL,
+    QWEN2_VL,
+    REDUCED_CASES,
+    VIDEO_IN_GENERATE,
+    VIDEO_TOKEN,
+    check_kept,
+    make_tower,
+    pixels,
+    tiny_qwen2_5_vl,
+    tiny_qwen2vl,
+)
+from families import qwen_text_tokens as _text
+from families import reduced_baselines as baselines
 
 import ipcv
 from ipcv.budgets import keep_count
 from ipcv.models.qwen2_vl import UNITS_KEY, reduced_units
 
-IMAGE, VIDEO_TOKEN, START, END, PAD = 250, 251, 252, 253, 0
 LAYERS = 3
+CASES = {name: case.kw for name, case in REDUCED_CASES.items()}
+SINGLE, PADDED, MIXED = CASES["single"], CASES["padded"], CASES["mixed"]
+MODELS = {  # random init barely moves the residual stream: make layers matter
+    QWEN2_VL.name: lambda: tiny_qwen2vl("sdpa", layers=LAYERS, decoder_std=0.08),
+    QWEN2_5_VL.name: lambda: tiny_qwen2_5_vl("sdpa", layers=LAYERS),
+}
 
 
-def sample(items, text):
-    ids = [1, *text[:1]]
-    for kind, (t, h, w) in items:
-        ids += [START] + [IMAGE if kind == "image" else VIDEO_TOKEN] * (t * h * w // 4) + [END]
-    return ids + list(text[1:]) + [7]
-
-
-def prompts(*samples):
-    """Left-padded batch of ``samples`` (each a list of ("image" | "video", grid)) with their pixels."""
-    rows = [sample(items, text=(5, 6, 8)[: 2 + i]) for i, items in enumerate(samples)]
-    L = max(len(r) for r in rows)
-    ids = torch.tensor([[PAD] * (L - len(r)) + r for r in rows])
-    pad = torch.tensor([L - len(r) for r in rows])[:, None]
-    kw = dict(input_ids=ids, attention_mask=(torch.arange(L) >= pad).long())
-    kw["mm_token_type_ids"] = (ids == IMAGE).int() + 2 * (ids == VIDEO_TOKEN).int()
-    for kind, key, grid_key in (
-        ("image", "pixel_values", "image_grid_thw"),
-        ("video", "pixel_values_videos", "video_grid_thw"),
-    ):
-        grids = [g for items in samples for k, g in items if k == kind]
-        if grids:
-            kw[key], kw[grid_key] = pixels(grids), torch.tensor(grids)
-    return kw
-
-
-SINGLE = prompts([("image", [1, 8, 12])])
-PADDED = prompts([("image", [1, 8, 12])], [("image", [1, 4, 6]), ("image", [1, 4, 4])])
-VIDEO = prompts([("video", [4, 6, 8])])
-MIXED = prompts([("image", [1, 8, 12]), ("video", [2, 4, 6]), ("image", [1, 4, 4])])
-CASES = {"single": SINGLE, "padded": PADDED, "video": VIDEO, "mixed": MIXED}
-
-
-def baselines(keep: float) -> dict[str, object]:
-    return {
-        "ToMe": ipcv.ToMe(keep, output="reduced"),
-        "ToFu": ipcv.ToFu(keep, output="reduced"),
-        "DARTViT": ipcv.DARTViT(keep, prune_layer=2, output="reduced"),
-    }
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = tiny_qwen2vl("sdpa", layers=LAYERS)
-    with torch.no_grad():  # random init barely moves the residual stream: make layers matter
-        for name, p in m.model.language_model.named_parameters():
-            if p.dim() > 1 and "embed" not in name:
-                p.normal_(0, 0.08)
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    """Each mRoPE family's tiny model (the families whose towers hand on the kept units only)."""
+    m = MODELS[request.param]()
     yield m
     ipcv.restore(m)
 
@@ -72,11 +49,6 @@ def _units(n: int, keep: float) -> int:
     ``keep_count(n, keep)`` patches; the LLM gets that divided by 4, half up)."""
     s = keep_count(n, keep)
     return min(n // 4, max(int(s > 0), int(s / 4 + 0.5)))
-
-
-def _text(kw, b):
-    ids, mask = kw["input_ids"][b], kw["attention_mask"][b].bool()
-    return int(((ids != IMAGE) & (ids != VIDEO_TOKEN) & mask).sum())
 
 
 # --- the unit rule ---------------------------------------------------------------------------------
@@ -230,14 +202,23 @@ def test_keep_all_bit_exact(model, name):
     assert torch.equal(greedy, greedy_ref)
 
 
-@pytest.mark.parametrize("case", CASES)
+VIDEOS = ("video", "mixed")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=VIDEO_IN_GENERATE if c in VIDEOS else ()) for c in CASES])
 def test_generate_greedy_and_sampled(model, case):
-    kw = CASES[case]
+    kw, spans, segments = CASES[case], REDUCED_CASES[case].spans, REDUCED_CASES[case].segments
     with torch.no_grad(), ipcv.compressed(model, vision=baselines(0.35)["ToMe"]):
-        greedy = model.generate(**kw, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        with ipcv.stats(model) as greedy_stats:
+            greedy = model.generate(**kw, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         torch.manual_seed(0)
-        sampled = model.generate(**kw, max_new_tokens=8, min_new_tokens=8, do_sample=True, top_k=0)
+        with ipcv.stats(model) as sampled_stats:
+            sampled = model.generate(**kw, max_new_tokens=8, min_new_tokens=8, do_sample=True, top_k=0)
     assert greedy.shape == sampled.shape == (kw["input_ids"].shape[0], kw["input_ids"].shape[1] + 8)
+    # each image / frame of n patches keeps keep_count(n) of them, and _units(n) units reach the LLM
+    for st in (greedy_stats, sampled_stats):
+        assert [c.keep_counts for c in st.calls] == [[keep_count(n, 0.35) for n in seg] for seg in segments]
+        check_kept(st.decoder[0].kept, [[[_units(4 * n, 0.35) for n in sample] for sample in spans]])
 
 
 def test_restore_after_reduced(model):

@@ -1,36 +1,27 @@
-"""ViT-side baselines with ``output="reduced"`` on the tiny Qwen2.5-VL: the same hand-count and
-reference tests as Qwen2-VL's (``tests/test_reduced_output.py``, imported here so they run against this
-module's ``model``), plus the window-order check. The tower runs in window order (``window_index``);
-the kept merge units are chosen on the source map taken back to image order. Random weights: shapes,
-counts and equalities only, never accuracy."""
+"""ViT-side baselines with ``output="reduced"`` on the tiny Qwen2.5-VL, what is its own: the tower runs in
+window order (``window_index``); the kept merge units are chosen on the source map taken back to image
+order. The hand-count and reference tests it shares with Qwen2-VL run on both families in
+``tests/test_reduced_output.py``. Random weights: shapes, counts and equalities only, never accuracy."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import pixels
-from test_qwen2_5_vl import tiny
-from test_reduced_output import (  # noqa: F401  (collected here, against this module's model)
-    LAYERS,
-    baselines,
-    test_cached_decoding_equals_reduced_sequence,
-    test_keep_all_bit_exact,
-    test_padded_batch_counts,
-    test_plain_forward_equals_reduced_sequence,
-    test_restore_after_reduced,
-    test_token_and_kv_hand_counts,
-    test_tower_marks_units,
-)
+from families import REDUCED_CASES, pixels, tiny_qwen2_5_vl
+from families import reduced_baselines as baselines
 from transformers.vision_utils import get_vision_window_index
 
 import ipcv
 from ipcv.models.qwen2_5_vl import image_order_source
 from ipcv.models.qwen2_vl import UNITS_KEY, reduced_units
+from ipcv.vision.merging import global_plan
+
+LAYERS = 3
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = tiny("sdpa", layers=LAYERS)
+    m = tiny_qwen2_5_vl("sdpa", layers=LAYERS)
     yield m
     ipcv.restore(m)
 
@@ -72,11 +63,18 @@ def test_units_are_chosen_in_image_order(model, name):
 
 def test_global_release_ports_run(model):
     """The paper protocol's ToMe on Qwen2.5-VL (one matching over the call, reduced output) runs with
-    generate()."""
-    from test_reduced_output import MIXED
-
+    generate(), and the decoder receives the units its calls kept."""
+    mixed = REDUCED_CASES["mixed"].kw  # an image call of 96 + 16 patches, a video call of two 24-patch frames
     vision, _ = ipcv.presets.paper_settings("table4", "vit35_llm35", "ToMe")
     vision = ipcv.ToMe(**{f: getattr(vision, f) for f in vision.__dataclass_fields__} | {"start_layer": 1})
-    with torch.no_grad(), ipcv.compressed(model, vision=vision):
-        out = model.generate(**MIXED, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert out.shape[1] == MIXED["input_ids"].shape[1] + 3
+    with torch.no_grad(), ipcv.compressed(model, vision=vision), ipcv.stats(model) as st:
+        out = model.generate(**mixed, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape[1] == mixed["input_ids"].shape[1] + 3
+    # each call keeps what the global plan leaves of it; each image / frame hands on round(survivors / 4) units
+    depth = len(model.model.visual.blocks)
+    assert [c.seg_lengths for c in st.calls] == [[96, 16], [24, 24]]
+    units = 0
+    for call in st.calls:
+        assert sum(call.keep_counts) == sum(call.seg_lengths) - sum(global_plan(sum(call.seg_lengths), vision, depth))
+        units += sum(min(n // 4, max(int(s > 0), (2 * s + 4) // 8)) for n, s in zip(call.seg_lengths, call.keep_counts))
+    assert st.decoder[0].visual == [[units]] * LAYERS and sum(st.decoder[0].kept[0][0]) == units

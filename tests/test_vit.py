@@ -4,73 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from families import VIT_FAMILIES, tiny_vit, vit_encoder, vit_images, vit_layers
 from reference import keep_budget, masked_attention, reference_ipcv
-from transformers import (
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    CLIPVisionModelWithProjection,
-    Dinov2Config,
-    Dinov2Model,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-)
 
 import ipcv
 
-SIZE, PATCH = 56, 8  # 7x7 = 49 patches
-
-
-def _init(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.2)
-            elif "lambda1" in name:  # LayerScale
-                p.fill_(0.5)
-    return model.eval()
-
-
-def make(family: str, attn: str = "eager"):
-    torch.manual_seed(0)
-    common = dict(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
-    if family == "dinov2":
-        cfg = Dinov2Config(**common, mlp_ratio=2)
-        cls = Dinov2Model
-    elif family == "clip":
-        cfg = CLIPVisionConfig(**common, intermediate_size=64)
-        cls = CLIPVisionModel
-    elif family == "clip_proj":
-        cfg = CLIPVisionConfig(**common, intermediate_size=64, projection_dim=16)
-        cls = CLIPVisionModelWithProjection
-    else:
-        cfg = SiglipVisionConfig(**common, intermediate_size=64)
-        cls = SiglipVisionModel
-    cfg._attn_implementation = attn
-    return _init(cls(cfg))
-
-
-def images(batch=2, seed=3):
-    return torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-
-
-def encoder(model):
-    return model.vision_model.encoder if hasattr(model, "vision_model") else model.encoder
-
-
-def layers(model):
-    enc = encoder(model)
-    return enc.layer if hasattr(enc, "layer") else enc.layers
-
-
-FAMILIES = ["dinov2", "clip", "clip_proj", "siglip"]
+FAMILIES = VIT_FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_keep_all_is_bit_exact(family, attn):
-    model = make(family, attn)
-    x = images()
+    model = tiny_vit(family, attn)
+    x = vit_images()
     with torch.no_grad():
         ref = model(pixel_values=x)
         ipcv.compress(model, vision=ipcv.IPCV(1.0, prune_layer=2, stabilize_layers=2))
@@ -91,7 +37,7 @@ def reference(model, family, x, settings):
     protected[:, :prefix] = True
 
     def block(layer, h, rows):
-        blk = layers(model)[layer]
+        blk = vit_layers(model)[layer]
         attn = blk.attention if dinov2 else blk.self_attn
         n1, n2 = (blk.norm1, blk.norm2) if dinov2 else (blk.layer_norm1, blk.layer_norm2)
         o_proj = attn.o_proj if dinov2 else attn.out_proj
@@ -105,7 +51,7 @@ def reference(model, family, x, settings):
 
     with torch.no_grad():
         out, keep, counts = reference_ipcv(
-            block, x.reshape(B * N, D), seg, len(layers(model)), settings.keep_ratio, settings.prune_layer,
+            block, x.reshape(B * N, D), seg, len(vit_layers(model)), settings.keep_ratio, settings.prune_layer,
             settings.stabilize_layers, settings.neighbors, settings.reintegrate, settings.scope, protected.flatten(),
         )  # fmt: skip
     return out.view(B, N, D), keep, counts
@@ -117,7 +63,7 @@ def first_layer_input(model, x):
     def hook(module, args, kwargs):
         seen["h"] = (args[0] if args else kwargs["hidden_states"]).clone()
 
-    handle = layers(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handle = vit_layers(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
     with torch.no_grad():
         model(pixel_values=x)
     handle.remove()
@@ -135,14 +81,14 @@ def first_layer_input(model, x):
     ids=["default", "ablations", "global"],
 )
 def test_matches_reference_equations(family, settings):
-    model = make(family, "sdpa")
-    x = images()
+    model = tiny_vit(family, "sdpa")
+    x = vit_images()
     h0 = first_layer_input(model, x)
     expected, keep, counts = reference(model, family, h0, settings)
     ipcv.compress(model, vision=settings)
     with torch.no_grad(), ipcv.trace() as t:
-        encoder(model)(h0)  # the encoder alone: its output is what the reference computes
-        out = encoder(model)(h0).last_hidden_state
+        vit_encoder(model)(h0)  # the encoder alone: its output is what the reference computes
+        out = vit_encoder(model)(h0).last_hidden_state
         model(pixel_values=x)  # and the whole model runs
     assert t.calls[0].keep.tolist() == keep
     assert t.calls[0].keep_counts == counts
@@ -151,10 +97,10 @@ def test_matches_reference_equations(family, settings):
 
 @pytest.mark.parametrize("family", ["dinov2", "siglip"])
 def test_cls_always_kept_and_not_counted(family):
-    model = make(family)
+    model = tiny_vit(family)
     ipcv.compress(model, vision=ipcv.IPCV(0.2, prune_layer=2, stabilize_layers=2))
     with torch.no_grad(), ipcv.trace() as t:
-        out = model(pixel_values=images(3))
+        out = model(pixel_values=vit_images(3))
     N = out.last_hidden_state.shape[1]
     prefix = 1 if family == "dinov2" else 0
     call = t.calls[0]
@@ -164,9 +110,9 @@ def test_cls_always_kept_and_not_counted(family):
 
 
 def test_refuses_attention_mask_and_output_flags():
-    model = make("dinov2")
+    model = tiny_vit("dinov2")
     ipcv.compress(model, vision=ipcv.IPCV(0.5, prune_layer=2, stabilize_layers=2))
     with pytest.raises(ValueError, match="output_hidden_states"):
-        model(pixel_values=images(1), output_hidden_states=True)
+        model(pixel_values=vit_images(1), output_hidden_states=True)
     with pytest.raises(ValueError, match="attention_mask"):
-        encoder(model)(torch.randn(1, 50, 32), attention_mask=torch.ones(1, 1, 50, 50))
+        vit_encoder(model)(torch.randn(1, 50, 32), attention_mask=torch.ones(1, 1, 50, 50))
