@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pytest
 import torch
 from transformers import (
     CLIPVisionConfig,
@@ -113,15 +112,6 @@ def check_kept(kept, expected):
     """``kept`` (a decoder record's ``[stage][sample][span]``) equals the hand count, else :class:`KeptDiffers`."""
     if kept != expected:
         raise KeptDiffers(f"kept {kept}, by hand {expected}")
-
-
-# A video's frames are one span each (ipcv.models._mrope.visual_spans), and a plain forward budgets them so.
-# Under generate() they are not: transformers 5.23's generate() computes the vision features first and calls
-# the prefill with mm_encoder_outputs and image_grid_thw = video_grid_thw = None, so the span finder falls
-# back to contiguous runs and a whole video is one span (a library fix: take the grids from that call).
-VIDEO_IN_GENERATE = pytest.mark.xfail(
-    raises=KeptDiffers, strict=True, reason="under generate() a video is one LLM span, not one per frame"
-)
 
 
 # --- Qwen2-VL -------------------------------------------------------------------------------------

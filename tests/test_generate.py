@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import FAMILIES, VIDEO_IN_GENERATE, check_kept, family_languages, family_visions
+from families import FAMILIES, check_kept, family_languages, family_visions
 
 import ipcv
 
@@ -22,11 +22,7 @@ def assert_kept(record, settings, spans):
     check_kept(record.kept, [[[settings.counts(n)[s] for n in sample] for sample in spans] for s in stages])
 
 
-CASES = [
-    pytest.param(f, case, id=f"{f}-{case}", marks=VIDEO_IN_GENERATE if case == "video" else ())
-    for f in FAMILIES
-    for case in f.cases
-]
+CASES = [pytest.param(f, case, id=f"{f}-{case}") for f in FAMILIES for case in f.cases]
 
 
 @pytest.mark.parametrize("name", family_languages(0.35))

@@ -12,7 +12,6 @@ from families import (
     QWEN2_5_VL,
     QWEN2_VL,
     REDUCED_CASES,
-    VIDEO_IN_GENERATE,
     VIDEO_TOKEN,
     check_kept,
     make_tower,
@@ -205,7 +204,7 @@ def test_keep_all_bit_exact(model, name):
 VIDEOS = ("video", "mixed")
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=VIDEO_IN_GENERATE if c in VIDEOS else ()) for c in CASES])
+@pytest.mark.parametrize("case", CASES)
 def test_generate_greedy_and_sampled(model, case):
     kw, spans, segments = CASES[case], REDUCED_CASES[case].spans, REDUCED_CASES[case].segments
     with torch.no_grad(), ipcv.compressed(model, vision=baselines(0.35)["ToMe"]):

@@ -19,6 +19,15 @@ class Layout:
     mm_token_type_ids: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
     video_grid_thw: torch.Tensor | None
+    position_ids: torch.Tensor | None = None  # the call's ``[3 or 4, B, L]`` mRoPE positions, if given
+
+
+def _temporal(position_ids: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """``[B, L]`` temporal mRoPE position of each prompt position, or None (no 3D positions given)."""
+    if position_ids is None or position_ids.ndim != 3 or position_ids.shape[0] not in (3, 4):
+        return None
+    t = position_ids[-3]  # [4, B, L]: text positions first, then (t, h, w)
+    return t.cpu() if t.shape == (batch, length) else None
 
 
 def visual_spans(visual: Layout | None, batch: int, length: int, device) -> torch.Tensor | None:
@@ -27,7 +36,9 @@ def visual_spans(visual: Layout | None, batch: int, length: int, device) -> torc
     A span is one image, or one frame of a video (one temporal slice of its LLM grid,
     ``(h / m) * (w / m)`` tokens). Tokens are found from ``input_ids`` (``image_token_id`` /
     ``video_token_id``) or else ``mm_token_type_ids`` (1 image, 2 video), and split into spans in
-    order with the grids; without grids every contiguous run of visual tokens is one span.
+    order with the grids. Without grids (``generate()`` encodes the images before prefill and calls it
+    without them) every contiguous run of visual tokens is cut where its temporal mRoPE position changes,
+    so a video's frames are still one span each; with neither, a run is one span.
     """
     if visual is None:
         return None
@@ -41,6 +52,7 @@ def visual_spans(visual: Layout | None, batch: int, length: int, device) -> torc
     else:
         return None
     m2 = config.vision_config.spatial_merge_size**2
+    temporal = _temporal(visual.position_ids, batch, length)
     span = torch.full((batch, length), -1, dtype=torch.long)
     count = [0] * batch
     for mask, grid in kinds:
@@ -51,8 +63,11 @@ def visual_spans(visual: Layout | None, batch: int, length: int, device) -> torc
         frames = iter(frames)
         for b in range(batch):
             rows = mask[b].nonzero().flatten()
-            if grid is None:  # contiguous runs
-                ids = torch.cat([torch.zeros(1, dtype=torch.long), (rows.diff() > 1).long().cumsum(0)])
+            if grid is None:  # contiguous runs, cut where the frame (temporal position) changes
+                cut = rows.diff() > 1
+                if temporal is not None:
+                    cut |= temporal[b, rows].diff() != 0
+                ids = torch.cat([torch.zeros(1, dtype=torch.long), cut.long().cumsum(0)])
             else:
                 ids = torch.empty(rows.numel(), dtype=torch.long)
                 start, k = 0, 0
@@ -79,6 +94,7 @@ def layout(outer, args: tuple, kwargs: dict) -> Layout:
         bound.get("mm_token_type_ids"),
         bound.get("image_grid_thw"),
         bound.get("video_grid_thw"),
+        bound.get("position_ids"),
     )
 
 
