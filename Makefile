@@ -3,7 +3,7 @@
 #   make test   every test (pytest + nbval); make test-fast: the unit tests only (no slow, subprocess or notebook)
 # Both create .venv on first use from the lock (requirements/lock.txt: every package CI tested, with hashes).
 #   make lock          re-resolve the lock after changing pyproject.toml or requirements/*.in (uv)
-#   make check-latest  the newest versions pyproject.toml allows, in a throwaway venv, against the fast tests
+#   make check-latest  the newest versions pyproject.toml allows, in a throwaway venv, against the tests (no nbval)
 #   make LOCKED=0 ...  install from pyproject.toml's ranges instead (another platform or Python; TORCH picks torch)
 
 PYTHON ?= python3
@@ -83,7 +83,8 @@ lock:
 		$(if $(UPGRADE),--upgrade) -o $(NODEPS)
 
 # what a user who installs without the lock gets today: the newest versions pyproject.toml allows, in a throwaway venv,
-# the packages that differ from the lock, then the fast tests (upstream breakage is seen here first)
+# the packages that differ from the lock, then every pytest test (lmms-eval end to end included; no nbval), so upstream
+# breakage is seen here first
 check-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
