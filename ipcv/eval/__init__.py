@@ -1,4 +1,5 @@
-"""Accuracy and latency on the paper's benchmarks through lmms-eval (``pip install ipcv[eval]``).
+"""Accuracy and latency on the paper's benchmarks through lmms-eval (the eval extra: in a clone,
+``pip install -e ".[eval]"``).
 
 - :mod:`ipcv.eval.plugin` / :mod:`ipcv.eval.harness`: ``lmms-eval --model ipcv_qwen2_vl`` with
   ``vision=`` / ``language=`` method strings (:mod:`ipcv.method_strings`) and per-call measurements
