@@ -97,7 +97,9 @@ def _encoder_flops(shape: EncoderShape, seg: list[int], settings: VisionMethod |
         total = sum(block_flops(shape, seg, seg, None, attention_windows(shape, i, seg)) for i in range(shape.depth))
         return FlopCount(total, 0, fixed, (L,) * shape.depth)
     count = method_of(settings, "vision").count
-    blocks, overhead = count(settings, seg, shape.prefix_tokens, shape.depth, shape.dim, shape.heads)
+    blocks, overhead = count(
+        settings, seg, shape.prefix_tokens, shape.depth, shape.dim, shape.heads, tap_layers=shape.taps
+    )
     total = sum(
         block_flops(shape, b.q_lengths, b.kv_lengths, sum(b.mlp_lengths), attention_windows(shape, i, seg))
         for i, b in enumerate(blocks)

@@ -18,7 +18,9 @@ class EncoderShape:
     (Qwen2.5-VL), 0 when every block attends per segment; full_blocks: the blocks that attend per
     segment anyway. read_layer: the hidden state the model reads from this encoder when that is an
     inner one (LLaVA's ``vision_feature_layer=-2``): the compressed schedule ends there and the blocks
-    from it on run on the full sequence; None: the last block's output.
+    from it on run on the full sequence; None: the last block's output. taps: inner blocks whose full-length
+    output the model reads too (Qwen3-VL's DeepStack; :mod:`ipcv.vision.taps`), their heads counted in
+    ``head_flops_per_token``, their rebuilding in the method's count.
     """
 
     depth: int
@@ -31,6 +33,7 @@ class EncoderShape:
     window_tokens: int = 0
     full_blocks: tuple[int, ...] = ()
     read_layer: int | None = None
+    taps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

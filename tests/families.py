@@ -3,6 +3,7 @@ with their prompt batches and the hand count of what each batch holds.
 
 - Qwen2-VL: :func:`make_tower` (the vision tower alone) and :func:`tiny_qwen2vl` (the whole model);
 - Qwen2.5-VL (window attention in the tower): :func:`tiny_qwen2_5_vl`;
+- Qwen3-VL (16-px patches, a learned position table, DeepStack taps, interleaved mRoPE): :func:`tiny_qwen3_vl`;
 - InternVL (``-hf`` classes, a CLS token per tile): :func:`tiny_internvl`;
 - LLaVA (a CLIP or SigLIP tower read at an inner layer, a Llama decoder): :func:`tiny_llava`;
 - ViT-style encoders (DINOv2, CLIP vision, SigLIP vision): :func:`tiny_vit`.
@@ -32,6 +33,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
@@ -293,6 +296,98 @@ QWEN2_5_VL = Family(
 )
 
 
+# --- Qwen3-VL -------------------------------------------------------------------------------------
+
+QWEN3_TAPS = (1, 3, 4)  # DeepStack taps of the tiny tower: before IPCV's prune layer 2, in AS, after it
+
+
+def tiny_qwen3_vl(attn: str = "sdpa", seed: int = 0, layers: int = 4, taps=QWEN3_TAPS):
+    """The whole Qwen3-VL: a 6-block tower (16-px patches, an 8x8 learned position table, DeepStack taps
+    ``taps``), a 4-layer Qwen3 decoder with interleaved mRoPE (DeepStack injected after layers 0, 1, 2)."""
+    cfg = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0, rope_parameters={
+                "rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True, "rope_theta": 10000.0,
+            },
+        ),
+        vision_config=dict(
+            depth=6, hidden_size=64, intermediate_size=96, num_heads=4, out_hidden_size=64, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
+            deepstack_visual_indexes=list(taps),
+        ),
+        image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
+    )  # fmt: skip
+    for c in (cfg, cfg.vision_config, cfg.text_config):
+        c._attn_implementation = attn
+    torch.manual_seed(seed)
+    m = Qwen3VLForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
+        for name, p in m.named_parameters():
+            if p.dim() > 1 and "embed_tokens" not in name:
+                p.normal_(0, 0.15 if "visual" in name else 0.08)
+    return m
+
+
+def qwen3_pixels(grid, seed: int = 1) -> torch.Tensor:
+    """Patch rows of the Qwen3-VL tower (16-px patches, 2 frames per temporal patch) for ``grid``."""
+    L = sum(t * h * w for t, h, w in grid)
+    return torch.randn(L, 3 * 2 * 16 * 16, generator=torch.Generator().manual_seed(seed))
+
+
+def qwen3_sample(items, text=(5, 6)):
+    """Token ids of one Qwen3-VL prompt: an image between start/end; a video as its processor writes it, each
+    temporal patch ``<t seconds>`` (two stand-in text tokens) then its own start, placeholders, end."""
+    ids = [1, *text[:1]]
+    for kind, (t, h, w) in items:
+        if kind == "image":
+            ids += [START] + [IMAGE] * (h * w // 4) + [END]
+        else:
+            for frame in range(t):
+                ids += [30 + frame, 9, START] + [VIDEO_TOKEN] * (h * w // 4) + [END]
+    return ids + list(text[1:]) + [7]
+
+
+def qwen3_prompts(*samples):
+    """Left-padded Qwen3-VL batch of ``samples`` (each a list of ("image" | "video", grid)) with its pixels."""
+    rows = [qwen3_sample(items, text=(5, 6, 8)[: 2 + i]) for i, items in enumerate(samples)]
+    L = max(len(r) for r in rows)
+    ids = torch.tensor([[PAD] * (L - len(r)) + r for r in rows])
+    pad = torch.tensor([L - len(r) for r in rows])[:, None]
+    kw = dict(input_ids=ids, attention_mask=(torch.arange(L) >= pad).long())
+    kw["mm_token_type_ids"] = (ids == IMAGE).int() + 2 * (ids == VIDEO_TOKEN).int()
+    for kind, key, grid_key in (
+        ("image", "pixel_values", "image_grid_thw"),
+        ("video", "pixel_values_videos", "video_grid_thw"),
+    ):
+        grids = [g for items in samples for k, g in items if k == kind]
+        if grids:
+            kw[key], kw[grid_key] = qwen3_pixels(grids), torch.tensor(grids)
+    return kw
+
+
+def qwen3_case(*samples) -> Case:
+    """A Qwen3-VL batch and its hand count: as Qwen2-VL's (a temporal patch of ``h x w`` patches is one span
+    of ``h * w / 4`` LLM tokens and one tower segment of ``h * w`` patches; images in one tower call, videos
+    in another)."""
+    case = qwen_case(*samples)
+    return Case(qwen3_prompts(*samples), case.spans, case.segments)
+
+
+QWEN3_VL = Family(
+    "qwen3_vl",
+    tiny_qwen3_vl,
+    {  # a single image is sample 0 of "padded"
+        "two_images": qwen3_case([("image", [1, 8, 12]), ("image", [1, 4, 6])]),
+        "video": qwen3_case([("video", [4, 4, 8])]),
+        "padded": qwen3_case([("image", [1, 8, 12])], [("image", [1, 4, 6]), ("image", [1, 4, 4])]),
+    },
+    prefix=0,
+    new_tokens=4,
+)
+
+
 # --- InternVL -------------------------------------------------------------------------------------
 
 INTERNVL_IMAGE = 250
@@ -434,7 +529,7 @@ LLAVA = Family(
     new_tokens=4,
 )
 
-FAMILIES = [QWEN2_VL, QWEN2_5_VL, INTERNVL, LLAVA]
+FAMILIES = [QWEN2_VL, QWEN2_5_VL, QWEN3_VL, INTERNVL, LLAVA]
 BY_NAME = {f.name: f for f in FAMILIES}
 
 

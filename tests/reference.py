@@ -28,21 +28,28 @@ def masked_attention(q, k, v, seg_q, seg_k, scale):
     return torch.einsum("hqk,khd->qhd", logits.softmax(-1), v)
 
 
-def reference_ipcv(block, h0, seg, depth, keep_ratio, lp, n_as, k, reintegrate=True, scope="segment", protected=None):
+def reference_ipcv(
+    block, h0, seg, depth, keep_ratio, lp, n_as, k, reintegrate=True, scope="segment", protected=None,
+    taps=None, tap_mode="ngr",
+):  # fmt: skip
     """IPCV on a packed sequence.
 
     block(layer, x [n, D], rows LongTensor) -> the layer's output for x (all rows queries, attention
     within segments of those rows); h0: [L, D] input of block 0; seg: [L] segment id per token.
+    taps: a dict whose keys are blocks whose full-length output is read (Qwen3-VL's DeepStack); filled with
+    that output, removed tokens rebuilt by eq. 5 at it (tap_mode "ngr") or frozen at lp ("frozen").
     Returns (output [L, D], keep indices, per-segment kept counts).
     """
+    taps = {} if taps is None else taps
     L = h0.shape[0]
     rows = torch.arange(L)
     protected = torch.zeros(L, dtype=torch.bool) if protected is None else protected
     h = h0
-    for layer in range(lp - 1):
+    for layer in range(lp):
+        h_prev = h
         h = block(layer, h, rows)
-    h_prev = h
-    h = block(lp - 1, h, rows)
+        if layer in taps:
+            taps[layer] = h
     score = [float((h[i] - h_prev[i]).norm()) for i in range(L)]  # eq. 1
 
     # eq. 2
@@ -71,13 +78,20 @@ def reference_ipcv(block, h0, seg, depth, keep_ratio, lp, n_as, k, reintegrate=T
     def ngr(i):  # eq. 5
         return h_lp[i] + torch.stack([state[j] - h_lp[j] for j in neighbours[i]]).mean(0)
 
+    def tap(layer):
+        if layer in taps:
+            taps[layer] = torch.stack([state[i] if i in state else (ngr(i) if tap_mode == "ngr" else h_lp[i])
+                                       for i in range(L)])  # fmt: skip
+
     for layer in range(lp, lp + n_as):  # eq. 6-9: full sequence through attention, kept rows kept
         full = torch.stack([state[i] if i in state else ngr(i) for i in range(L)])
         out = block(layer, full, rows)
         state = {i: out[i] for i in keep}
+        tap(layer)
     keep_t = torch.tensor(keep)
     for layer in range(lp + n_as, depth):
         out = block(layer, torch.stack([state[i] for i in keep]), keep_t)
         state = {i: out[n] for n, i in enumerate(keep)}
+        tap(layer)
     final = torch.stack([state[i] if i in state else (ngr(i) if reintegrate else h_lp[i]) for i in range(L)])  # eq. 10
     return final, keep, counts

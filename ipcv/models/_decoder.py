@@ -107,6 +107,54 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@dataclass(frozen=True)
+class DeepStack:
+    """Qwen3-VL's DeepStack injection for one prefill call (``Qwen3VLTextModel._deepstack_process``): after
+    decoder layer ``i < len(embeds)`` every visual token gets ``embeds[i][row]`` added, ``row`` its place
+    among the prompt's visual tokens (row-major over ``visual_pos_masks``).
+
+    rows: ``[B, N]`` long, that row for each current slot (-1: text, padding, filler); embeds: ``[V, D]`` per
+    injected layer. A pruning stage gathers ``rows`` with the slots it keeps (:meth:`select`), so a pruned
+    visual token takes its deepstack rows with it and a kept one keeps its own: the slicing of
+    ``visual_pos_masks`` and of every deepstack embedding is one gather, never out of step.
+    """
+
+    rows: torch.Tensor
+    embeds: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def of(cls, visual_pos_masks, deepstack_visual_embeds, shape) -> DeepStack | None:
+        """From the decoder's ``visual_pos_masks`` ``[B, L]`` and ``deepstack_visual_embeds`` (None: none)."""
+        if deepstack_visual_embeds is None or visual_pos_masks is None:
+            return None
+        mask = visual_pos_masks.bool()
+        if tuple(mask.shape) != tuple(shape):
+            raise ValueError(f"visual_pos_masks has shape {tuple(mask.shape)}, the prompt {tuple(shape)}")
+        n = int(mask.sum())
+        for i, e in enumerate(deepstack_visual_embeds):
+            if e.shape[0] != n:
+                raise ValueError(
+                    f"deepstack_visual_embeds[{i}] has {e.shape[0]} rows, visual_pos_masks marks {n} visual tokens"
+                )
+        rows = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+        rows[mask] = torch.arange(n, device=mask.device)
+        return cls(rows, tuple(deepstack_visual_embeds))
+
+    def inject(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        if i >= len(self.embeds):
+            return h
+        rows = self.rows.to(h.device)
+        mask = rows >= 0
+        e = self.embeds[i].to(h.device, h.dtype)
+        h = h.clone()
+        h[mask, :] = h[mask, :] + e[rows[mask]]
+        return h
+
+    def select(self, index: torch.Tensor, valid: torch.Tensor) -> DeepStack:
+        rows = self.rows.to(index.device).gather(1, index).masked_fill(~valid.to(index.device), -1)
+        return DeepStack(rows, self.embeds)
+
+
 class _DecoderCall:
     """How one prefill call of the decoder runs its layers (see :class:`ipcv.language.DecoderOps`)."""
 
@@ -124,12 +172,14 @@ class _DecoderCall:
         self.use_cache = use_cache
         self.kwargs = kwargs
         self.stages: list[tuple[int, torch.Tensor]] = []
+        self.deepstack: DeepStack | None = None
 
     def layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        return self.layers[i](
+        h = self.layers[i](
             h, attention_mask=self.mask, position_embeddings=self.pe, position_ids=self.text_pos,
             past_key_values=self.cache, use_cache=self.use_cache, **self.kwargs,
         )  # fmt: skip
+        return h if self.deepstack is None else self.deepstack.inject(i, h)
 
     def _project(self, proj, norm, x: torch.Tensor, cos, sin) -> torch.Tensor:
         """``[B, N, D]`` -> ``[B, heads, N, d]`` through ``proj`` (and the per-head ``norm`` of
@@ -170,6 +220,8 @@ class _DecoderCall:
             past_key_values=self.cache, position_ids=None, layer_idx=layer,
         )  # fmt: skip
         self.stages.append((layer, slots.valid))
+        if self.deepstack is not None:
+            self.deepstack = self.deepstack.select(index, slots.valid)
 
 
 def _run_reduced(call: _DecoderCall, h: torch.Tensor, attention_mask, reduced) -> torch.Tensor:
@@ -315,6 +367,9 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
         settings = getattr(self, "_ipcv_language", None)  # None: only a ViT-side output="reduced"
         base = type(self)._ipcv_base
         pop_output_flags(kwargs, type(self).__name__)
+        # Qwen3-VL's DeepStack (other decoders never get these): handed back to the original forward, or
+        # injected by the pruned layer loop with the kept slots (DeepStack)
+        deepstack_kwargs = {k: kwargs.pop(k) for k in ("visual_pos_masks", "deepstack_visual_embeds") if k in kwargs}
         pruned = getattr(past_key_values, _CACHE_RECORD, None) if past_key_values is not None else None
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if inputs_embeds is None and input_ids is not None:
@@ -341,10 +396,21 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
         if pruned is None and slots is None and reduced is None:
             out = base.forward(
                 self, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+                inputs_embeds=inputs_embeds, use_cache=use_cache, **deepstack_kwargs, **kwargs,
             )  # fmt: skip
             _record_plain(self, inputs_embeds, attention_mask, out.past_key_values)
             return out
+        deepstack = None
+        if deepstack_kwargs.get("deepstack_visual_embeds") is not None:
+            deepstack = DeepStack.of(
+                deepstack_kwargs.get("visual_pos_masks"), deepstack_kwargs["deepstack_visual_embeds"],
+                inputs_embeds.shape[:2],
+            )  # fmt: skip
+        if deepstack is not None and pruned is not None:
+            raise ValueError(
+                f"{type(self).__name__} is compressed by ipcv: deepstack_visual_embeds are injected at prefill only, "
+                "not in a decoding step after a pruned prefill"
+            )
 
         if use_cache is None:
             use_cache = self.config.use_cache
@@ -361,12 +427,14 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
 
         if reduced is not None:  # prefill of a ViT-side output="reduced": drop the units before layer 0
             call = _DecoderCall(self, mask, position_embeddings, text_position_ids, past_key_values, use_cache, kwargs)
+            call.deepstack = deepstack
             h = _run_reduced(call, inputs_embeds, attention_mask, reduced)
             if past_key_values is not None:
                 setattr(past_key_values, _CACHE_RECORD, _PrunedCache(call.stages))
             return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
         if pruned is None:  # prefill: prune
             call = _DecoderCall(self, mask, position_embeddings, text_position_ids, past_key_values, use_cache, kwargs)
+            call.deepstack = deepstack
             h = run_language(call, inputs_embeds, slots, settings)
             if past_key_values is not None:
                 setattr(past_key_values, _CACHE_RECORD, _PrunedCache(call.stages))

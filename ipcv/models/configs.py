@@ -52,3 +52,11 @@ TINY_VISION = dict(
     temporal_patch_size=2, in_channels=3,
 )  # fmt: skip
 TINY_TOKENS = dict(image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503)
+# Qwen/Qwen3-VL-8B-Instruct vision_config (depth 27, hidden 1152, DeepStack taps 8/16/24, as families-2026.md
+# §1.2 reads it from third-party copies of the 8B-class config; the hub was not reachable). out_hidden_size 4096
+# is the width of the 8B's text model (Qwen3-8B), not read from its config.json: it sizes only the mergers.
+QWEN3_VL_8B_VISION = dict(
+    depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096, patch_size=16,
+    spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=2304,
+    deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh",
+)  # fmt: skip

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import internvl, llava, qwen2_5_vl, qwen2_vl, vit
+from . import internvl, llava, qwen2_5_vl, qwen2_vl, qwen3_vl, vit
 from .base import Adapter
 
 ADAPTERS: list[Adapter] = [
     qwen2_vl.ADAPTER,
     qwen2_5_vl.ADAPTER,
+    qwen3_vl.ADAPTER,
     internvl.ADAPTER,
     *llava.ADAPTERS,
     *vit.ADAPTERS,

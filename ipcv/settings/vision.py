@@ -35,6 +35,11 @@ class IPCV:
         scope: ``"segment"`` keeps ``keep_count(n)`` patches of every image / video frame and looks
             for neighbours inside it; ``"global"`` is the authors' release: one top-K over all
             patches of the call, neighbours across segments.
+        taps: how the full sequence is rebuilt at a block the model reads besides the last one (a *tap*:
+            Qwen3-VL's DeepStack mergers; other encoders have none and ignore it). ``"ngr"``: the removed
+            tokens brought up to date from their kept neighbours at that block (eq. 6 at its output, as
+            eq. 10 does after the last block), so every tap has the vanilla row count and order;
+            ``"frozen"``: the removed tokens' states at ``prune_layer`` (no work; they are stale).
     """
 
     keep_ratio: float
@@ -43,6 +48,7 @@ class IPCV:
     neighbors: int = 10
     reintegrate: bool = True
     scope: Scope = "segment"
+    taps: Literal["ngr", "frozen"] = "ngr"
 
     def __post_init__(self) -> None:
         name = "IPCV"
@@ -61,7 +67,7 @@ class IPCV:
             raise ValueError(f"{name}: neighbors={self.neighbors} is not allowed: it must be >= 1")
         if not isinstance(self.reintegrate, bool):
             raise TypeError(f"{name}: reintegrate must be a bool, got {self.reintegrate!r}")
-        check_literals(name, self, "scope")
+        check_literals(name, self, "scope", "taps")
 
     @property
     def reduces_output(self) -> bool:

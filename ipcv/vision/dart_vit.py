@@ -19,7 +19,7 @@ from ..methods.dart import dart_keep, pivot_scores
 from ..methods.ipcv import find_neighbors
 from ..methods.packed import complement, protected_counts, scatter_tokens
 from ..settings import DARTViT
-from . import BlockCount, BlockOps, Plan, sources
+from . import BlockCount, BlockOps, Plan, sources, taps
 
 
 def dart_vit_counts(settings: DARTViT, free: int) -> int:
@@ -95,30 +95,36 @@ def run_dart_vit(
     if all(dart_vit_counts(settings, n) == n for n in units):
         for layer in range(depth):  # nothing pruned: the plain blocks
             h = ops.full(layer, h)
+            taps.offer(layer, lambda: h)
         return h
     h_prev = h
     for layer in range(lp):
         h_prev, h = h, ops.full(layer, h)
+        taps.offer(layer, lambda: h)
     keys = ops.keys(lp - 1, h_prev) if settings.key_layer == "previous" else ops.keys(lp, h)
     keep, counts = dart_select(h, pivot_scores(keys), seg, protected, settings)
     rem = complement(keep, h.shape[0])
     nearest = find_neighbors(h, keep, rem, seg, counts, neighbors=1, scope=settings.scope)
     plan = Plan(keep, rem, seg, counts, nearest)
     h_keep = h[keep]
+    copy_of = nearest.index[:, 0]  # [R] rows of the kept sequence
     for layer in range(lp, depth):
         h_keep = ops.kept(layer, h_keep, plan)
-    copy_of = nearest.index[:, 0]  # [R] rows of the kept sequence
+        taps.offer(layer, lambda: scatter_tokens(h_keep, h_keep[copy_of], keep, rem))  # as the final output
     source = torch.arange(h.shape[0], device=h.device)
     source[rem] = keep[copy_of]
     sources.record("DARTViT", seg, counts, [seg] * lp + [counts] * (depth - lp), source)
     return scatter_tokens(h_keep, h_keep[copy_of], keep, rem)
 
 
-def count_dart_vit(settings: DARTViT, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
+def count_dart_vit(
+    settings: DARTViT, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int, tap_layers=()
+):
     """Per-block token counts and overhead of DART-ViT (``scope="global"``: its budget counted as if it
     fell evenly over the segments): the keys of block lp (``2 D^2 L``), the
     pivot/candidate cosine similarities (``2 D P n`` per segment) and the closest-kept search
-    (``2 D R K`` per segment, as IPCV's kNN)."""
+    (``2 D R K`` per segment, as IPCV's kNN). The copies at ``tap_layers`` (blocks the model also reads) are
+    index copies, not counted."""
     seg = [int(n) for n in seg_lengths]
     lp = settings.prune_layer
     if settings.scope == "global":  # counted as if the call's budget fell evenly (as IPCV's global scope)

@@ -23,7 +23,7 @@ from ..budgets import keep_count
 from ..methods.ipcv import feature_difference_scores, find_neighbors, ngr, select_tokens
 from ..methods.packed import complement, scatter_tokens
 from ..settings import IPCV
-from . import BlockCount, BlockOps, Plan
+from . import BlockCount, BlockOps, Plan, taps
 
 
 def run_ipcv(
@@ -45,7 +45,9 @@ def run_ipcv(
     seg_lengths = [int(n) for n in seg_lengths]
     for layer in range(lp - 1):
         h = ops.full(layer, h)
+        taps.offer(layer, lambda: h)
     h_prev, h = h, ops.full(lp - 1, h)  # inputs of blocks lp-1 and lp
+    taps.offer(lp - 1, lambda: h)
 
     record = _trace.active()
     device = h.device
@@ -55,6 +57,7 @@ def run_ipcv(
     if keep.numel() == h.shape[0]:  # nothing removed: IPCV is the identity here, run the plain blocks
         for layer in range(lp, depth):
             h = ops.full(layer, h)
+            taps.offer(layer, lambda: h)
         return h
     with _trace.section("knn", device):
         rem = complement(keep, h.shape[0])
@@ -65,15 +68,22 @@ def run_ipcv(
 
     h_keep_lp, h_rem_lp = h[keep], h[rem]  # eq. 2
     h_keep = h_keep_lp
+
+    def tap() -> torch.Tensor:  # the full sequence at a tap: NGR (eq. 6 at that block's output) or frozen
+        h_rem = ngr(h_rem_lp, h_keep, h_keep_lp, nb) if settings.taps == "ngr" else h_rem_lp
+        return scatter_tokens(h_keep, h_rem, keep, rem)
+
     for layer in range(lp, lp + n_as):
         with _trace.section("ngr", device):
             h_rem = ngr(h_rem_lp, h_keep, h_keep_lp, nb)  # eq. 6 (at l = lp this is h_rem_lp)
             h_full = scatter_tokens(h_keep, h_rem, keep, rem)  # eq. 7
         h_keep = ops.stabilized(layer, h_keep, h_full, plan)  # eq. 8-9
         _record_state(record, layer, h_keep)
+        taps.offer(layer, tap)
     for layer in range(lp + n_as, depth):
         h_keep = ops.kept(layer, h_keep, plan)
         _record_state(record, layer, h_keep)
+        taps.offer(layer, tap)
 
     with _trace.section("ngr", device):
         h_rem = ngr(h_rem_lp, h_keep, h_keep_lp, nb) if settings.reintegrate else h_rem_lp
@@ -85,12 +95,15 @@ def _record_state(record: _trace.Trace | None, layer: int, h_keep: torch.Tensor)
         record.calls[-1].states[layer] = h_keep.detach().clone()
 
 
-def count_ipcv(settings: IPCV, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
+def count_ipcv(
+    settings: IPCV, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int, tap_layers=()
+):
     """Per-block token counts and IPCV's own work (FLOPs) for one call, as :func:`run_ipcv` runs it: blocks
     ``< lp`` on all tokens, AS blocks with kept queries over all keys / values, later blocks on the kept tokens
     only; each segment keeps :func:`ipcv.keep_count` of its unprotected tokens (``scope="global"`` is counted as
     if its budget fell evenly). Overhead: eq. 1's score (``3 L D``), the kNN distances (``2 D R K`` per
-    segment) and NGR (``2 D R k + D K`` per use: every AS block, and the reintegration)."""
+    segment) and NGR (``2 D R k + D K`` per use: every AS block, the reintegration, and with ``taps="ngr"`` every
+    tap block at or after ``prune_layer``: ``tap_layers``, the blocks the model also reads, Qwen3-VL's DeepStack)."""
     seg = [int(n) for n in seg_lengths]
     L, D = sum(seg), dim
     kept = [keep_count(n - prefix, settings.keep_ratio) + prefix for n in seg]
@@ -104,5 +117,7 @@ def count_ipcv(settings: IPCV, seg_lengths: Sequence[int], prefix: int, depth: i
     score = 3 * L * D
     knn = sum(2 * D * r * c for r, c in zip(removed, kept))
     ngr_uses = n_as + (1 if settings.reintegrate else 0)
+    if settings.taps == "ngr" and any(removed):
+        ngr_uses += sum(1 for t in tap_layers if lp <= t < depth)
     ngr_flops = ngr_uses * (sum(2 * D * r * kk for r, kk in zip(removed, k)) + D * sum(kept))
     return blocks, score + knn + ngr_flops

@@ -35,7 +35,7 @@ from ..methods.tome import (
     release_schedule,
 )
 from ..settings import ToFu, ToMe
-from . import BlockCount, BlockOps, sources
+from . import BlockCount, BlockOps, sources, taps
 
 
 def merge_plan(
@@ -211,6 +211,7 @@ def run_merging(
         tokens_per_block.append(list(state.counts))
         if not state.merged and not any(r):
             state.h = ops.full(layer, state.h)
+            taps.offer(layer, lambda: state.h)
             continue
         bias = state.size.log() if settings.proportional_attention and state.merged else None
         h_mid, metric = ops.attention_part(layer, state.h, state.rows, state.counts, bias, **_metric_kw(settings))
@@ -218,6 +219,7 @@ def run_merging(
             state = state.reduce(h_mid, metric, r, _merge_fn(settings, layer, depth))
             h_mid = state.h
         state.h = ops.mlp_part(layer, h_mid)
+        taps.offer(layer, lambda: state.h[state.assign])  # a tap: every merged position unmerged
     sources.record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
     return state.h[state.assign]
 
@@ -236,6 +238,7 @@ def _run_merging_global(ops: BlockOps, depth: int, state: _Merged, seg: list[int
         tokens_per_block.append(list(state.counts))
         if not state.merged and not r:
             state.h = ops.full(layer, state.h)
+            taps.offer(layer, lambda: state.h)
             continue
         bias = state.size.log() if settings.proportional_attention and state.merged else None
         lengths = [c for c in state.counts if c]
@@ -245,16 +248,20 @@ def _run_merging_global(ops: BlockOps, depth: int, state: _Merged, seg: list[int
             state, metric, order = state.reduce_global(h_mid, metric, step, merge, order, bounds)
             h_mid = state.h
         state.h = ops.mlp_part(layer, h_mid)
+        taps.offer(layer, lambda: state.h[state.assign])
     sources.record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
     return state.h[state.assign]
 
 
-def count_merging(settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int):
+def count_merging(
+    settings: ToMe | ToFu, seg_lengths: Sequence[int], prefix: int, depth: int, dim: int, heads: int, tap_layers=()
+):
     """Per-block token counts and method overhead (FLOPs) of ToMe / ToFu.
 
     Overhead per matching round on ``n`` free tokens: the similarity matrix ``2 d |A| |B|``
     (``d = dim / heads``, keys averaged over heads), plus ``2 D n`` for a merge (average or MLERP);
-    pruning rounds copy. Not counted: key averaging, norms, argmax/sort, index copies.
+    pruning rounds copy. Not counted: key averaging, norms, argmax/sort, index copies (so the unmerged copies
+    at ``tap_layers``, the blocks the model also reads, cost nothing here).
     """
     seg = [int(n) for n in seg_lengths]
     if settings.scope == "global":
