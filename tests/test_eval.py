@@ -356,7 +356,7 @@ def test_every_sweep_setting_is_exactly_its_preset(protocol):
             # mRoPE families, so Table 3's (InternVL3) ViT-side baseline rows are named as not runnable
             assert not_built(s) is None, s
             reduced = getattr(vision, "output", "full") == "reduced"
-            unbuilt = reduced and sweep.family not in ("qwen2_vl", "qwen2_5_vl")
+            unbuilt = reduced and sweep.family not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
             assert (not_built(s, sweep.family) is not None) == unbuilt, (sweep.name, s)
             if unbuilt:
                 assert sweep.name == "table3" and "mRoPE families" in not_built(s, sweep.family)
@@ -637,6 +637,6 @@ def test_every_family_of_the_sweeps_has_a_wrapper():
 
     families = plugin.harnesses()
     assert {s.family for s in sweeps().values()} <= set(families)
-    assert set(families) == {"qwen2_vl", "qwen2_5_vl", "internvl", "llava"}  # one vocabulary: the adapters' names
+    assert set(families) == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava"}  # the adapters' names
     ids = {h.model_id for h in families.values()}
-    assert ids == {"ipcv_qwen2_vl", "ipcv_qwen2_5_vl", "ipcv_internvl3", "ipcv_llava"}
+    assert ids == {"ipcv_qwen2_vl", "ipcv_qwen2_5_vl", "ipcv_qwen3_vl", "ipcv_internvl3", "ipcv_llava"}
