@@ -11,6 +11,7 @@ Modules, one job each:
   forward under :func:`ipcv.trace`, any vision-side method's output
 - :mod:`~ipcv.analysis.fidelity`    cosine / error / drift measures, the copy and frozen baselines, per image
 - :mod:`~ipcv.analysis.bound`       the error bound of the paper's Appendix E
+- :mod:`~ipcv.analysis.deepstack`   each Qwen3-VL DeepStack feature of a compressed tower against the unpruned one
 - :mod:`~ipcv.analysis.pruning`     kept masks, budgets, saliency shares
 - :mod:`~ipcv.analysis.flop_tables` FLOP tables of the real Qwen2-VL-7B tower (built on the meta device)
 - :mod:`~ipcv.analysis.verdicts`    paired tests over images with a threshold and a bootstrap interval

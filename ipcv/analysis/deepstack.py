@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
         measure="cosine of each DeepStack feature to the unpruned tower's (merge units), per tap",
         weights=f"random ({'tiny Qwen3-VL tower, std 0.15' if args.size == 'tiny' else 'Qwen3-VL-8B tower size'}); "
         "a pipeline check, no accuracy or quality is implied",
-        tower=dict(TINY if args.size == "tiny" else tower.config.to_dict()) if args.size == "tiny" else "Qwen3-VL-8B",
+        tower=TINY if args.size == "tiny" else "Qwen3-VL-8B vision tower (ipcv.models.configs.QWEN3_VL_8B_VISION)",
         patches=args.patches, prune_layer=lp, stabilize_layers=n_as, device="CPU",
         rows=rows,
     )  # fmt: skip

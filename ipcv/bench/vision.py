@@ -1,7 +1,8 @@
 """Latency of an MLLM's vision tower, vanilla vs IPCV, at real sizes with random weights.
 
 ``--family``: every family whose adapter names a real-size tower (:attr:`ipcv.models.base.Adapter.tower`):
-qwen2_vl (Qwen2-VL-7B's tower), qwen2_5_vl (Qwen2.5-VL-7B's, window attention), internvl (InternViT-300M of
+qwen2_vl (Qwen2-VL-7B's tower), qwen2_5_vl (Qwen2.5-VL-7B's, window attention), qwen3_vl (Qwen3-VL-8B's, full
+attention, DeepStack taps 8/16/24), internvl (InternViT-300M of
 InternVL3-1B/2B/8B, one 448x448 tile = 1024 patches + CLS per tile).
 Latency and FLOPs do not depend on weight values, so random weights at the real architecture give
 a real speed measurement (and no accuracy: none is reported). Settings are timed interleaved
