@@ -35,6 +35,8 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
@@ -301,11 +303,13 @@ QWEN2_5_VL = Family(
 QWEN3_TAPS = (1, 3, 4)  # DeepStack taps of the tiny tower: before IPCV's prune layer 2, in AS, after it
 
 
-def tiny_qwen3_vl(attn: str = "sdpa", seed: int = 0, layers: int = 4, taps=QWEN3_TAPS):
+def tiny_qwen3_vl(attn: str = "sdpa", seed: int = 0, layers: int = 4, taps=QWEN3_TAPS, moe: bool = False):
     """The whole Qwen3-VL: a 6-block tower (16-px patches, an 8x8 learned position table, DeepStack taps
-    ``taps``), a 4-layer Qwen3 decoder with interleaved mRoPE (DeepStack injected after layers 0, 1, 2)."""
-    cfg = Qwen3VLConfig(
-        text_config=dict(
+    ``taps``), a 4-layer Qwen3 decoder with interleaved mRoPE (DeepStack injected after layers 0, 1, 2);
+    ``moe``: Qwen3-VL-MoE (the same tower, a decoder of 4 experts, 2 per token)."""
+    experts = dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1)
+    cfg = (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
+        text_config=dict(**(experts if moe else {}),
             vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
             pad_token_id=0, rope_parameters={
@@ -322,7 +326,7 @@ def tiny_qwen3_vl(attn: str = "sdpa", seed: int = 0, layers: int = 4, taps=QWEN3
     for c in (cfg, cfg.vision_config, cfg.text_config):
         c._attn_implementation = attn
     torch.manual_seed(seed)
-    m = Qwen3VLForConditionalGeneration(cfg).eval()
+    m = (Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration)(cfg).eval()
     with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
         for name, p in m.named_parameters():
             if p.dim() > 1 and "embed_tokens" not in name:

@@ -339,3 +339,19 @@ def test_deepstack_fidelity_function_reports_every_tap(model):
     assert all(r["cosine_mean"] == pytest.approx(1.0) and r["cosine_min"] == pytest.approx(1.0) for r in first)
     later = {(r["variant"], r["tap"]): r["cosine_mean"] for r in rows if r["tap"] != QWEN3_TAPS[0]}
     assert all(c < 1.0 for c in later.values())  # pruned units really differ, so the measure can tell
+
+
+def test_moe_variant_shares_the_tower_and_decoder_code():
+    m = tiny_qwen3_vl(moe=True)
+    kw = qwen3_prompts([("image", [1, 8, 12])], [("image", [1, 4, 6]), ("video", [2, 4, 4])])
+    with torch.no_grad():
+        ref = m(**kw).logits
+        with ipcv.compressed(m, vision=ipcv.IPCV(1.0, prune_layer=2, stabilize_layers=2), language=ipcv.DART(1.0)):
+            assert torch.equal(m(**kw).logits, ref)
+        vision, language = SETTINGS["ngr"], ipcv.FastV(0.35, layer=1)
+        with ipcv.compressed(m, vision=vision, language=language), ipcv.stats(m) as st:
+            out = m.generate(**kw, max_new_tokens=3, do_sample=False)
+        ipcv.restore(m)
+        assert torch.equal(m(**kw).logits, ref)
+    assert out.shape == (2, kw["input_ids"].shape[1] + 3)
+    assert st.decoder[0].kept == [[[8], [2, 1, 1]]]  # 24 tokens keep 8; 6 keep 2; each 4-token frame keeps 1

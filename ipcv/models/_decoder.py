@@ -54,6 +54,9 @@ class DecoderFamily:
     reduce: ``(outer, args, kwargs) -> (args, kwargs, drop [B, L] bool or None)``: for a ViT-side
         baseline with ``output="reduced"``, the outer call's arguments to run and the prompt positions
         the LLM does not receive (removed before layer 0); None for a family without it.
+    output: ``decoder -> class`` of the decoder's own output (a mixture-of-experts decoder's carries
+        ``router_logits``, which the outer model reads; the pruned layer loop leaves them None); None:
+        ``BaseModelOutputWithPast``.
     """
 
     locate: Callable[[nn.Module], tuple[nn.Module, nn.Module] | None]
@@ -61,6 +64,7 @@ class DecoderFamily:
     spans: Callable[[object, int, int, torch.device], torch.Tensor | None]
     positions: Callable[[torch.Tensor, torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor | None]]
     reduce: Callable[[nn.Module, tuple, dict], tuple[tuple, dict, torch.Tensor | None]] | None = None
+    output: Callable[[nn.Module], type] | None = None  # decoder -> the output class its forward returns
 
 
 @dataclass
@@ -400,6 +404,7 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
             )  # fmt: skip
             _record_plain(self, inputs_embeds, attention_mask, out.past_key_values)
             return out
+        output_type = BaseModelOutputWithPast if family.output is None else family.output(self)
         deepstack = None
         if deepstack_kwargs.get("deepstack_visual_embeds") is not None:
             deepstack = DeepStack.of(
@@ -431,14 +436,14 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
             h = _run_reduced(call, inputs_embeds, attention_mask, reduced)
             if past_key_values is not None:
                 setattr(past_key_values, _CACHE_RECORD, _PrunedCache(call.stages))
-            return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
+            return output_type(last_hidden_state=self.norm(h), past_key_values=past_key_values)
         if pruned is None:  # prefill: prune
             call = _DecoderCall(self, mask, position_embeddings, text_position_ids, past_key_values, use_cache, kwargs)
             call.deepstack = deepstack
             h = run_language(call, inputs_embeds, slots, settings)
             if past_key_values is not None:
                 setattr(past_key_values, _CACHE_RECORD, _PrunedCache(call.stages))
-            return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
+            return output_type(last_hidden_state=self.norm(h), past_key_values=past_key_values)
 
         # decoding after a pruned prefill: each group of layers attends over its own, shorter cache
         B, q = inputs_embeds.shape[:2]
@@ -479,7 +484,7 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
                     cache,
                 )  # fmt: skip
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
+        return output_type(last_hidden_state=self.norm(h), past_key_values=past_key_values)
 
     return LanguageAdapter(
         locate=family.locate,

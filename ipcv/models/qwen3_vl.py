@@ -28,6 +28,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.qwen3_vl import modeling_qwen3_vl as q3
 from transformers.models.qwen3_vl_moe import modeling_qwen3_vl_moe as q3moe
 from transformers.vision_utils import (
@@ -139,10 +140,15 @@ def positions(inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None, pa
     return position_ids, None
 
 
+def _output_type(decoder: nn.Module) -> type:
+    """The MoE decoder returns ``MoeModelOutputWithPast`` (its outer model reads ``router_logits``)."""
+    return q3moe.MoeModelOutputWithPast if isinstance(decoder, q3moe.Qwen3VLMoeTextModel) else BaseModelOutputWithPast
+
+
 LANGUAGE = language_adapter(
     DecoderFamily(
         locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=positions,
-        reduce=partial(_mrope.reduced_call, units_key=UNITS_KEY),
+        reduce=partial(_mrope.reduced_call, units_key=UNITS_KEY), output=_output_type,
     )
 )  # fmt: skip
 
