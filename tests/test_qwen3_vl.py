@@ -355,3 +355,16 @@ def test_moe_variant_shares_the_tower_and_decoder_code():
         assert torch.equal(m(**kw).logits, ref)
     assert out.shape == (2, kw["input_ids"].shape[1] + 3)
     assert st.decoder[0].kept == [[[8], [2, 1, 1]]]  # 24 tokens keep 8; 6 keep 2; each 4-token frame keeps 1
+
+
+def test_varlen_kernel_matches_sdpa_under_pruning():
+    """``packs_segments``: the tower takes ``ipcv.vision_attention(model, "varlen")`` (one packed call per
+    block; on CPU its per-segment reference path), and the pruned run with it matches SDPA."""
+    tower = tiny_qwen3_vl().model.visual
+    with ipcv.compressed(tower, vision=SETTINGS["ngr"]):
+        want = run(tower)
+        ipcv.vision_attention(tower, "varlen")
+        got = run(tower)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got.deepstack_features, want.deepstack_features):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
