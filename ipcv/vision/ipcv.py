@@ -70,8 +70,9 @@ def run_ipcv(
     h_keep = h_keep_lp
 
     def tap() -> torch.Tensor:  # the full sequence at a tap: NGR (eq. 6 at that block's output) or frozen
-        h_rem = ngr(h_rem_lp, h_keep, h_keep_lp, nb) if settings.taps == "ngr" else h_rem_lp
-        return scatter_tokens(h_keep, h_rem, keep, rem)
+        with _trace.section("ngr", device):
+            h_rem = ngr(h_rem_lp, h_keep, h_keep_lp, nb) if settings.taps == "ngr" else h_rem_lp
+            return scatter_tokens(h_keep, h_rem, keep, rem)
 
     for layer in range(lp, lp + n_as):
         with _trace.section("ngr", device):
