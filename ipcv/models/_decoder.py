@@ -129,8 +129,10 @@ class DeepStack:
     @classmethod
     def of(cls, visual_pos_masks, deepstack_visual_embeds, shape) -> DeepStack | None:
         """From the decoder's ``visual_pos_masks`` ``[B, L]`` and ``deepstack_visual_embeds`` (None: none)."""
-        if deepstack_visual_embeds is None or visual_pos_masks is None:
+        if deepstack_visual_embeds is None:
             return None
+        if visual_pos_masks is None:
+            raise ValueError("deepstack_visual_embeds were given without visual_pos_masks (where to add them)")
         mask = visual_pos_masks.bool()
         if tuple(mask.shape) != tuple(shape):
             raise ValueError(f"visual_pos_masks has shape {tuple(mask.shape)}, the prompt {tuple(shape)}")
