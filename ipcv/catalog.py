@@ -6,8 +6,9 @@ the benches), the FLOP counts (:mod:`ipcv.flops`), what :func:`ipcv.compress` ac
 A vision-side runner has :func:`ipcv.vision.ipcv.run_ipcv`'s signature, ``(ops, depth, h, seg_lengths,
 settings, protected) -> h``, and its count ``(settings, seg_lengths, prefix, depth, dim, heads, tap_layers=())
 -> (blocks, overhead)``; after every block the runner offers its full-length state to :mod:`ipcv.vision.taps`
-(the blocks a model reads besides the last, Qwen3-VL's DeepStack), and the count includes rebuilding them. A language-side runner selects the tokens of one pruning stage (``select_<method>`` in
-:mod:`ipcv.language`) and its count is the method's own work at one stage (``<method>_overhead``).
+(the blocks a model reads besides the last, Qwen3-VL's DeepStack), and the count includes rebuilding them.
+A language-side runner selects the tokens of one pruning stage (``select_<method>`` in :mod:`ipcv.language`)
+and its count is the method's own work at one stage (``<method>_overhead``).
 A row without a count is refused here, at import: no method is ever counted as free.
 """
 

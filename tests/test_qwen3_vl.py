@@ -79,8 +79,9 @@ def reference(tower, grid, settings):
 SETTINGS = {
     "ngr": ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2, neighbors=3),
     "frozen": ipcv.IPCV(0.35, prune_layer=2, stabilize_layers=2, neighbors=3, taps="frozen"),
-    "wo_as_wo_reint_global": ipcv.IPCV(0.5, prune_layer=1, stabilize_layers=0, neighbors=2, reintegrate=False,
-                                       scope="global"),  # fmt: skip
+    "wo_as_wo_reint_global": ipcv.IPCV(
+        0.5, prune_layer=1, stabilize_layers=0, neighbors=2, reintegrate=False, scope="global"
+    ),  # fmt: skip
 }
 
 
@@ -239,7 +240,9 @@ def test_pruning_at_an_injection_layer_matches_a_written_out_decoder(model, monk
     selected = []
     original = _decoder._DecoderCall.select
     monkeypatch.setattr(
-        _decoder._DecoderCall, "select", lambda self, i, index, slots: (selected.append(index), original(self, i, index, slots))[1]
+        _decoder._DecoderCall,
+        "select",
+        lambda self, i, index, slots: (selected.append(index), original(self, i, index, slots))[1],
     )
     with torch.no_grad(), ipcv.compressed(model, language=ipcv.FastV(0.35, layer=layer)):
         got = model(**kw).logits[:, -1]

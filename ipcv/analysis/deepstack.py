@@ -43,8 +43,12 @@ def deepstack_fidelity(tower, pixel_values: torch.Tensor, grid_thw: torch.Tensor
                 cos = row_cosine(a, b)
                 rows.append(
                     dict(
-                        variant=name, tap=layer, rows=int(a.shape[0]), cosine_mean=float(cos.mean()),
-                        cosine_min=float(cos.min()), relative_error_mean=float(relative_error(a, b).mean()),
+                        variant=name,
+                        tap=layer,
+                        rows=int(a.shape[0]),
+                        cosine_mean=float(cos.mean()),
+                        cosine_min=float(cos.min()),
+                        relative_error_mean=float(relative_error(a, b).mean()),
                     )  # fmt: skip
                 )
     return rows

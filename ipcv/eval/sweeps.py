@@ -151,7 +151,8 @@ def sweeps(protocol: str = "paper") -> dict[str, Sweep]:
         "table6": _table("table6", image, protocol, *q, "Table 6: ablation"),
         "fig5": _fig5(protocol),
         "qwen3vl8b": replace(
-            _table("table1", image, protocol, "qwen3_vl", QWEN3_VL_8B, ""), name="qwen3vl8b",
+            _table("table1", image, protocol, "qwen3_vl", QWEN3_VL_8B, ""),
+            name="qwen3vl8b",
             description="Qwen3-VL-8B on Table 1's image tasks and settings (ipcv's sweep: the paper has no Qwen3-VL "
             "table, so nothing here is compared with a paper number)",
         ),  # fmt: skip

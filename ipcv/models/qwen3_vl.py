@@ -81,7 +81,7 @@ def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **k
         hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
     missing = [layer for layer in taps if layer not in features]
     if missing:
-        raise RuntimeError(f"{type(self).__name__}: the runner handed on no full sequence at DeepStack blocks {missing}")
+        raise RuntimeError(f"{type(self).__name__}: the runner gave no full sequence at DeepStack blocks {missing}")
     out = q3.BaseModelOutputWithDeepstackFeatures(
         last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states),
         deepstack_features=[features[layer] for layer in taps],
@@ -188,4 +188,3 @@ ADAPTER = Adapter(
         QWEN3_VL_8B_VISION["depth"],
     ),
 )  # fmt: skip
-

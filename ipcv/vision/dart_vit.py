@@ -95,12 +95,12 @@ def run_dart_vit(
     if all(dart_vit_counts(settings, n) == n for n in units):
         for layer in range(depth):  # nothing pruned: the plain blocks
             h = ops.full(layer, h)
-            taps.offer(layer, lambda: h)
+            taps.offer(layer, lambda h=h: h)
         return h
     h_prev = h
     for layer in range(lp):
         h_prev, h = h, ops.full(layer, h)
-        taps.offer(layer, lambda: h)
+        taps.offer(layer, lambda h=h: h)
     keys = ops.keys(lp - 1, h_prev) if settings.key_layer == "previous" else ops.keys(lp, h)
     keep, counts = dart_select(h, pivot_scores(keys), seg, protected, settings)
     rem = complement(keep, h.shape[0])
@@ -110,7 +110,7 @@ def run_dart_vit(
     copy_of = nearest.index[:, 0]  # [R] rows of the kept sequence
     for layer in range(lp, depth):
         h_keep = ops.kept(layer, h_keep, plan)
-        taps.offer(layer, lambda: scatter_tokens(h_keep, h_keep[copy_of], keep, rem))  # as the final output
+        taps.offer(layer, lambda x=h_keep: scatter_tokens(x, x[copy_of], keep, rem))  # as the final output
     source = torch.arange(h.shape[0], device=h.device)
     source[rem] = keep[copy_of]
     sources.record("DARTViT", seg, counts, [seg] * lp + [counts] * (depth - lp), source)

@@ -45,7 +45,7 @@ def run_ipcv(
     seg_lengths = [int(n) for n in seg_lengths]
     for layer in range(lp - 1):
         h = ops.full(layer, h)
-        taps.offer(layer, lambda: h)
+        taps.offer(layer, lambda h=h: h)
     h_prev, h = h, ops.full(lp - 1, h)  # inputs of blocks lp-1 and lp
     taps.offer(lp - 1, lambda: h)
 
@@ -57,7 +57,7 @@ def run_ipcv(
     if keep.numel() == h.shape[0]:  # nothing removed: IPCV is the identity here, run the plain blocks
         for layer in range(lp, depth):
             h = ops.full(layer, h)
-            taps.offer(layer, lambda: h)
+            taps.offer(layer, lambda h=h: h)
         return h
     with _trace.section("knn", device):
         rem = complement(keep, h.shape[0])

@@ -211,7 +211,7 @@ def run_merging(
         tokens_per_block.append(list(state.counts))
         if not state.merged and not any(r):
             state.h = ops.full(layer, state.h)
-            taps.offer(layer, lambda: state.h)
+            taps.offer(layer, lambda s=state: s.h)
             continue
         bias = state.size.log() if settings.proportional_attention and state.merged else None
         h_mid, metric = ops.attention_part(layer, state.h, state.rows, state.counts, bias, **_metric_kw(settings))
@@ -219,7 +219,7 @@ def run_merging(
             state = state.reduce(h_mid, metric, r, _merge_fn(settings, layer, depth))
             h_mid = state.h
         state.h = ops.mlp_part(layer, h_mid)
-        taps.offer(layer, lambda: state.h[state.assign])  # a tap: every merged position unmerged
+        taps.offer(layer, lambda s=state: s.h[s.assign])  # a tap: every merged position unmerged
     sources.record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
     return state.h[state.assign]
 
@@ -238,7 +238,7 @@ def _run_merging_global(ops: BlockOps, depth: int, state: _Merged, seg: list[int
         tokens_per_block.append(list(state.counts))
         if not state.merged and not r:
             state.h = ops.full(layer, state.h)
-            taps.offer(layer, lambda: state.h)
+            taps.offer(layer, lambda s=state: s.h)
             continue
         bias = state.size.log() if settings.proportional_attention and state.merged else None
         lengths = [c for c in state.counts if c]
@@ -248,7 +248,7 @@ def _run_merging_global(ops: BlockOps, depth: int, state: _Merged, seg: list[int
             state, metric, order = state.reduce_global(h_mid, metric, step, merge, order, bounds)
             h_mid = state.h
         state.h = ops.mlp_part(layer, h_mid)
-        taps.offer(layer, lambda: state.h[state.assign])
+        taps.offer(layer, lambda s=state: s.h[s.assign])
     sources.record(type(settings).__name__, seg, state.counts, tokens_per_block, state.rows[state.assign])
     return state.h[state.assign]
 
