@@ -391,7 +391,7 @@ def test_bad_values_and_combinations_are_refused(model):
         ipcv.compress(model, vision=release_settings(ipcv.ToMe, 0.35, 6))
     with pytest.raises(ValueError, match="runs no LLM-side method"):
         ipcv.compress(model, vision=release_settings(ipcv.ToMe, 0.35, 1, output="reduced"), language=ipcv.DART(0.35))
-    with pytest.raises(NotImplementedError, match=r"built for the mRoPE families \(.qwen2_vl., .qwen2_5_vl.\) only"):
+    with pytest.raises(NotImplementedError, match=r"mRoPE families \(.qwen2_vl., .qwen2_5_vl., .qwen3_vl.\) only"):
         ipcv.compress(make_tower(), vision=release_settings(ipcv.ToMe, 0.35, 1, output="reduced"))
 
 
@@ -413,5 +413,5 @@ def test_global_on_a_family_with_cls_tokens():
     assert not bool(torch.isin(record.source[patches], cls).any())
     counted = vision_flops(m, record.seg_lengths, ipcv.ToMe(0.35, scope="global")).tokens_per_block
     assert counted == tuple(sum(c) for c in record.tokens_per_block)  # the analytic count removes what ran
-    with pytest.raises(NotImplementedError, match=r"mRoPE families \('qwen2_vl', 'qwen2_5_vl'\)"):
+    with pytest.raises(NotImplementedError, match=r"mRoPE families \('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl'\)"):
         ipcv.compress(m, vision=ipcv.ToMe(0.35, scope="global", output="reduced"))

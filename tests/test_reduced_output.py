@@ -230,7 +230,7 @@ def test_restore_after_reduced(model):
 
 
 def test_refusals(model):
-    with pytest.raises(NotImplementedError, match=r"built for the mRoPE families \(.qwen2_vl., .qwen2_5_vl.\) only"):
+    with pytest.raises(NotImplementedError, match=r"mRoPE families \(.qwen2_vl., .qwen2_5_vl., .qwen3_vl.\) only"):
         ipcv.compress(make_tower(), vision=baselines(0.35)["ToMe"])  # a tower alone has no decoder
     with pytest.raises(ValueError, match="runs no LLM-side method"):
         ipcv.compress(model, vision=baselines(0.35)["ToMe"], language=ipcv.DART(0.35))
