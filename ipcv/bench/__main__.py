@@ -1,4 +1,4 @@
-"""``python -m ipcv.bench {vision,knn-memory,prefill,efficiency,gpu} [options]`` (also installed as ``ipcv-bench``).
+"""``python -m ipcv.bench {vision,knn-memory,prefill,efficiency,gpu,vllm} [options]`` (or ``ipcv-bench``).
 
 Every argument is checked before a model is built: a bad one prints the command's usage line and one
 message naming it and what is allowed (exit 2). Progress goes to stderr (``IPCV_PROGRESS``: ``bar``,
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from . import efficiency, gpu, knn_memory, prefill, vision
+from . import efficiency, gpu, knn_memory, prefill, serving, vision
 from .common import UsageError
 
 COMMANDS = {
@@ -20,6 +20,7 @@ COMMANDS = {
     "prefill": (prefill, "Qwen2-VL-2B prefill time, FLOPs, KV cache: paper settings"),
     "efficiency": (efficiency, "Qwen2-VL-2B generate(): Table 4 rows, Figure 1 shares"),
     "gpu": (gpu, "on a CUDA GPU: method checks, Qwen2-VL-7B latency, tower scaling"),
+    "vllm": (serving, "inside vLLM (ipcv's plugin): Qwen2-VL-7B tower time, TTFT, requests/s"),
 }
 
 
