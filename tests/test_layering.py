@@ -153,3 +153,10 @@ def test_the_checker_sees_lazy_upward_and_sideways_imports(tmp_path):
     sideways = ROOT / "eval" / "probe.py"
     ours, _ = imports(sideways, "from ..bench.common import note\n")
     assert {_unit(f) for f in map(_file_of, ours) if f} == {"bench"} and RANK["bench"] == RANK["eval"]
+
+
+def test_only_the_vllm_adapter_knows_vllm():
+    """vLLM is imported by ipcv/serving/vllm_plugin.py and vllm_models.py only (and, lazily, by the benchmark
+    that runs it); ipcv/serving/__init__.py, the switch, knows no vLLM."""
+    users = {str(p.relative_to(ROOT)) for p in FILES if "vllm" in imports(p)[1]}
+    assert users == {"serving/vllm_plugin.py", "serving/vllm_models.py", "bench/serving.py"}, users

@@ -234,7 +234,7 @@ def _port() -> int:
 @pytest.mark.subprocess
 def test_vllm_serve_answers_an_openai_chat_request_with_an_image(saved, tmp_path):
     """``IPCV_METHOD=... vllm serve`` on a loopback port; one chat request through the OpenAI client; the
-    server is stopped after it (at most 300 s in all)."""
+    server is stopped after it (at most 400 s to start, 60 s for the request, 30 s to stop)."""
     from openai import OpenAI
 
     port, stats = _port(), tmp_path / "stats.jsonl"
@@ -248,10 +248,10 @@ def test_vllm_serve_answers_an_openai_chat_request_with_an_image(saved, tmp_path
         server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=60, max_retries=0)
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 400
         while True:
             assert server.poll() is None, f"vllm serve exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vllm serve did not start in 240 s: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"vllm serve did not start in 400 s: {log.read_text()[-3000:]}"
             try:
                 client.models.list()
                 break
