@@ -263,7 +263,8 @@ def print_result(result: dict) -> None:
           f"{'throughput ratio':>16} {'by CPU time':>11}")  # fmt: skip
     for r in result["serving"]:
         print(f"{r['setting']:>9} {r['ttft_s']:>8.3f} {r['ttft_ratio']:>10.3f} {r['ttft_cpu_time_ratio']:>14.3f} "
-              f"{r['requests_per_s']:>10.3f} {r['throughput_ratio']:>16.3f} {r['cpu_throughput_ratio']:>11.3f}")  # fmt: skip
+              f"{r['requests_per_s']:>10.3f} {r['throughput_ratio']:>16.3f} "
+              f"{r['cpu_throughput_ratio']:>11.3f}")  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
