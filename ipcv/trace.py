@@ -24,7 +24,8 @@ class IPCVCall:
 
     keep / rem: ``[K]`` / ``[R]`` indices into the packed token sequence of the call.
     neighbors: ``[R, k]`` rows of the kept sequence used by NGR. seg_lengths / keep_counts: per
-    segment (image or frame), protected tokens included. scores: ``[L]`` eq. 1 scores (float32).
+    segment (image or frame), protected tokens included. scores: ``[L]`` eq. 1 scores (float32), whatever
+    ``IPCV.selection`` ranked by.
     states: per block index, that block's kept-token output (only with ``trace(states=True)``).
     """
 

@@ -85,6 +85,90 @@ def select_tokens(
     return keep, budgets
 
 
+def random_scores(length: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[length]`` float32 uniform draws in [0, 1) from ``seed`` (drawn on the CPU, so the same on every
+    device): ranking by them and keeping the top-K per segment (:func:`select_tokens`) keeps a uniformly random
+    subset of K patches, the control eq. 1's score must beat (``IPCV(selection="random")``)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(length, generator=g).to(device)
+
+
+def farthest_points(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy max-min (farthest-point) selection of ``k`` of the rows of ``x``, batched over groups.
+
+    The first row chosen is the one farthest from the group's mean; each next one is the row whose
+    distance to its nearest chosen row is largest (squared Euclidean distances in float32; ties: the
+    lower row). Chosen rows are never chosen again.
+
+    Args: x ``[G, n, D]``; ``0 <= k <= n``. Returns: ``[G, k]`` long rows, in the order chosen.
+    """
+    G, n, _ = x.shape
+    x = x.float()
+    out = torch.empty(G, k, dtype=torch.long, device=x.device)
+    if k == 0:
+        return out
+    batch = torch.arange(G, device=x.device)
+
+    def dist(c: torch.Tensor) -> torch.Tensor:  # [G, D] -> [G, n]
+        return (x - c[:, None]).square().sum(-1)
+
+    nxt = dist(x.mean(1)).argmax(1)
+    min_d = torch.full((G, n), float("inf"), device=x.device)
+    for i in range(k):
+        out[:, i] = nxt
+        if i == k - 1:
+            break
+        min_d = torch.minimum(min_d, dist(x[batch, nxt]))
+        min_d[batch, nxt] = float("-inf")  # stays -inf: minimum() never raises it
+        nxt = min_d.argmax(1)
+    return out
+
+
+def farthest_point_select(
+    h: torch.Tensor,
+    seg_lengths: Sequence[int],
+    keep_ratio: float,
+    scope: str = "segment",
+    protected: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """Eq. 2 with a diversity rule instead of eq. 1's score (``IPCV(selection="diversity")``): each
+    segment keeps the same count as :func:`select_tokens` (``scope="segment"``: ``keep_count``;
+    ``"global"``: ``floor_count`` of the call's unprotected tokens, chosen over the whole call), chosen
+    by :func:`farthest_points` on the states ``h`` ``[L, D]`` at the pruning block. Protected tokens are
+    always kept, never counted and never chosen from.
+
+    Returns: ``keep`` ``[K]`` long (sorted) and the kept count of each segment (protected included).
+    """
+    L = h.shape[0]
+    if sum(seg_lengths) != L:
+        raise ValueError(f"segment lengths sum to {sum(seg_lengths)}, but there are {L} states")
+    if scope not in ("segment", "global"):
+        raise ValueError(f"scope={scope!r} is not allowed: use 'segment' or 'global'")
+    prot = torch.zeros(L, dtype=torch.bool, device=h.device) if protected is None else protected.to(h.device)
+    starts = offsets(seg_lengths)
+    units = [(0, L)] if scope == "global" else [(a, a + n) for a, n in zip(starts, seg_lengths)]
+    count = floor_count if scope == "global" else keep_count
+    groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+    kept = [prot.nonzero().flatten()]
+    for a, b in units:
+        free = (~prot[a:b]).nonzero().flatten() + a
+        groups.setdefault((free.numel(), count(free.numel(), keep_ratio)), []).append(free)
+    for (n, k), frees in groups.items():  # one batched selection per (size, budget)
+        rows = torch.stack(frees)  # [G, n]
+        kept.append(rows.flatten() if k >= n else rows.gather(1, farthest_points(h[rows], k)).flatten())
+    keep = torch.cat(kept).sort().values
+    bounds = torch.tensor(list(seg_lengths), device=h.device).cumsum(0)
+    counts = torch.bincount(torch.bucketize(keep, bounds, right=True), minlength=len(seg_lengths)).tolist()
+    return keep, counts
+
+
+def farthest_point_flops(n: int, k: int, dim: int) -> int:
+    """FLOPs of :func:`farthest_points` choosing ``k`` of ``n`` rows of width ``dim``: the mean (``n D``)
+    and ``k`` passes of squared distances to all rows (``3 n D`` each: difference, square, sum); none when
+    every row is kept."""
+    return n * dim + 3 * n * dim * k if 0 < k < n else 0
+
+
 def nearest_kept(
     h_rem: torch.Tensor, h_keep: torch.Tensor, k: int, block_elements: int = KNN_BLOCK_ELEMENTS
 ) -> torch.Tensor:

@@ -14,6 +14,8 @@ Scope = Literal["segment", "global"]
 Output = Literal["full", "reduced"]
 Schedule = Literal["even", "release"]
 Metric = Literal["keys", "rotated_keys"]
+Selection = Literal["difference", "random", "diversity"]
+FrameBounds = Literal["exact", "release"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +34,19 @@ class IPCV:
         reintegrate: rebuild the removed tokens with NGR after the last block (eq. 10). ``False``
             is the paper's "w/o Reint." ablation: removed tokens come back as their frozen states
             at l_p.
-        scope: ``"segment"`` keeps ``keep_count(n)`` patches of every image / video frame and looks
-            for neighbours inside it; ``"global"`` is the authors' release: one top-K over all
-            patches of the call, neighbours across segments.
+        scope: ``"segment"`` keeps ``keep_count(n)`` patches of every image / video frame (round half
+            up, :func:`ipcv.keep_count`) and looks for neighbours inside it; ``"global"`` is the
+            authors' release: one top-K over all patches of the call, ``int(L * (1 - r))`` of the
+            call's ``L`` unprotected patches with ``r = 1 - keep_ratio`` (rounded down,
+            :func:`ipcv.budgets.floor_count`), neighbours across segments.
+        selection: which patches eq. 2 keeps, an ablation switch (the rest of IPCV is unchanged):
+            ``"difference"`` (the paper: top-K by eq. 1's feature difference), ``"random"`` (K
+            patches drawn uniformly, reproducibly from ``seed``: the control the score must beat) or
+            ``"diversity"`` (greedy max-min / farthest-point selection on the states at ``l_p``:
+            Euclidean, starting from the patch farthest from the segment's mean;
+            :func:`ipcv.methods.ipcv.farthest_point_select`). Same counts in every case.
+        seed: seed of ``selection="random"`` (``>= 0``); the same seed and the same segment lengths
+            draw the same patches on every call and device. Ignored by the other rules.
         taps: how the full sequence is rebuilt at a block the model reads besides the last one (a *tap*:
             Qwen3-VL's DeepStack mergers; other encoders have none and ignore it). ``"ngr"``: the removed
             tokens brought up to date from their kept neighbours at that block (eq. 6 at its output, as
@@ -49,6 +61,8 @@ class IPCV:
     reintegrate: bool = True
     scope: Scope = "segment"
     taps: Literal["ngr", "frozen"] = "ngr"
+    selection: Selection = "difference"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         name = "IPCV"
@@ -67,7 +81,10 @@ class IPCV:
             raise ValueError(f"{name}: neighbors={self.neighbors} is not allowed: it must be >= 1")
         if not isinstance(self.reintegrate, bool):
             raise TypeError(f"{name}: reintegrate must be a bool, got {self.reintegrate!r}")
-        check_literals(name, self, "scope", "taps")
+        check_literals(name, self, "scope", "taps", "selection")
+        check_int(name, "seed", self.seed)
+        if self.seed < 0:
+            raise ValueError(f"{name}: seed={self.seed} is not allowed: it must be >= 0")
 
     @property
     def reduces_output(self) -> bool:

@@ -19,8 +19,16 @@ from collections.abc import Sequence
 import torch
 
 from .. import trace as _trace
-from ..budgets import keep_count
-from ..methods.ipcv import feature_difference_scores, find_neighbors, ngr, select_tokens
+from ..budgets import floor_count, keep_count
+from ..methods.ipcv import (
+    farthest_point_flops,
+    farthest_point_select,
+    feature_difference_scores,
+    find_neighbors,
+    ngr,
+    random_scores,
+    select_tokens,
+)
 from ..methods.packed import complement, scatter_tokens
 from ..settings import IPCV
 from . import BlockCount, BlockOps, Plan, taps
@@ -52,8 +60,7 @@ def run_ipcv(
     record = _trace.active()
     device = h.device
     with _trace.section("score", device):
-        scores = feature_difference_scores(h, h_prev)  # eq. 1
-        keep, keep_counts = select_tokens(scores, seg_lengths, settings.keep_ratio, settings.scope, protected)
+        keep, keep_counts, scores = _select(settings, h, h_prev, seg_lengths, protected, record is not None)
     if keep.numel() == h.shape[0]:  # nothing removed: IPCV is the identity here, run the plain blocks
         for layer in range(lp, depth):
             h = ops.full(layer, h)
@@ -91,6 +98,18 @@ def run_ipcv(
         return scatter_tokens(h_keep, h_rem, keep, rem)  # eq. 10
 
 
+def _select(settings: IPCV, h, h_prev, seg_lengths: list[int], protected, traced: bool):
+    """Eq. 2 under ``settings.selection``: kept rows, kept count per segment, and eq. 1's scores (computed for
+    the other rules only when a trace records them; None otherwise)."""
+    scores = feature_difference_scores(h, h_prev) if settings.selection == "difference" or traced else None  # eq. 1
+    if settings.selection == "diversity":
+        keep, counts = farthest_point_select(h, seg_lengths, settings.keep_ratio, settings.scope, protected)
+        return keep, counts, scores
+    rank = scores if settings.selection == "difference" else random_scores(h.shape[0], settings.seed, h.device)
+    keep, counts = select_tokens(rank, seg_lengths, settings.keep_ratio, settings.scope, protected)
+    return keep, counts, scores
+
+
 def _record_state(record: _trace.Trace | None, layer: int, h_keep: torch.Tensor) -> None:
     if record is not None and record.states:
         record.calls[-1].states[layer] = h_keep.detach().clone()
@@ -104,7 +123,10 @@ def count_ipcv(
     only; each segment keeps :func:`ipcv.keep_count` of its unprotected tokens (``scope="global"`` is counted as
     if its budget fell evenly). Overhead: eq. 1's score (``3 L D``), the kNN distances (``2 D R K`` per
     segment) and NGR (``2 D R k + D K`` per use: every AS block, the reintegration, and with ``taps="ngr"`` every
-    tap block at or after ``prune_layer``: ``tap_layers``, the blocks the model also reads, Qwen3-VL's DeepStack)."""
+    tap block at or after ``prune_layer``: ``tap_layers``, the blocks the model also reads, Qwen3-VL's DeepStack).
+    The selection rule's own work replaces eq. 1's score: none for ``selection="random"`` (draws, no FLOPs), the
+    farthest-point passes for ``"diversity"`` (:func:`ipcv.methods.ipcv.farthest_point_flops`, per segment, or
+    once over the call's unprotected tokens with ``scope="global"``)."""
     seg = [int(n) for n in seg_lengths]
     L, D = sum(seg), dim
     kept = [keep_count(n - prefix, settings.keep_ratio) + prefix for n in seg]
@@ -115,7 +137,15 @@ def count_ipcv(
         q, kv = (seg, seg) if i < lp else (kept, seg) if i < lp + n_as else (kept, kept)
         blocks.append(BlockCount(list(q), list(kv), list(q)))
     k = [min(settings.neighbors, c) for c in kept]
-    score = 3 * L * D
+    if settings.selection == "difference":
+        score = 3 * L * D
+    elif settings.selection == "random":
+        score = 0
+    elif settings.scope == "global":
+        free = L - prefix * len(seg)
+        score = farthest_point_flops(free, floor_count(free, settings.keep_ratio), D)
+    else:
+        score = sum(farthest_point_flops(n - prefix, c - prefix, D) for n, c in zip(seg, kept))
     knn = sum(2 * D * r * c for r, c in zip(removed, kept))
     ngr_uses = n_as + (1 if settings.reintegrate else 0)
     if settings.taps == "ngr" and any(removed):
