@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 import ipcv
 
-from .encoders import Batch
-from .hidden import Compressed
+from .encoders import Batch, Encoder
+from .fidelity import image_cosines
+from .hidden import Compressed, Unpruned, run_compressed
 
 
 def kept_mask(length: int, keep: torch.Tensor) -> torch.Tensor:
@@ -80,3 +81,43 @@ def budgets(seg_lengths: Sequence[int], ratios: Sequence[float], prefix: int = 0
 def kept_per_image(c: Compressed, batch: Batch) -> list[int]:
     """Kept patches of each image in a run (prefix tokens not counted)."""
     return [int(k) - batch.prefix_tokens for k in c.keep_counts]
+
+
+RULES = ("difference", "random", "diversity")
+
+
+def selection_rules(
+    enc: Encoder,
+    batch: Batch,
+    un: Unpruned,
+    keep_ratios: Sequence[float],
+    prune_layer: int = 3,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> pd.DataFrame:
+    """IPCV with each selection rule of eq. 2 (``IPCV(selection=...)``: eq. 1's feature difference, a seeded
+    random choice, greedy max-min diversity), everything else at the defaults, against the unpruned run.
+
+    Per keep ratio, rule and image: ``all_cos``, the mean cosine of the image's downstream tokens (as
+    :func:`ipcv.analysis.fidelity.fidelity_row`), and ``share``, the share of the image's unpruned saliency mass on
+    the kept patches (as :func:`saliency_share`; NaN without a saliency head). The random rule is the mean over
+    ``seeds`` (one draw per seed), so one lucky draw does not decide.
+
+    Columns: keep_ratio, rule, image, all_cos, share.
+    """
+    per_patch = None if un.saliency is None else F.avg_pool2d(un.saliency.float(), enc.patch_size)[:, 0]
+    rows = []
+    for ratio in keep_ratios:
+        for rule in RULES:
+            for seed in seeds if rule == "random" else (0,):
+                s = ipcv.IPCV(ratio, prune_layer=prune_layer, selection=rule, seed=seed)
+                c = run_compressed(enc, batch, s, states=False)
+                cos = image_cosines(batch, un, c)
+                grids = batch.grid_values(kept_mask(batch.length, c.keep))
+                for i, name in enumerate(batch.names):
+                    share = float("nan")
+                    if per_patch is not None:
+                        m = torch.from_numpy(grids[name])
+                        share = float(per_patch[i][m].sum() / per_patch[i].sum())
+                    rows.append(dict(keep_ratio=ratio, rule=rule, seed=seed, image=name, all_cos=cos[name], share=share))
+    table = pd.DataFrame(rows)
+    return table.groupby(["keep_ratio", "rule", "image"], sort=False)[["all_cos", "share"]].mean().reset_index()

@@ -54,6 +54,31 @@ def saliency(share: pd.DataFrame, trained: bool) -> v.Verdict:
     return v.exceeds(above.to_dict(), SHARE, "saliency share − keep ratio (mean over ratios)", trained)
 
 
+#: the measures of the selection-rule comparison: all-token cosine and the saliency share of the kept patches
+SELECTION_MEASURES = {"all_cos": ("all-token cosine", COSINE), "share": ("saliency share", SHARE)}
+
+
+def selection_rule(images: pd.DataFrame, trained: bool, other: str = "random", value: str = "all_cos") -> v.Verdict:
+    """Eq. 1's feature difference chooses better than ``other`` (``"random"``, ``"diversity"``): its ``value``
+    (``"all_cos"`` or ``"share"``) minus the other rule's, per image, mean over the keep ratios, above the measure's
+    threshold. images: keep_ratio, rule, image, all_cos, share (``ipcv.analysis.pruning.selection_rules``)."""
+    label, threshold = SELECTION_MEASURES[value]
+    diff = v.paired(images, "rule", "difference", other, value)
+    return v.exceeds(diff, threshold, f"{label}, eq. 1 − {other} (mean over ratios)", trained)
+
+
+def selection_rule_at(
+    images: pd.DataFrame, trained: bool, other: str = "random", value: str = "all_cos"
+) -> dict[float, v.Verdict]:
+    """:func:`selection_rule` at each keep ratio."""
+    label, threshold = SELECTION_MEASURES[value]
+    return {
+        float(r): v.exceeds(v.paired(t, "rule", "difference", other, value), threshold,
+                            f"{label}, eq. 1 − {other}", trained)
+        for r, t in images.groupby("keep_ratio", sort=False)
+    }  # fmt: skip
+
+
 # --------------------------------------------------------------------------- 02 NGR premise
 
 NGR, ONE, K_RANDOM = "NGR neighbours (mean of k)", "one random kept token", "k random kept tokens (mean)"

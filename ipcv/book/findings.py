@@ -190,6 +190,31 @@ def token_pruning(
     return out
 
 
+def selection_rules(ctx: Context, images: pd.DataFrame) -> Findings:
+    """Is eq. 1's feature difference a better choice than random or max-min diversity inside the ViT?
+    images: keep_ratio, rule, image, all_cos, share (``ipcv.analysis.pruning.selection_rules``)."""
+    trained = _trained(ctx)
+    out = Findings(ctx)
+    means = images.groupby(["keep_ratio", "rule"], sort=False)[["all_cos", "share"]].mean()
+    for value, (label, _) in claims.SELECTION_MEASURES.items():
+        if images[value].isna().any():
+            out.points.append(f"These weights have no saliency head, so the {label} was not compared.")
+            continue
+        for other in ("random", "diversity"):
+            verdict = claims.selection_rule(images, trained, other, value)
+            at = claims.selection_rule_at(images, trained, other, value)
+            per = "; ".join(
+                f"{_pct(r)}: {_f(means.loc[(r, 'difference'), value], 3)} against "
+                f"{_f(means.loc[(r, other), value], 3)} ({verdict_at.word.lower()})"
+                for r, verdict_at in at.items()
+            )
+            out.points.append(
+                _claim(f"Eq. 1's feature difference gives a higher {label} than the {other} choice", verdict)
+                + f" Means per keep ratio (eq. 1 against {other}): {per}."
+            )
+    return out
+
+
 # --------------------------------------------------------------------------- 02 NGR
 
 
