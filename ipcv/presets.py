@@ -5,7 +5,7 @@
 
 ``protocol="paper"`` is what the authors ran (their evaluation scripts and the Qwen2-VL ports of the
 baselines in the first commit of their release, github Perkzi/IPCV): LLM-side pruning at decoder
-layer 3 (FastV: 2, as Table 4's KV column shows) on the first visual block only, budgets rounded as
+layer 3 (DART and FastV: the script's ``pruned_layer=3``) on the first visual block only, budgets rounded as
 ``int(n * (1 - reduction))``, IPCV's, DART(ViT)'s and the ToMe / ToFu ports' one budget over all
 images (``scope="global"``), the ViT-side baselines handing the LLM only their kept / merged tokens and
 no LLM-side pruner behind them. ``protocol="official"`` runs each compared method as its own official
@@ -77,11 +77,14 @@ TABLES: tuple[str, ...] = tuple(_ROWS)
 INTERNVL_TABLES: tuple[str, ...] = ("table3",)  # InternVL3-38B; every other table is Qwen2-VL-7B-Instruct
 
 # The authors' runs (their evaluation script and baseline ports)
-PAPER_LLM_LAYER = 3  # the evaluation script's pruned_layer: DART (alone and after IPCV)
-# FastV: Table 4's KV column fits pruning at layer 2 (43.1 / 29.9 / 16.8 % of vanilla at 35 / 20 / 5 %
-# against the table's 42.0 / 29.5 / 17.0 %), not at the script's layer 3 (45.3 / 32.6 / 20.0 %);
-# DART fits layer 3 (45.5 / 32.7 / 19.9 % against 45.6 / 33.0 / 20.8 %). See the book's differences page.
-PAPER_FASTV_LAYER = 2
+PAPER_LLM_LAYER = 3  # the evaluation script's pruned_layer: DART and FastV (alone and after IPCV)
+# FastV: every Qwen2-VL and InternVL3 evaluation script of the release passes pruned_layer=3, and their FastV
+# port prunes the input of decoder layer pruned_layer with layer pruned_layer - 1's attention (an eager layer
+# swapped in there), i.e. FastV(layer=3). Table 4's KV column fits layer 2 better (43.1 / 29.9 / 16.8 % of
+# vanilla at 35 / 20 / 5 % against the table's 42.0 / 29.5 / 17.0 %; layer 3: 45.3 / 32.6 / 20.0 %), so the
+# table's FastV rows may come from another run than the published script; the presets follow the script (see
+# the book's differences page). DART fits layer 3 (45.5 / 32.7 / 19.9 % against 45.6 / 33.0 / 20.8 %).
+PAPER_FASTV_LAYER = PAPER_LLM_LAYER
 # per model family (the adapters' names, ipcv.models.registry): IPCV's l_p (and the ViT baselines' first pruned
 # block), its AS depth, and its budget scope (the authors' Qwen2-VL code takes one top-K over the call; their
 # InternVL3 rows run per 448x448 tile, see the book's page on differences)

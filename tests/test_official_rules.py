@@ -321,6 +321,29 @@ def test_fastv_in_qwen2vl(model, keep):
     assert library_choice(model, kw, ipcv.FastV(keep, layer=2)) == [official_fastv(attn[1], image, keep)]
 
 
+def release_fastv(attn_prev, image, keep):
+    """The IPCV authors' FastV port: at decoder layer ``pruned_layer`` (their scripts: 3) it takes the eager
+    attention of layer ``pruned_layer - 1``, heads averaged, the last token's row, and keeps the top
+    ``int(n * (1 - reduction))`` image tokens."""
+    score = attn_prev.mean(0)[-1, image]
+    k = int(len(image) * (1 - reduction(keep)))
+    return sorted(image[i] for i in score.topk(k).indices.tolist())
+
+
+@pytest.mark.parametrize("keep", [0.35, 0.2])
+def test_fastv_paper_preset_is_the_release_script(model, keep):
+    """``protocol="paper"`` runs FastV where the authors' lmms-eval scripts do (``pruned_layer=3``: the input
+    of decoder layer 3, scored by layer 2's attention), with their rounding."""
+    kw = prompt([[1, 8, 12]])
+    _, _, attn = internals(model, kw)
+    _, image = positions(kw)
+    _, settings = ipcv.presets.paper_settings("table4", f"vit100_llm{round(keep * 100)}", "FastV")
+    assert settings.layer == 3
+    assert library_choice(model, kw, settings) == [release_fastv(attn[2], image, keep)]
+    _, with_ipcv = ipcv.presets.paper_settings("table5", "vit35_llm35", "IPCV+FastV")
+    assert with_ipcv.layer == 3
+
+
 def test_v2drop_in_qwen2vl(model):
     kw = prompt([[1, 8, 12]])
     hidden, _, _ = internals(model, kw)

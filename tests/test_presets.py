@@ -77,9 +77,9 @@ def test_paper_protocol_matches_the_stated_settings():
     # InternVL3-38B: ViT pruning at block 7, AS 3, FastV in the LLM
     v, lang = presets.paper_settings("table3", "vit40_llm40", "IPCV+FastV")
     assert (v.prune_layer, v.stabilize_layers, v.scope) == (7, 3, "segment")
-    assert isinstance(lang, ipcv.FastV) and lang.layer == 2
-    # the LLM-side baselines' first stage at layer 3 in the paper's runs; FastV at 2 (Table 4's KV column)
-    for method, first in (("DART", 3), ("FastV", 2), ("V2Drop", 3), ("SparseVLM", 3)):
+    assert isinstance(lang, ipcv.FastV) and lang.layer == 3  # the InternVL3 script: llm_method=fastv, pruned_layer=3
+    # the LLM-side baselines' first stage at layer 3 in the paper's runs (FastV: the scripts' pruned_layer=3)
+    for method, first in (("DART", 3), ("FastV", 3), ("V2Drop", 3), ("SparseVLM", 3)):
         _, lang = presets.paper_settings("table4", "vit100_llm20", method)
         assert lang.stage_layers()[0] == first and lang.rounding == "floor"
     _, v2 = presets.paper_settings("table4", "vit100_llm20", "V2Drop")
@@ -146,15 +146,18 @@ def test_reduced_output_is_built():
 
 def test_table4_kv_column_fits_the_paper_protocol():
     """Table 4's KV cache (% of vanilla) against the analytic KV of the paper-protocol presets: DART and
-    IPCV+DART (layer 3), FastV (layer 2) and the ViT baselines' reduced output fit within 1.2 points;
-    DART at layer 2 (the official protocol) does not."""
+    IPCV+DART (layer 3) and the ViT baselines' reduced output fit within 1.2 points; DART at layer 2 (the
+    official protocol) does not. FastV at the script's layer 3 (the paper protocol) does not fit either: the
+    table's FastV rows fit layer 2 (the official protocol), a difference the book states."""
     from ipcv.bench.prefill import table4_kv_fit
 
     rows = table4_kv_fit()
     assert len(rows) == len(presets.paper_rows("table4"))
     for r in rows:
-        if r["method"] in ("IPCV", "DART", "FastV", "DART (ViT)", "ToMe", "ToFu", "Vanilla"):
+        if r["method"] in ("IPCV", "DART", "DART (ViT)", "ToMe", "ToFu", "Vanilla"):
             assert abs(r["paper"] - r["table4_kv_pct"]) < 1.2, r
+        if r["method"] == "FastV":
+            assert abs(r["official"] - r["table4_kv_pct"]) < 1.2 and r["paper"] - r["table4_kv_pct"] > 2.5, r
         if r["method"] == "DART" and r["setting"] != "vit100_llm35":  # the split is fitted on the 35 % row
             assert abs(r["official"] - r["table4_kv_pct"]) > 2.5, r
         # FLOPs: the authors' ToMe / ToFu schedule (from block 3, at most 20 % per block) fits Table 4, the
