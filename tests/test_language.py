@@ -254,3 +254,33 @@ def test_two_threads_two_compressed_models():
     for t in threads:
         t.join()
     assert all(torch.equal(r, expected[i]) for i in range(2) for r in results[i])
+
+
+def test_fastv_computes_one_attention_row_inside_the_sdpa_path(model, monkeypatch):
+    """FastV's cost: its score is the last token's attention row only (``[B, H, 1, N]``), computed from that
+    layer's queries of one row and its keys; every decoder layer keeps the model's own sdpa attention (no eager
+    layer, no ``[N, N]`` attention matrix), so pruning never costs more than the row it reads."""
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
+
+    from ipcv.methods import fastv as fastv_fns
+
+    rows, eager_calls = [], []
+    real_probs, real_eager = fastv_fns.attention_probs, qwen.eager_attention_forward
+
+    def probs(q, k, allowed, scaling):
+        out = real_probs(q, k, allowed, scaling)
+        rows.append(tuple(out.shape))
+        return out
+
+    def eager(module, *args, **kwargs):
+        eager_calls.append(type(module).__name__)
+        return real_eager(module, *args, **kwargs)
+
+    monkeypatch.setattr(fastv_fns, "attention_probs", probs)
+    monkeypatch.setattr(qwen, "eager_attention_forward", eager)
+    assert model.config.text_config._attn_implementation == "sdpa"
+    with torch.no_grad(), ipcv.compressed(model, language=ipcv.FastV(0.35)):
+        model(**SINGLE)
+    n = SINGLE["input_ids"].shape[1]
+    heads = model.config.text_config.num_attention_heads
+    assert rows == [(1, heads, 1, n)] and eager_calls == []

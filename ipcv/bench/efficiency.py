@@ -116,8 +116,11 @@ def run(args: argparse.Namespace) -> dict:
                 total_s=total,
                 prefill_s=prefill,
                 vision_s=median([r.vision_s for r in rec]),
+                llm_prefill_s=median([r.prefill_s - r.vision_s for r in rec]),
                 total_ratio=total / base_total,
                 prefill_ratio=prefill / base_prefill,
+                llm_prefill_ratio=median([r.prefill_s - r.vision_s for r in rec])
+                / median([r.prefill_s - r.vision_s for r in base]),
                 tflops=tflops,
                 flop_ratio=tflops / base_flops,
                 kv_cache_mb=rec[0].kv_mb,
@@ -128,8 +131,9 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
         )
     shares = []
-    with Progress(args.repeats * len(FIGURE1_INPUTS), "efficiency: Figure 1") as progress:
-        for label, kind, side, frames in FIGURE1_INPUTS:
+    figure1 = () if getattr(args, "no_figure1", False) else FIGURE1_INPUTS
+    with Progress(args.repeats * len(figure1), "efficiency: Figure 1") as progress:
+        for label, kind, side, frames in figure1:
             x = inputs(model, side=side) if kind == "image" else video_inputs(model, side, frames)
             recs = []
             for i in range(args.repeats):
@@ -161,8 +165,8 @@ def run(args: argparse.Namespace) -> dict:
         "input": "Table 4: one 448x448 image (1024 patches, 256 LLM visual tokens) and 27 text tokens, batch 1",
         "new_tokens": args.new_tokens,
         "measure": "ipcv.measure.measured_generate: total = the whole generate() call, prefill = start of "
-        "generate to the end of the first forward (vision encoder included), vision = inside the vision tower; "
-        "medians of repeats timed interleaved across settings",
+        "generate to the end of the first forward (vision encoder included), vision = inside the vision tower, "
+        "llm_prefill = prefill - vision (per run); medians of repeats timed interleaved across settings",
         "protocol": "this library's defaults (ViT-side methods full-length output + LLM-side DART at the same "
         "ratio; LLM-side methods at decoder layer 2), not the paper's exact protocol",
         "flops": "analytic prefill FLOPs (ipcv.costs)",
@@ -174,16 +178,19 @@ def run(args: argparse.Namespace) -> dict:
         **environment(device),
         "rows": rows,
         "skipped": skipped,
-        "figure1": shares,
+        "figure1": shares,  # empty with --no-figure1
     }
 
 
 def print_rows(rows: list[dict], shares: list[dict]) -> None:
-    print(f"\n{'setting':<34} {'total s':>8} {'total %':>8} {'prefill %':>9} {'FLOP %':>7} {'KV MB':>6}")
+    print(
+        f"\n{'setting':<34} {'total s':>8} {'total %':>8} {'prefill s':>9} {'prefill %':>9} {'LLM %':>6} "
+        f"{'FLOP %':>7} {'KV MB':>6}"
+    )
     for r in rows:
         print(
             f"{r['setting']:<34} {r['total_s']:>8.2f} {100 * r['total_ratio']:>7.1f}% "
-            f"{100 * r['prefill_ratio']:>8.1f}% "
+            f"{r['prefill_s']:>9.2f} {100 * r['prefill_ratio']:>8.1f}% {100 * r['llm_prefill_ratio']:>5.1f}% "
             f"{100 * r['flop_ratio']:>6.1f}% {r['kv_cache_mb']:>6.2f}",
             flush=True,
         )
@@ -194,13 +201,23 @@ def print_rows(rows: list[dict], shares: list[dict]) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per setting (median reported), >= 1")
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens generated per call (forced), >= 1")
-    p.add_argument("--only", nargs="*", help="run only settings whose name contains one of these (and vanilla)")
+    p.add_argument(
+        "--only", nargs="*",
+        help="run only settings whose name contains one of these (and vanilla), e.g. --only 'FastV | ViT 100%% / LLM 35%%'",
+    )  # fmt: skip
+    p.add_argument("--no-figure1", action="store_true", help="skip Figure 1's vision shares (three more inputs)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--attn", choices=("eager", "sdpa"), default="sdpa", help="attention of the tower and decoder")
-    p.add_argument("--out", type=Path, default=None, help="JSON (default: data/bench/efficiency_qwen2vl2b_cpu.json)")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help=f"JSON (default: {FULL_OUT}; with --only or --no-figure1: {SUBSET_OUT}, so a partial run never "
+        "replaces the book's file)",
+    )  # fmt: skip
 
 
 SETTINGS = dict(vit=(0.65, 0.5, 0.35, 0.2), llm=(0.35, 0.2, 0.05))
+FULL_OUT = Path("data/bench/efficiency_qwen2vl2b_cpu.json")
+SUBSET_OUT = Path("data/bench/efficiency_qwen2vl2b_cpu_subset.json")
 
 
 def selected(only: list[str] | None) -> dict[str, tuple[object, object]]:
@@ -225,6 +242,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     result = run(args)
-    out = args.out or Path("data/bench/efficiency_qwen2vl2b_cpu.json")
+    partial = bool(args.only) or getattr(args, "no_figure1", False)
+    out = args.out or (SUBSET_OUT if partial else FULL_OUT)
     write_json(out, result)
     print(f"\n{result['device']}; weights: {result['weights']}\nwritten to {out}")
