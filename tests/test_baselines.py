@@ -210,7 +210,9 @@ def test_proportional_attention_and_tofu_split_change_the_output():
 
 
 def test_tome_matches_a_plain_reference_on_a_vit():
-    """ToMe written out with explicit per-token bookkeeping on CLIP (no rotary), one image."""
+    """ToMe written out with explicit per-token bookkeeping on CLIP (no rotary), one image, in official ToMe's
+    order: its sequence starts with CLS (set A's first token, never merged), A / B alternate over that
+    sequence, and after a merge it continues with CLS, the unmerged A tokens in sequence order, then B."""
     model = tiny_vit("clip", "eager")
     x = vit_images(batch=1)
     settings = ipcv.ToMe(0.3)
@@ -227,7 +229,8 @@ def test_tome_matches_a_plain_reference_on_a_vit():
     h = captured["h"]  # [50, D]: CLS + 49 patches
     depth = len(vit_layers(model))
     schedule = tome.merge_schedule(49, keep_budget(49, 0.3), depth)
-    groups = [[i] for i in range(50)]  # source positions of each current token
+    groups = [[i] for i in range(50)]  # source positions of each current token (rows of h)
+    seq = list(range(50))  # ToMe's order of the rows of h, CLS first
     with torch.no_grad():
         for layer, r in zip(vit_layers(model), schedule):
             a = layer.self_attn
@@ -238,20 +241,21 @@ def test_tome_matches_a_plain_reference_on_a_vit():
             logits = logits + torch.tensor([math.log(len(g)) for g in groups])
             h = h + a.out_proj(torch.einsum("hqk,khd->qhd", logits.softmax(-1), v).reshape(len(groups), -1))
             metric = k.mean(1)
-            free = list(range(1, len(groups)))  # CLS (row 0) is never merged
-            A, B = free[0::2], free[1::2]
+            A, B = seq[0::2], seq[1::2]  # A[0] is CLS: never merged
             unit = metric / metric.norm(dim=-1, keepdim=True)
-            cos = {(i, j): float(unit[i] @ unit[j]) for i in A for j in B}
-            best = {i: max(B, key=lambda j, i=i: cos[i, j]) for i in A}
-            merged = sorted(A, key=lambda i: -cos[i, best[i]])[:r]
-            new_h, new_groups = [], []
+            cos = {(i, j): float(unit[i] @ unit[j]) for i in A[1:] for j in B}
+            best = {i: max(B, key=lambda j, i=i: cos[i, j]) for i in A[1:]}
+            merged = sorted(A[1:], key=lambda i: -cos[i, best[i]])[:r]
+            new_h, new_groups, row_of = [], [], {}
             for i in range(len(groups)):
                 if i in merged:
                     continue
                 members = [i] + [s for s in merged if best[s] == i]
                 w = torch.tensor([float(len(groups[m])) for m in members])
+                row_of[i] = len(new_h)
                 new_h.append((h[members] * w[:, None]).sum(0) / w.sum())
                 new_groups.append(sum((groups[m] for m in members), []))
+            seq = [row_of[i] for i in A if i not in merged] + [row_of[j] for j in B]
             h, groups = torch.stack(new_h), new_groups
             h = h + layer.mlp(layer.layer_norm2(h))
         expected = torch.empty(50, h.shape[1])

@@ -480,3 +480,107 @@ def test_average_budget_refuses_what_it_cannot_reach():
 
     with pytest.raises(ValueError, match=r"keep_ratio=0\.11 cannot be reached with budget='average' for a span of 256"):
         average_counts(256, 0.11, (3, 7, 16), 28)
+
+
+# --- ToMe's own order after a merge (official tome/merge.py), several blocks ------------------------
+
+
+def official_tome(x, rs, class_token):
+    """Official ToMe block after block on fixed features (the metric is the tokens themselves): the sequence
+    alternates A (even positions) / B (odd); each A token links to its most cosine-similar B token (CLS, at
+    position 0, links to nothing); the r best-linked A tokens merge into their B token (size-weighted mean);
+    the next sequence is the unmerged A tokens (in link order, or back in sequence order when there is a CLS
+    token), then all B tokens. Returns each final token's (feature, sources)."""
+    seq = [(x[i].double(), 1.0, [i]) for i in range(x.shape[0])]
+    for r in rs:
+        r = min(r, (len(seq) - int(class_token)) // 2)
+        if r <= 0:
+            continue
+        A, B = seq[0::2], seq[1::2]
+        unit = [a[0] / a[0].norm() for a in A], [b[0] / b[0].norm() for b in B]
+        link = []
+        for i, ua in enumerate(unit[0]):
+            sims = [float(ua @ ub) for ub in unit[1]]
+            best = max(range(len(B)), key=lambda j: (sims[j], -j))
+            link.append((-math.inf if class_token and i == 0 else sims[best], best))
+        ranked = sorted(range(len(A)), key=lambda i: -link[i][0])  # stable: ties keep A order
+        merged, unmerged = ranked[:r], ranked[r:]
+        if class_token:
+            unmerged = sorted(unmerged)
+        new_b = []
+        for j, (fb, sb, src) in enumerate(B):
+            members = [(fb, sb, src)] + [A[i] for i in merged if link[i][1] == j]
+            size = sum(m[1] for m in members)
+            new_b.append((sum(m[0] * m[1] for m in members) / size, size, sum((m[2] for m in members), [])))
+        seq = [A[i] for i in unmerged] + new_b
+    return [(f, sorted(src)) for f, _, src in seq]
+
+
+class _Identity:
+    """Block ops whose attention and MLP change nothing and whose metric is the tokens themselves, so that
+    run_merging's matching can be compared with a transcription on fixed features."""
+
+    def full(self, layer, h):
+        return h
+
+    def attention_part(self, layer, h, rows, seg_lengths, log_size=None, rotated=False):
+        return h, h
+
+    def mlp_part(self, layer, h):
+        return h
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_tome_continues_in_its_own_order(class_token, seed):
+    """ToMe's default and ``protocol="official"`` rule over several blocks: the library's merged groups and
+    merged features are official ToMe's, in whose order the next block's A / B split is taken."""
+    from ipcv.vision.merging import merge_plan, run_merging
+
+    g = torch.Generator().manual_seed(seed)
+    p = int(class_token)
+    n, depth, keep = 40, 4, 0.25
+    x = torch.randn(p + n, 6, generator=g)
+    protected = torch.zeros(p + n, dtype=torch.bool)
+    protected[:p] = True
+    settings = ipcv.ToMe(keep, proportional_attention=False)
+    rs = [r[0] for r in merge_plan([p + n], [p], settings, depth)]
+    assert sum(1 for r in rs if r) >= 3  # several blocks merge: the order of the later ones matters
+    with ipcv.trace() as t:
+        out = run_merging(_Identity(), depth, x, [p + n], settings, protected if p else None)
+    source = t.calls[0].source
+    groups = {}
+    for pos, s in enumerate(source.tolist()):
+        groups.setdefault(s, []).append(pos)
+    expected = official_tome(x, rs, class_token)
+    assert sorted(groups.values()) == sorted(src for _, src in expected)
+    for feature, src in expected:
+        torch.testing.assert_close(out[src], feature.float().expand(len(src), -1), rtol=1e-5, atol=1e-5)
+    # the test can tell the orders apart: keeping the original order after each merge pairs other tokens
+    original = _tome_in_original_order(x, rs, p)
+    assert sorted(original) != sorted(src for _, src in expected)
+
+
+def _tome_in_original_order(x, rs, p):
+    """The previous rule (each surviving token stays at its packed position between blocks, A / B alternating
+    over the free tokens in that order): its merged groups, to show that the fixture separates the orders."""
+    seq = [(x[i].double(), 1.0, [i], i) for i in range(p, x.shape[0])]  # (feature, size, sources, row)
+    for r in rs:
+        if not r:
+            continue
+        A, B = seq[0::2], seq[1::2]
+        link = []
+        for fa, _, _, _ in A:
+            sims = [float(fa @ fb / (fa.norm() * fb.norm())) for fb, _, _, _ in B]
+            best = max(range(len(B)), key=lambda j: (sims[j], -j))
+            link.append((sims[best], best))
+        merged = sorted(range(len(A)), key=lambda i: -link[i][0])[:r]
+        out = []
+        for pos in range(len(seq)):
+            if pos % 2 == 0 and pos // 2 in merged:
+                continue
+            members = [seq[pos]] + ([A[i] for i in merged if link[i][1] == pos // 2] if pos % 2 else [])
+            size = sum(m[1] for m in members)
+            out.append((sum(m[0] * m[1] for m in members) / size, size, sum((m[2] for m in members), []), seq[pos][3]))
+        seq = sorted(out, key=lambda t: t[3])
+    return [sorted(src) for _, _, src, _ in seq] + [[i] for i in range(p)]

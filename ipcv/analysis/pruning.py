@@ -118,6 +118,8 @@ def selection_rules(
                     if per_patch is not None:
                         m = torch.from_numpy(grids[name])
                         share = float(per_patch[i][m].sum() / per_patch[i].sum())
-                    rows.append(dict(keep_ratio=ratio, rule=rule, seed=seed, image=name, all_cos=cos[name], share=share))
+                    rows.append(
+                        dict(keep_ratio=ratio, rule=rule, seed=seed, image=name, all_cos=cos[name], share=share)
+                    )
     table = pd.DataFrame(rows)
     return table.groupby(["keep_ratio", "rule", "image"], sort=False)[["all_cos", "share"]].mean().reset_index()

@@ -88,6 +88,49 @@ def _matching(order: torch.Tensor, best_b: torch.Tensor, r: int, N: int) -> Matc
     return Matching(into, keep, rank.gather(1, into))
 
 
+def tome_matching(metric: torch.Tensor, r: int, protected: int = 0) -> tuple[Matching, torch.Tensor]:
+    """Official ToMe's bipartite soft matching (``tome/merge.py``) on tokens given in ToMe's current order,
+    and the order in which official ToMe hands the survivors to the next block.
+
+    Official ToMe sees ``protected`` tokens (a CLS token; it has no other kind) *before* these ``N`` and
+    alternates A / B over that whole sequence: a token at sequence position ``protected + i`` is in A when that
+    position is even. Protected tokens are never merged nor merged into (they are not passed here). Each A
+    token links to its most cosine-similar B token; the ``r`` A tokens with the most similar links merge into
+    theirs (ties: lower A position first; official ToMe's argsort is not stable). The next order is ToMe's
+    merge output: the unmerged A tokens (by decreasing link similarity; with a protected token in front,
+    official ToMe sorts them back into sequence order), then every B token in sequence order. ``r`` is capped
+    at the number of A tokens.
+
+    Args: metric ``[B, N, C]`` in ToMe's order; r tokens to remove; protected tokens in front.
+    Returns: the :class:`Matching` (indices into the given order) and ``[B, N - r]`` long, the surviving
+        tokens (indices in ``0..N-1``) in ToMe's next order.
+    """
+    B, N, _ = metric.shape
+    device = metric.device
+    a_idx = torch.arange(protected % 2, N, 2, device=device)  # sequence position protected + i even
+    b_idx = torch.arange(1 - protected % 2, N, 2, device=device)
+    r = min(r, a_idx.numel()) if b_idx.numel() else 0
+    if r <= 0:
+        m = identity_matching(B, N, device)
+        return m, m.keep
+    m = metric.float()
+    m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    best, best_b = (m[:, a_idx] @ m[:, b_idx].transpose(1, 2)).max(dim=-1)  # [B, Na]
+    order = best.argsort(dim=-1, descending=True, stable=True)  # A positions by decreasing link similarity
+    src = a_idx[order[:, :r]]
+    dst = b_idx[best_b.gather(1, order[:, :r])]
+    into = torch.arange(N, device=device).repeat(B, 1)
+    into.scatter_(1, src, dst)
+    survives = into == torch.arange(N, device=device)
+    keep = survives.nonzero()[:, 1].view(B, N - r)
+    rank = survives.long().cumsum(1) - 1
+    unmerged = order[:, r:]
+    if protected:
+        unmerged = unmerged.sort(dim=1).values
+    nxt = torch.cat([a_idx[unmerged], b_idx.expand(B, -1)], dim=1)
+    return Matching(into, keep, rank.gather(1, into)), nxt
+
+
 def release_matching(metric: torch.Tensor, r: int) -> tuple[Matching, torch.Tensor]:
     """The IPCV authors' ToMe / ToFu ports on Qwen2-VL (first commit of github Perkzi/IPCV): ToMe's
     bipartite matching (:func:`bipartite_soft_matching`, same merged set) plus the order in which
@@ -216,13 +259,14 @@ def release_schedule(n: int, target: float, depth: int, start: int, min_keep: fl
     return r
 
 
-def merge_rounds(n: int, r: int) -> list[int]:
-    """How a block removes ``r`` of ``n`` tokens: one bipartite round removes at most ``ceil(n / 2)``
-    (every A token merged), so a larger ``r`` (only for extreme ratios on shallow encoders) takes
+def merge_rounds(n: int, r: int, protected: int = 0) -> list[int]:
+    """How a block removes ``r`` of ``n`` tokens: one bipartite round removes at most its A tokens
+    (``ceil(n / 2)``; ``floor(n / 2)`` behind an odd number of ``protected`` tokens, which take A's first
+    place: :func:`tome_matching`), so a larger ``r`` (only for extreme ratios on shallow encoders) takes
     several rounds, each on the previous round's output. Returns r per round."""
     rounds = []
     while r > 0 and n >= 2:
-        step = min(r, (n + 1) // 2)
+        step = min(r, (n + 1 - protected % 2) // 2)
         rounds.append(step)
         n, r = n - step, r - step
     return rounds

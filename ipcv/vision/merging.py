@@ -22,9 +22,6 @@ import torch
 from ..budgets import keep_count, release_share
 from ..methods.packed import protected_counts
 from ..methods.tome import (
-    bipartite_soft_matching,
-    compose,
-    identity_matching,
     merge_average,
     merge_mean,
     merge_mlerp,
@@ -33,6 +30,7 @@ from ..methods.tome import (
     merge_schedule,
     release_matching,
     release_schedule,
+    tome_matching,
 )
 from ..settings import ToFu, ToMe
 from . import BlockCount, BlockOps, sources, taps
@@ -86,6 +84,9 @@ class _Merged:
         there; its rotary angles are used). size: ``[M]`` float32 source positions per token.
     protected: ``[M]`` bool. counts: tokens per segment (protected included).
     assign: ``[L]`` current row of each original token (the unmerge map).
+    order: per segment, the rows of its unprotected tokens in official ToMe's own order (the order its merge
+        hands on: unmerged A tokens, then B; see :func:`ipcv.methods.tome.tome_matching`), which decides the
+        next block's A / B split; None for a segment never merged (packed order).
     """
 
     h: torch.Tensor
@@ -95,6 +96,7 @@ class _Merged:
     counts: list[int]
     assign: torch.Tensor
     merged: bool = False
+    order: list[torch.Tensor | None] | None = None
 
     def free_rows(self, segment: int, start: int) -> torch.Tensor:
         """Rows of the segment's unprotected tokens, increasing."""
@@ -103,32 +105,42 @@ class _Merged:
 
     def reduce(self, h: torch.Tensor, metric: torch.Tensor, r: Sequence[int], merge: Callable) -> _Merged:
         """Remove ``r[s]`` unprotected tokens of every segment s of ``h`` (the residual stream after
-        attention) by bipartite matching on ``metric`` ``[M, C]``, combining them with ``merge``.
-        Segments with the same (free tokens, r) are matched as one batch."""
+        attention) by official ToMe's bipartite matching on ``metric`` ``[M, C]`` over the segment's tokens in
+        ToMe's own order (:attr:`order`; the segment's protected tokens in front,
+        :func:`ipcv.methods.tome.tome_matching`), combining them with ``merge``. Segments with the same
+        (free tokens, r, protected parity) are matched as one batch. The tokens stay stored in packed order;
+        the new state carries ToMe's order for the next block."""
         M = h.shape[0]
         starts = [0]
         for c in self.counts[:-1]:
             starts.append(starts[-1] + c)
-        groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+        orders = list(self.order) if self.order is not None else [None] * len(self.counts)
+        groups: dict[tuple[int, int, int], list[tuple[int, torch.Tensor]]] = {}
         for s, (start, rs) in enumerate(zip(starts, r)):
             if rs:
-                free = self.free_rows(s, start)
-                groups.setdefault((free.numel(), rs), []).append(free)
+                free = orders[s] if orders[s] is not None else self.free_rows(s, start)
+                p = self.counts[s] - free.numel()
+                groups.setdefault((free.numel(), rs, p), []).append((s, free))
         into = torch.arange(M, device=h.device)
         new_h, new_size = h.clone(), self.size.clone()
-        for (n_free, rs), frees in groups.items():
-            idx = torch.stack(frees)  # [G, n_free] packed rows
+        for (n_free, rs, p), members in groups.items():
+            idx = torch.stack([free for _, free in members])  # [G, n_free] packed rows, in ToMe's order
             x, size, met = h[idx], self.size[idx], metric[idx]
-            total = identity_matching(idx.shape[0], n_free, h.device)
-            for step in merge_rounds(n_free, rs):
-                m = bipartite_soft_matching(met, step)
+            for step in merge_rounds(n_free, rs, p):
+                m, nxt = tome_matching(met, step, p)
                 met, _ = merge_average(met, size, m)
-                x, size = merge(x, size, m)
-                total = compose(total, m)
-            survivors = idx.gather(1, total.keep)  # [G, n_free - rs]
-            into[idx.flatten()] = survivors.gather(1, total.out_index).flatten()
-            new_h[survivors.flatten()] = x.flatten(0, 1)
-            new_size[survivors.flatten()] = size.flatten()
+                x, size = merge(x, size, m)  # rows in m.keep order
+                remap = torch.arange(M, device=h.device)
+                remap[idx.flatten()] = idx.gather(1, m.keep.gather(1, m.out_index)).flatten()
+                into = remap[into]
+                perm = m.out_index.gather(1, nxt)  # rows of x in ToMe's next order
+                x = x.gather(1, perm.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                met = met.gather(1, perm.unsqueeze(-1).expand(-1, -1, met.shape[-1]))
+                size, idx = size.gather(1, perm), idx.gather(1, nxt)
+            new_h[idx.flatten()] = x.flatten(0, 1)
+            new_size[idx.flatten()] = size.flatten()
+            for g, (s, _) in enumerate(members):
+                orders[s] = idx[g]
         survive = into == torch.arange(M, device=h.device)
         new_row = survive.long().cumsum(0) - 1
         return _Merged(
@@ -139,6 +151,7 @@ class _Merged:
             counts=[c - rs for c, rs in zip(self.counts, r)],
             assign=new_row[into[self.assign]],
             merged=True,
+            order=[None if o is None else new_row[o] for o in orders],
         )
 
     def reduce_global(
@@ -276,7 +289,7 @@ def count_merging(
         prunes = isinstance(settings, ToFu) and layer < settings.pruning_blocks(depth)
         for c, rs in zip(counts, r):
             n = c - prefix
-            for step in merge_rounds(n, rs):
+            for step in merge_rounds(n, rs, prefix):
                 overhead += 2 * d * ((n + 1) // 2) * (n // 2) + (0 if prunes else 2 * dim * n)
                 n -= step
         counts = after
