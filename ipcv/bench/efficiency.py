@@ -203,7 +203,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens generated per call (forced), >= 1")
     p.add_argument(
         "--only", nargs="*",
-        help="run only settings whose name contains one of these (and vanilla), e.g. --only 'FastV | ViT 100%% / LLM 35%%'",
+        help="run only settings whose name contains one of these (and vanilla), "
+        "e.g. --only 'FastV | ViT 100%% / LLM 35%%'",
     )  # fmt: skip
     p.add_argument("--no-figure1", action="store_true", help="skip Figure 1's vision shares (three more inputs)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
