@@ -168,7 +168,7 @@ def _vit_baseline(method: str, keep: float, family: str, protocol: str):
     if method == "DART (ViT)":  # no official code besides the authors' own
         return DARTViT(
             keep, prune_layer=start, pivots=4, key_layer="previous", budget="per_pivot4", output="reduced",
-            scope="global",
+            scope="global", metric="rotated_keys", frame_bounds="release",
         )  # fmt: skip
     if protocol == "official":  # ToMe's own schedule, per image, the reduced token set goes on
         return ToMe(keep, output="reduced") if method == "ToMe" else ToFu(keep, output="reduced")

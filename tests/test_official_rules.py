@@ -584,3 +584,101 @@ def _tome_in_original_order(x, rs, p):
             out.append((sum(m[0] * m[1] for m in members) / size, size, sum((m[2] for m in members), []), seq[pos][3]))
         seq = sorted(out, key=lambda t: t[3])
     return [sorted(src) for _, _, src, _ in seq] + [[i] for i in range(p)]
+
+
+# --- DART (ViT) as the authors ran it: rotated keys, their frame boundaries -------------------------
+
+
+def _tower_internals(tower, kw, blocks):
+    """Unpruned tower: the input of each block in ``blocks`` and each block's keys after the 2D rotary
+    embedding, captured from transformers' own ``apply_rotary_pos_emb_vision`` (one call per block)."""
+    states, rotated = {}, []
+    original = qwen.apply_rotary_pos_emb_vision
+
+    def spy(q, k, cos, sin):
+        out = original(q, k, cos, sin)
+        rotated.append(out[1].detach().clone())
+        return out
+
+    def grab(i):
+        def hook(module, args, kwargs):
+            states[i] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+        return hook
+
+    handles = [tower.blocks[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in blocks]
+    qwen.apply_rotary_pos_emb_vision = spy
+    try:
+        with torch.no_grad():
+            tower(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
+    finally:
+        qwen.apply_rotary_pos_emb_vision = original
+        for h in handles:
+            h.remove()
+    return states, rotated
+
+
+@pytest.mark.parametrize("keep", [0.35, 0.5])
+def test_dart_vit_paper_preset_scores_rotated_keys(model, keep):
+    """The authors' DART(ViT) (first commit of their release): pivots by the L1 norm of block lp - 1's keys
+    *after* the rotary embedding (the keys its attention returns), over all patches of the call."""
+    kw = prompt([[1, 8, 12], [1, 4, 8]])
+    tower = model.model.visual
+    states, rotated = _tower_internals(tower, kw, [2])
+    keys = rotated[1].flatten(1)  # block 1's rotated keys [L, H * d]
+    vision, _ = ipcv.presets.paper_settings("table4", f"vit{round(keep * 100)}_llm{round(keep * 100)}", "DART (ViT)")
+    assert vision.metric == "rotated_keys" and vision.frame_bounds == "release"
+    settings = dataclasses.replace(vision, prune_layer=2, output="full")
+    with torch.no_grad(), ipcv.compressed(model, vision=settings), ipcv.trace() as tr:
+        tower(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
+    kept = torch.nonzero(tr.calls[0].source == torch.arange(128)).flatten().tolist()
+    assert kept == release_dart_vit(keys, states[2], keep)
+    # keys before the rotary (the library's default) choose other pivots on this input
+    plain = dataclasses.replace(settings, metric="keys")
+    with torch.no_grad(), ipcv.compressed(model, vision=plain), ipcv.trace() as tr2:
+        tower(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
+    assert not torch.equal(tr2.calls[0].source, tr.calls[0].source)
+
+
+def release_cu_seqlens(cu_seqlens, keep):
+    """The authors' pruned cu_seqlens: each kept index's frame by searchsorted(cu_seqlens, index, right=False)
+    - 1, clamped to the frames, counted, cumulated."""
+    frames = len(cu_seqlens) - 1
+    frame = (torch.searchsorted(cu_seqlens, keep, right=False) - 1).clamp(0, frames - 1)
+    counts = torch.bincount(frame, minlength=frames)
+    return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).tolist()
+
+
+def test_dart_vit_frame_bounds_release_is_the_authors_cu_seqlens(model):
+    """``frame_bounds="release"``: the blocks after pruning attend in the segments the authors' code builds
+    (a kept first patch of the second image is counted in the first); ``"exact"``: in each image's own."""
+    from ipcv.vision.dart_vit import release_frame_counts
+
+    g = torch.Generator().manual_seed(0)
+    keep = torch.cat([torch.tensor([0, 96]), torch.randperm(160, generator=g)[:40]]).unique().sort().values
+    cu = torch.tensor([0, 96, 128, 160])
+    assert [0, *torch.tensor(release_frame_counts(keep, [96, 32, 32])).cumsum(0).tolist()] == release_cu_seqlens(
+        cu, keep
+    )
+    kw = prompt([[1, 8, 12], [1, 4, 8]])
+    tower = model.model.visual
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen.setdefault("cu", kwargs["cu_seqlens"].tolist())
+
+    base = ipcv.DARTViT(0.5, prune_layer=2, pivots=4, key_layer="previous", scope="global")
+    for bounds in ("exact", "release"):
+        seen.clear()
+        hook = tower.blocks[3].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.no_grad(), ipcv.compressed(model, vision=dataclasses.replace(base, frame_bounds=bounds)):
+                with ipcv.trace() as tr:
+                    tower(kw["pixel_values"], grid_thw=kw["image_grid_thw"])
+        finally:
+            hook.remove()
+        kept = torch.nonzero(tr.calls[0].source == torch.arange(128)).flatten()
+        exact = [0, *torch.tensor(tr.calls[0].keep_counts).cumsum(0).tolist()]
+        expected = release_cu_seqlens(torch.tensor([0, 96, 128]), kept) if bounds == "release" else exact
+        assert 96 in kept.tolist() and expected[1] == exact[1] + (bounds == "release")  # the case the bug hits
+        assert seen["cu"] == [c for i, c in enumerate(expected) if i == 0 or c != expected[i - 1]]

@@ -136,12 +136,14 @@ class _TowerCall:
 
     # --- token merging (ToMe / ToFu) and DART-ViT: a block split at the residual after attention ---
 
-    def keys(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """Keys of block ``layer``'s attention for ``h`` ``[N, D]``, before rotary: ``[N, H, d]``."""
+    def keys(self, layer: int, h: torch.Tensor, rotated: bool = False) -> torch.Tensor:
+        """Keys of block ``layer``'s attention for the full sequence ``h`` ``[L, D]``, before the 2D rotary
+        embedding (``rotated``: after it, as the block's attention uses them): ``[L, H, d]``."""
         attn = self.blocks[layer].attn
         D, H = attn.dim, attn.num_heads
         W, b = attn.qkv.weight[D : 2 * D], None if attn.qkv.bias is None else attn.qkv.bias[D : 2 * D]
-        return F.linear(self.blocks[layer].norm1(h), W, b).view(-1, H, D // H)
+        k = F.linear(self.blocks[layer].norm1(h), W, b).view(-1, H, D // H)
+        return _rope(k, *self.pe) if rotated else k
 
     def attention_part(
         self,

@@ -116,8 +116,9 @@ class _EncoderCall:
 
     # --- token merging (ToMe / ToFu) and DART-ViT: a layer split at the residual after attention ---
 
-    def keys(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """Keys of layer ``layer``'s attention for ``h`` ``[N, D]``: ``[N, H, d]``."""
+    def keys(self, layer: int, h: torch.Tensor, rotated: bool = False) -> torch.Tensor:
+        """Keys of layer ``layer``'s attention for ``h`` ``[N, D]``: ``[N, H, d]`` (``rotated`` changes nothing:
+        these encoders have no rotary embedding)."""
         s, blk = self.spec, self.layers[layer]
         attn = getattr(blk, s.attn)
         return self._qk(attn, s.k, s.k_norm, getattr(blk, s.norm1)(h)).view(h.shape[0], getattr(attn, s.heads), -1)

@@ -283,6 +283,16 @@ class DARTViT:
             kept patches into whole 2x2 merge units is :func:`ipcv.models.qwen2_vl.reduced_units`).
         scope: ``"segment"`` (ours): every image / frame gets its own budget; ``"global"`` (the IPCV
             authors' runs): one budget over all patches of the call.
+        metric: the keys whose L1 norm picks the pivots: ``"keys"`` (ours: before Qwen2-VL's 2D rotary
+            embedding) or ``"rotated_keys"`` (the authors' DART(ViT): after it, the keys their attention
+            returns). The same in encoders without rotary embedding.
+        frame_bounds: how the blocks after the pruning block cut the kept sequence into attention segments
+            (images / frames): ``"exact"`` (ours: every kept patch attends inside its own image / frame) or
+            ``"release"`` (the authors' DART(ViT) and IPCV code: each kept patch's frame is found with
+            ``searchsorted(cu_seqlens, index, right=False) - 1``, so a kept patch that is the *first* patch
+            of image / frame ``j >= 1`` is counted in frame ``j - 1`` and attends with it; one image is
+            unaffected). Only the attention segments change: the kept set, the copies and the records are
+            the same.
     """
 
     keep_ratio: float
@@ -292,6 +302,8 @@ class DARTViT:
     budget: Literal["exact", "per_pivot4"] = "exact"
     output: Output = "full"
     scope: Scope = "segment"
+    metric: Metric = "keys"
+    frame_bounds: FrameBounds = "exact"
 
     def __post_init__(self) -> None:
         name = "DARTViT"
@@ -302,7 +314,7 @@ class DARTViT:
             raise ValueError(f"{name}: prune_layer={self.prune_layer} is not allowed: it must be >= 0")
         if self.pivots < 1:
             raise ValueError(f"{name}: pivots={self.pivots} is not allowed: it must be >= 1")
-        check_literals(name, self, "key_layer", "budget", "output", "scope")
+        check_literals(name, self, "key_layer", "budget", "output", "scope", "metric", "frame_bounds")
         if self.key_layer == "previous" and self.prune_layer < 1:
             raise ValueError(f"{name}: key_layer='previous' needs prune_layer >= 1, got prune_layer={self.prune_layer}")
 

@@ -31,6 +31,15 @@ def dart_vit_counts(settings: DARTViT, free: int) -> int:
     )
 
 
+def release_frame_counts(keep: torch.Tensor, seg_lengths: Sequence[int]) -> list[int]:
+    """Kept patches per image / frame as the authors' DART(ViT) and IPCV code count them for the pruned
+    sequence's ``cu_seqlens``: ``searchsorted(cu_seqlens, keep, right=False) - 1`` (clamped to the frames), so a
+    kept patch that is the first patch of frame ``j >= 1`` counts in frame ``j - 1``. keep: ``[K]`` sorted."""
+    bounds = torch.tensor(list(seg_lengths), device=keep.device).cumsum(0)
+    frame = torch.bucketize(keep, bounds, right=False).clamp(max=len(seg_lengths) - 1)
+    return torch.bincount(frame, minlength=len(seg_lengths)).tolist()
+
+
 def dart_select(
     h: torch.Tensor,
     scores: torch.Tensor,
@@ -81,9 +90,11 @@ def run_dart_vit(
     """Run all ``depth`` blocks of one call under DART-ViT.
 
     Blocks ``0 .. lp-1`` full; at the input of block lp: pivots = largest L1 norm of the attention
-    keys (before rotary in Qwen2-VL) of block lp (``key_layer="current"``) or of block lp - 1 for its
-    own input (``"previous"``), selection by :func:`dart_select`; blocks ``lp ..`` on the kept
-    tokens (``ops.kept``); finally every pruned token gets a copy of its closest kept token (same
+    keys (before rotary in Qwen2-VL; ``metric="rotated_keys"``: after it) of block lp
+    (``key_layer="current"``) or of block lp - 1 for its own input (``"previous"``), selection by
+    :func:`dart_select`; blocks ``lp ..`` on the kept tokens (``ops.kept``, attention inside each image /
+    frame, or cut as the authors' code cuts it with ``frame_bounds="release"``: :func:`release_frame_counts`);
+    finally every pruned token gets a copy of its closest kept token (same
     segment; any segment with ``scope="global"``), Euclidean on the states at lp.
 
     Args: as :func:`ipcv.vision.ipcv.run_ipcv`. Returns: ``[L, D]`` full length, original order.
@@ -101,11 +112,14 @@ def run_dart_vit(
     for layer in range(lp):
         h_prev, h = h, ops.full(layer, h)
         taps.offer(layer, lambda h=h: h)
-    keys = ops.keys(lp - 1, h_prev) if settings.key_layer == "previous" else ops.keys(lp, h)
+    rotated = {"rotated": True} if settings.metric == "rotated_keys" else {}
+    keys = ops.keys(lp - 1, h_prev, **rotated) if settings.key_layer == "previous" else ops.keys(lp, h, **rotated)
     keep, counts = dart_select(h, pivot_scores(keys), seg, protected, settings)
     rem = complement(keep, h.shape[0])
     nearest = find_neighbors(h, keep, rem, seg, counts, neighbors=1, scope=settings.scope)
-    plan = Plan(keep, rem, seg, counts, nearest)
+    # the blocks' attention segments: exact, or as the authors' code cuts them (frame_bounds="release")
+    attention_counts = counts if settings.frame_bounds == "exact" else release_frame_counts(keep, seg)
+    plan = Plan(keep, rem, seg, attention_counts, nearest)
     h_keep = h[keep]
     copy_of = nearest.index[:, 0]  # [R] rows of the kept sequence
     for layer in range(lp, depth):
