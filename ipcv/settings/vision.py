@@ -23,7 +23,9 @@ class IPCV:
     """Settings of IPCV (paper section 3) for a vision encoder.
 
     Args:
-        keep_ratio: share of each segment's patches kept after ``prune_layer``, in (0, 1].
+        keep_ratio: share of each segment's patches kept after ``prune_layer``, in (0, 1]: each image /
+            frame keeps ``keep_count(n, keep_ratio)`` (round half up); with ``scope="global"`` the call keeps
+            ``int(L * (1 - r))`` of its ``L`` unprotected patches, ``r = 1 - keep_ratio``.
         prune_layer: l_p, the 0-based block whose *input* is pruned; the score is the change made by
             block l_p - 1 (eq. 1), so ``1 <= prune_layer < depth``.
         stabilize_layers: Attention Stabilization depth; blocks l_p .. l_p + stabilize_layers - 1
