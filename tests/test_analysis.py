@@ -395,6 +395,13 @@ def test_status_claims_follow_the_builds_results(tmp_path):
     assert t["§3.2, Figure 2"].startswith("**No**") and "0.50" in t["§3.2, Figure 2"]
     _write(tmp_path, "reintegration_images", _restore_tables(0.001)[1])
     assert status.claims(tmp_path).set_index("paper").loc["§1, §3.2, §3.4"].iloc[1].startswith("**Inconclusive**")
+    rules = pd.DataFrame(
+        [dict(keep_ratio=r, rule=rule, image=im, all_cos=0.9 - 0.05 * (rule == "random"), share=0.5)
+         for r in (0.5, 0.2) for rule in ("difference", "random", "diversity") for im in IMAGES]
+    )  # fmt: skip
+    _write(tmp_path, "selection_rules_images", rules)
+    said = status.claims(tmp_path).set_index("paper").loc["§3.1, ablation"].iloc[1]
+    assert said.startswith("all-token cosine: **Yes**") and "saliency share: **No**" in said
     _write(tmp_path, "run", pd.DataFrame([dict(weights="random (untrained)", device="cpu", trained=False)]))
     t = status.claims(tmp_path).set_index("paper")["reproduced in this build?"]
     assert t["§1, §3.2, §3.4"].startswith("**Not a result: random weights**")

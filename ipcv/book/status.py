@@ -177,6 +177,17 @@ def _claim_saliency(results: Path) -> str:
     )
 
 
+def _claim_selection(results: Path) -> str:
+    images = _read(results, "selection_rules_images")
+    if images is None:
+        return NOT_RUN
+    trained = bool(trained_build(results))
+    said = f"all-token cosine: {claim_tests.selection_rule(images, trained, 'random', 'all_cos').markdown()}"
+    if not images["share"].isna().any():
+        said += f"; saliency share: {claim_tests.selection_rule(images, trained, 'random', 'share').markdown()}"
+    return said
+
+
 def _claim_premise(results: Path) -> str:
     found = _needs(results, "ngr_premise", "ngr_premise_images")
     if found is None:
@@ -324,6 +335,8 @@ def claims(results: Path) -> pd.DataFrame:
          _claim_flops(), "FLOP table below"),
         ("The feature-difference score (eq. 1) keeps informative regions without language guidance",
          "§3.1, Figure 6, App. F", _claim_saliency(results), WHERE["token_pruning"]),
+        ("Eq. 1 chooses better than a random choice of as many patches (an ablation the paper does not run)",
+         "§3.1, ablation", _claim_selection(results), WHERE["token_pruning"]),
         ("Tokens similar at $l_p$ change alike afterwards", "§3.2, Figure 2", _claim_premise(results),
          WHERE["ngr_premise"]),
         ("NGR restores pruned tokens better than copying similar kept tokens (ToMe)", "§1, §3.2, §3.4",
