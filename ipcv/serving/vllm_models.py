@@ -165,15 +165,19 @@ class _TowerCall:
 
     # --- token merging (ToMe / ToFu) and DART-ViT: a block split at the residual after attention ---
 
-    def keys(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+    def keys(self, layer: int, h: torch.Tensor, rotated: bool = False) -> torch.Tensor:
+        """As :meth:`ipcv.models.qwen2_vl._TowerCall.keys` (``rotated``: after the 2D rotary), with vLLM's
+        block weights; ``h`` is the full sequence."""
         blk = self.blocks[layer]
         D, H, d = self._heads(blk.attn)
         sliced = _plain_weight(blk.attn.qkv)
         if sliced is None:
             qkv, _ = blk.attn.qkv(blk.norm1(h))
-            return qkv.view(-1, 3, H, d)[:, 1]
-        W, b = sliced
-        return F.linear(blk.norm1(h), W[D : 2 * D], None if b is None else b[D : 2 * D]).view(-1, H, d)
+            k = qkv.view(-1, 3, H, d)[:, 1]
+        else:
+            W, b = sliced
+            k = F.linear(blk.norm1(h), W[D : 2 * D], None if b is None else b[D : 2 * D]).view(-1, H, d)
+        return self._rotate(blk.attn, k, self.cos, self.sin) if rotated else k
 
     def attention_part(self, layer, h, rows, seg_lengths, log_size=None, rotated=False):
         """As :meth:`ipcv.models.qwen2_vl._TowerCall.attention_part`, with vLLM's block weights."""
