@@ -12,7 +12,10 @@ from .api import compress, compressed, restore, settings, stats, supported_model
 from .budgets import keep_count
 from .catalog import METHODS
 from .flops import costs
-from .settings import DART, IPCV, DARTViT, FastV, LanguageMethod, SparseVLM, ToFu, ToMe, V2Drop, VisionMethod
+from .settings import (
+    DART, IPCV, CDPruner, DARTViT, DivPrune, FastV, LanguageMethod, Pool, RandomKeep, SparseVLM, ToFu, ToMe, V2Drop,
+    VisionMethod, VisionZip,
+)  # fmt: skip
 from .trace import trace
 
 __version__ = "0.1.0"

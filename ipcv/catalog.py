@@ -22,7 +22,10 @@ from typing import Literal
 import torch
 
 from . import language
-from .settings import DART, IPCV, DARTViT, FastV, LanguageMethod, SparseVLM, ToFu, ToMe, V2Drop, VisionMethod
+from .settings import (
+    DART, IPCV, CDPruner, DARTViT, DivPrune, FastV, LanguageMethod, Pool, RandomKeep, SparseVLM, ToFu, ToMe, V2Drop,
+    VisionMethod, VisionZip,
+)  # fmt: skip
 from .vision import BlockOps, dart_vit, merging
 from .vision import ipcv as ipcv_schedule
 
@@ -69,6 +72,12 @@ METHODS: tuple[Method, ...] = (
     Method(FastV, "language", language.select_fastv, language.fastv_overhead),
     Method(V2Drop, "language", language.select_v2drop, language.v2drop_overhead),
     Method(SparseVLM, "language", language.select_sparsevlm, language.sparsevlm_overhead),
+    # pre-LLM: one stage at decoder layer 0's input (the vision tower's output)
+    Method(VisionZip, "language", language.select_visionzip, language.visionzip_overhead),
+    Method(DivPrune, "language", language.select_divprune, language.divprune_overhead),
+    Method(CDPruner, "language", language.select_cdpruner, language.cdpruner_overhead),
+    Method(RandomKeep, "language", language.select_random, language.random_overhead),
+    Method(Pool, "language", language.select_pool, language.pool_overhead),
 )
 
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}

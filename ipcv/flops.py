@@ -142,9 +142,12 @@ def decoder_overhead(shape: DecoderShape, record: DecoderRecord) -> int:
     overhead = method_of(record.settings, "language").count
     total = 0
     for layer in record.stages:
-        before = layer - 1
-        for b, n in enumerate(record.tokens[before]):
-            total += overhead(record.settings, shape, n, record.visual[before][b], record.visual[layer][b])
+        if layer == 0:  # a pre-LLM stage: it sees the whole prompt
+            tokens, visual = record.prompt
+        else:
+            tokens, visual = record.tokens[layer - 1], record.visual[layer - 1]
+        for b, n in enumerate(tokens):
+            total += overhead(record.settings, shape, n, visual[b], record.visual[layer][b])
     return total
 
 

@@ -1,5 +1,5 @@
-"""LLM-side pruning of visual tokens at prefill (DART, FastV, V2Drop, SparseVLM), independent of any
-model family.
+"""LLM-side pruning of visual tokens at prefill (DART, FastV, V2Drop, SparseVLM inside the decoder; VisionZip,
+DivPrune, CDPruner, RandomKeep and Pool at its input, layer 0), independent of any model family.
 
 An adapter (``ipcv/models/*``) hands :func:`run_language` a per-call :class:`DecoderOps` that runs one
 decoder layer on the current token set and computes that layer's keys / queries on demand; this
@@ -22,6 +22,7 @@ around.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,8 +34,13 @@ from .budgets import dart_per_pivot, progressive_counts
 from .methods.dart import dart_keep, pivot_scores
 from .methods.fastv import attention_probs, last_token_scores
 from .methods.ipcv import feature_difference_scores
+from .methods.cdpruner import cdpruner_keep
+from .methods.divprune import divprune_keep
+from .methods.pool import pool_cells, pool_states
+from .methods.random_keep import random_keep
 from .methods.sparsevlm import rater_scores, recycle, recycled_clusters
-from .settings import DART, FastV, SparseVLM, V2Drop
+from .methods.visionzip import contextual_states, split_counts, visionzip_merge
+from .settings import DART, CDPruner, DivPrune, FastV, Pool, RandomKeep, SparseVLM, V2Drop, VisionZip
 from .shapes import DecoderShape
 
 
@@ -145,6 +151,14 @@ class DecoderOps(Protocol):
     def select(self, layer: int, index: torch.Tensor, slots: Slots) -> None:
         """From layer ``layer`` on, run on the slots ``index`` ``[B, N']`` of the current ones
         (``slots`` is the new token set): gather positions, rebuild the attention mask."""
+
+    def grid(self, b: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(row, column)`` ``[n]`` long of the prompt slots ``rows`` of sample ``b`` on their image's
+        grid (from 3D mRoPE positions, before any pruning), or None when the positions are 1D."""
+
+    def vision_scores(self, b: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(score [n], metric [n, d])`` the vision tower computed for the visual prompt slots ``rows`` of
+        sample ``b`` (VisionZip's attention score and merging metric), or None when the tower gave none."""
 
 
 @dataclass
@@ -310,6 +324,108 @@ def embedding_raters(h0: torch.Tensor, slots: Slots, b: int) -> torch.Tensor:
     return slots.pos[b, text[chosen] if bool(chosen.any()) else text]
 
 
+# --- the pre-LLM methods (one stage at layer 0's input: h is the prompt's input embeddings) ---------------
+
+
+def select_random(ops: DecoderOps, settings: RandomKeep, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
+    """RandomKeep: ``keep_count(n)`` of each budget unit, seeded per unit (:func:`random_keep`)."""
+    keep = []
+    for b in range(h.shape[0]):
+        kept = [
+            rows[random_keep(rows.numel(), k, settings.seed, u).to(rows.device)]
+            for u, (rows, k) in enumerate(slots.budgets(b, settings, stage))
+        ]
+        keep.append(torch.cat(kept) if kept else slots.text(b)[:0])
+    return Selection(keep, [None] * len(keep))
+
+
+def select_divprune(ops: DecoderOps, settings: DivPrune, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
+    """DivPrune: the greedy max-min diverse subset of each unit's input embeddings (:func:`divprune_keep`)."""
+    keep = []
+    for b in range(h.shape[0]):
+        kept = [rows[divprune_keep(h[b, rows], k)] for rows, k in slots.budgets(b, settings, stage)]
+        keep.append(torch.cat(kept) if kept else slots.text(b)[:0])
+    return Selection(keep, [None] * len(keep))
+
+
+def select_cdpruner(ops: DecoderOps, settings: CDPruner, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
+    """CDPruner: the DPP's greedy MAP over each unit's input embeddings, conditioned on the embeddings of
+    the sample's instruction tokens (``settings.text_from``) (:func:`cdpruner_keep`)."""
+    keep = []
+    for b in range(h.shape[0]):
+        text = h[b, _guide_text(slots, b, settings.text_from)]
+        kept = [
+            rows[cdpruner_keep(h[b, rows], h[b, rows], text, k, settings.theta)]
+            for rows, k in slots.budgets(b, settings, stage)
+        ]
+        keep.append(torch.cat(kept) if kept else slots.text(b)[:0])
+    return Selection(keep, [None] * len(keep))
+
+
+def span_grid(ops: DecoderOps, b: int, rows: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """``(h, w, order)`` of one visual span: its grid and ``order`` ``[h w]``, the span's slots in row-major
+    grid order (3D mRoPE positions; 1D positions: a square span in prompt order). ValueError if the span's
+    tokens do not fill a grid."""
+    n = rows.numel()
+    found = ops.grid(b, rows)
+    if found is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"Pool: a visual span of {n} tokens with 1D positions is not a square grid, so its 2D layout is "
+                "unknown; Pool needs the 3D mRoPE positions (Qwen2-VL, Qwen2.5-VL) or square images / tiles"
+            )
+        return side, side, rows
+    r, c = found
+    r, c = r - r.min(), c - c.min()
+    hh, ww = int(r.max()) + 1, int(c.max()) + 1
+    cell = r * ww + c
+    if hh * ww != n or torch.unique(cell).numel() != n:
+        raise ValueError(f"Pool: a visual span of {n} tokens does not fill its {hh} x {ww} grid of mRoPE positions")
+    return hh, ww, rows[cell.argsort()]
+
+
+def select_pool(ops: DecoderOps, settings: Pool, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
+    """Pool: each span's grid averaged over the pooled cells (:func:`pool_cells`); a pooled token takes
+    the slot (so the position) of its cell's top-left token."""
+    keep, replace = [], []
+    for b in range(h.shape[0]):
+        kept, states = [], []
+        for rows, _ in slots.units(b, settings.spans):
+            hh, ww, order = span_grid(ops, b, rows)
+            cells = pool_cells(hh, ww, settings.keep_ratio)
+            kept.append(order[torch.stack([c[0] for c in cells]).to(order.device)])
+            states.append(pool_states(h[b, order], cells))
+        keep.append(torch.cat(kept) if kept else slots.text(b)[:0])
+        replace.append((keep[-1], torch.cat(states).to(h.dtype)) if kept else None)
+    return Selection(keep, replace)
+
+
+def select_visionzip(ops: DecoderOps, settings: VisionZip, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
+    """VisionZip: per unit, the dominant tokens by the tower's attention score and the contextual tokens
+    (target + mean of the tokens merged into it, at the target's slot) (:func:`visionzip_merge`)."""
+    keep, replace = [], []
+    for b in range(h.shape[0]):
+        kept, centre, merged = [], [], []
+        for rows, k in slots.budgets(b, settings, stage):
+            found = ops.vision_scores(b, rows)
+            if found is None:
+                raise ValueError(
+                    "VisionZip: the vision tower gave no attention scores for these visual tokens; VisionZip needs "
+                    "the image / video features computed by this compressed model's own tower in the same call "
+                    "(pass pixel values, or features from this model's get_image_features / get_video_features)"
+                )
+            score, metric = found
+            dominant, targets, groups = visionzip_merge(score, metric, *split_counts(k, settings.contextual_share))
+            kept += [rows[dominant], rows[targets]]
+            if targets.numel():
+                centre.append(rows[targets])
+                merged.append(contextual_states(h[b, rows], targets, groups))
+        keep.append(torch.cat(kept) if kept else slots.text(b)[:0])
+        replace.append((torch.cat(centre), torch.cat(merged).to(h.dtype)) if centre else None)
+    return Selection(keep, replace)
+
+
 # --- each method's own work at one pruning stage, for ipcv.costs (norms, softmax and top-k not counted) -------
 # Arguments: the decoder's shape, n tokens and vis visual tokens entering the layer before the pruning layer
 # (one sample), vis_after visual tokens left after the stage.
@@ -337,6 +453,38 @@ def sparsevlm_overhead(settings: SparseVLM, shape: DecoderShape, n: int, vis: in
     deleted tokens."""
     D, text, deleted = shape.dim, n - vis, vis - vis_after
     return 2 * n * D * shape.kv_heads * shape.head_dim + 2 * text * D * D + 2 * text * n * D + 2 * deleted**2 * D
+
+
+def random_overhead(settings: RandomKeep, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """Drawing the random subset: no multiply-adds (0; the permutation is an index operation)."""
+    return 0
+
+
+def pool_overhead(settings: Pool, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """Averaging every visual token into its cell: one add per token and dimension (``vis D``)."""
+    return vis * shape.dim
+
+
+def divprune_overhead(settings: DivPrune, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """The cosine distance matrix of the visual tokens (``2 vis^2 D``, counted as if all were one span: an
+    upper bound for several) and the greedy's min-updates (``vis`` per kept token)."""
+    return 2 * vis * vis * shape.dim + vis * vis_after
+
+
+def cdpruner_overhead(settings: CDPruner, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """The similarity kernel (``2 vis^2 D``, as one span), the relevance to the ``n - vis`` text tokens
+    (``2 vis (n - vis) D``) and the greedy MAP's Cholesky rows (step ``i`` costs ``2 i vis``: ``vis k^2``)."""
+    text = n - vis
+    return 2 * vis * vis * shape.dim + 2 * vis * text * shape.dim + vis * vis_after * vis_after
+
+
+def visionzip_overhead(settings: VisionZip, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
+    """The contextual merge at the LLM's input: the cosine similarity of the non-target remaining tokens to
+    the targets (``2 rest targets d`` with the tower's head dim taken as the LLM's, at most ``2 vis^2 D /
+    heads``) and the averaging (``vis D``). The tower's own extra attention is counted on the vision side
+    (:func:`visionzip_tower_overhead`)."""
+    _, contextual = split_counts(vis_after, settings.contextual_share)
+    return 2 * vis * contextual * shape.head_dim + vis * shape.dim
 
 
 def prunes_anything(settings, slots: Slots) -> bool:
@@ -409,6 +557,7 @@ def run_language(
         slots.raters = [embedding_raters(h[b], slots, b) for b in range(h.shape[0])]
     frozen = torch.zeros_like(h)
     record = _trace.active()
+    prompt = (slots.valid.sum(1).tolist(), (slots.span >= 0).sum(1).tolist())
     tokens, visual, kept = [], [], []
     h_prev = None
     for i in range(ops.num_layers):
@@ -426,6 +575,8 @@ def run_language(
     frozen[rows[slots.valid], slots.pos[slots.valid]] = h[slots.valid]
     if record is not None:
         record.decoder.append(
-            _trace.DecoderRecord(type(settings).__name__, tokens, visual, tokens, kept, sorted(stages), settings)
+            _trace.DecoderRecord(
+                type(settings).__name__, tokens, visual, tokens, kept, sorted(stages), settings, prompt
+            )
         )
     return frozen

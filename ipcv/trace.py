@@ -75,7 +75,8 @@ class DecoderRecord:
     (the keys the call's last query attends to), padding and filler slots excluded. kept:
     ``[stage][sample][span]`` tokens of each visual span after each pruning stage. stages: the
     pruning layers (0-based; their inputs were pruned). settings: the LLM-side settings it ran under
-    (None: vanilla), from which :func:`ipcv.costs` counts the method's own work.
+    (None: vanilla), from which :func:`ipcv.costs` counts the method's own work. prompt: ``(tokens,
+    visual)`` per sample of the prompt before any pruning (what a pre-LLM method's stage at layer 0 sees).
     """
 
     method: str
@@ -85,6 +86,7 @@ class DecoderRecord:
     kept: list[list[list[int]]] = field(default_factory=list)
     stages: list[int] = field(default_factory=list)
     settings: object = None
+    prompt: tuple[list[int], list[int]] | None = None
 
 
 @dataclass

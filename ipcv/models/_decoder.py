@@ -38,6 +38,9 @@ _CACHE_RECORD = "_ipcv_pruned"
 # (drop [B, L] bool, method name): prompt positions a ViT-side baseline's output="reduced" removes
 # before the first decoder layer, for the current outer call (see DecoderFamily.reduce)
 _DROP: ContextVar[tuple[torch.Tensor, str] | None] = ContextVar("ipcv_reduced_drop", default=None)
+# (score [B, L], metric [B, L, d]): VisionZip's tower attention score and merging metric of each prompt position
+# (NaN for text), for the current outer call (see DecoderFamily.vision_scores)
+_VISION_SCORES: ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = ContextVar("ipcv_vision_scores", default=None)
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,9 @@ class DeepStack:
 class _DecoderCall:
     """How one prefill call of the decoder runs its layers (see :class:`ipcv.language.DecoderOps`)."""
 
-    def __init__(self, model, mask, position_embeddings, text_position_ids, cache, use_cache, kwargs):
+    def __init__(self, model, mask, position_embeddings, text_position_ids, cache, use_cache, kwargs, rotary_ids=None):
         self.model = model
+        self.rotary_ids = rotary_ids  # the prompt's rotary position ids ([3, B, L] mRoPE or [B, L]), unpruned
         self.layers = model.layers
         self.num_layers = len(model.layers)
         attn = model.layers[0].self_attn
@@ -214,6 +218,24 @@ class _DecoderCall:
 
     def norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.norm(h)
+
+    def grid(self, b: int, rows: torch.Tensor):
+        """``(row, column)`` of the prompt positions ``rows`` from the 3D mRoPE ids, or None (1D positions)."""
+        ids = self.rotary_ids
+        if ids is None or ids.ndim != 3 or ids.shape[0] != 3:
+            return None
+        return ids[1, b, rows], ids[2, b, rows]
+
+    def vision_scores(self, b: int, rows: torch.Tensor):
+        """VisionZip's ``(score, metric)`` of the prompt positions ``rows`` of sample ``b``, from the tower's
+        output of this call (:data:`_VISION_SCORES`), or None."""
+        found = _VISION_SCORES.get()
+        if found is None:
+            return None
+        score, metric = found
+        if score.shape[:2] != self.rotary_ids.shape[-2:] or not bool(score[b, rows].isfinite().all()):
+            return None
+        return score[b, rows], metric[b, rows]
 
     def select(self, layer: int, index: torch.Tensor, slots) -> None:
         self.pe = tuple(t.gather(1, index[..., None].expand(-1, -1, t.shape[-1])) for t in self.pe)
@@ -440,7 +462,9 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
                 setattr(past_key_values, _CACHE_RECORD, _PrunedCache(call.stages))
             return output_type(last_hidden_state=self.norm(h), past_key_values=past_key_values)
         if pruned is None:  # prefill: prune
-            call = _DecoderCall(self, mask, position_embeddings, text_position_ids, past_key_values, use_cache, kwargs)
+            call = _DecoderCall(
+                self, mask, position_embeddings, text_position_ids, past_key_values, use_cache, kwargs, position_ids
+            )
             call.deepstack = deepstack
             h = run_language(call, inputs_embeds, slots, settings)
             if past_key_values is not None:

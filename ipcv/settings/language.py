@@ -327,3 +327,183 @@ class SparseVLM(_LanguageMethod):
         check_literals(name, self, "raters", "recycle_rule")
         if self.cluster_neighbors is not None and check_int(name, "cluster_neighbors", self.cluster_neighbors) < 1:
             raise ValueError(f"{name}: cluster_neighbors={self.cluster_neighbors} is not allowed: it must be >= 1")
+
+
+# --- pre-LLM methods: one pruning stage at the decoder's input (layer 0), on the vision tower's output --------
+
+
+class _PreLLMMethod(_LanguageMethod):
+    """Shared behaviour of the pre-LLM methods (VisionZip, DivPrune, CDPruner, RandomKeep, Pool): they prune
+    the visual tokens once, at the *input* of decoder layer 0 (the vision tower's merged output, before any
+    decoder layer), so every decoder layer and the KV cache see only the kept tokens, and the vision tower
+    runs in full (or under a vision-side method, with which they compose). Each visual span (``spans``)
+    keeps ``keep_count(n, keep_ratio)`` of its ``n`` tokens (``rounding="floor"``: ``int(n * keep)``)."""
+
+    __slots__ = ()
+    pre_llm = True
+
+    def stage_layers(self) -> tuple[int, ...]:
+        return (0,)
+
+    def counts(self, n: int, num_layers: int | None = None) -> list[int]:
+        return [rounded_count(n, self.keep_ratio, self.rounding)]
+
+    def check_depth(self, num_decoder_layers: int) -> None:
+        """Any decoder depth: the stage is at layer 0's input."""
+
+
+@dataclass(frozen=True, slots=True)
+class RandomKeep(_PreLLMMethod):
+    """Random selection of visual tokens at the LLM's input (the "random" control).
+
+    Each visual span keeps ``keep_count(n)`` tokens drawn uniformly without replacement from a CPU
+    generator seeded with ``seed`` and the span's number in its sample
+    (:func:`ipcv.methods.random_keep.random_keep`): reproducible across calls, devices and batch
+    positions.
+
+    Args:
+        keep_ratio: share of each visual span kept, in (0, 1].
+        seed: the seed, an int ``>= 0``.
+        spans, rounding: see :class:`_LanguageMethod`.
+    """
+
+    keep_ratio: float
+    seed: int = 0
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
+
+    def __post_init__(self) -> None:
+        _check_language_common("RandomKeep", self)
+        if check_int("RandomKeep", "seed", self.seed) < 0:
+            raise ValueError(f"RandomKeep: seed={self.seed} is not allowed: it must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Pool(_PreLLMMethod):
+    """Spatial average pooling of each image / frame's visual tokens at the LLM's input (the
+    "pooling / downsampling" control).
+
+    The ``h x w`` grid of a span's LLM tokens (after the tower's 2x2 merger) is averaged over the cells of
+    an ``h' x w'`` grid, ``h' = round(h * sqrt(keep_ratio))`` (:mod:`ipcv.methods.pool`): at
+    ``keep_ratio=0.25`` on an even grid, the plain 2x2 average with stride 2; other ratios use the cells
+    of ``adaptive_avg_pool2d``, so the kept count is ``h' * w'``, close to but not always
+    ``keep_count(n)``. A pooled token sits at the position (mRoPE ``(t, h, w)``, or the 1D position) of
+    its cell's top-left token. The grid comes from the tokens' 3D mRoPE positions (Qwen2-VL, Qwen2.5-VL)
+    or, for 1D positions, from a square span (LLaVA's 24 x 24, an InternVL tile's 16 x 16); a span that
+    is neither is refused.
+
+    Args:
+        keep_ratio: the target share of each span's tokens, in (0, 1].
+    """
+
+    keep_ratio: float
+    spans: Literal["each"] = "each"
+    rounding: Rounding = "nearest"
+
+    def __post_init__(self) -> None:
+        _check_language_common("Pool", self)
+
+
+@dataclass(frozen=True, slots=True)
+class DivPrune(_PreLLMMethod):
+    """DivPrune (Alvar et al., CVPR 2025) at the LLM's input.
+
+    Each visual span keeps the greedy solution of the Max-Min Diversity Problem over its tokens (the
+    projector's / merger's output) with the cosine distance: the token farthest from its nearest
+    neighbour first, then each time the token farthest from the kept ones
+    (:func:`ipcv.methods.divprune.divprune_keep`). Implemented from the paper only.
+
+    Args:
+        keep_ratio: share of each visual span kept, in (0, 1].
+        spans, rounding: see :class:`_LanguageMethod`.
+    """
+
+    keep_ratio: float
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
+
+    def __post_init__(self) -> None:
+        _check_language_common("DivPrune", self)
+
+
+@dataclass(frozen=True, slots=True)
+class CDPruner(_PreLLMMethod):
+    """CDPruner (Zhang et al., NeurIPS 2025) at the LLM's input.
+
+    Each visual span keeps the greedy MAP of a DPP whose kernel is the cosine similarity of its tokens
+    (the merger's / projector's output), conditioned on the instruction: ``L = diag(q) S diag(q)`` with
+    ``q`` the min-max normalised *negated* mean cosine similarity of each visual token to the prompt's
+    text embeddings (the official code's relevance) (:func:`ipcv.methods.cdpruner.cdpruner_keep`).
+
+    The official LLaVA code takes the relevance in CLIP's joint space (CLIP's image and text towers);
+    Qwen2-VL and the other families here have no text tower, so both sides are the decoder's input
+    embeddings (the visual tokens and the prompt's text token embeddings), as OpenVINO GenAI's Qwen2-VL
+    port does.
+
+    Args:
+        keep_ratio: share of each visual span kept, in (0, 1].
+        theta: None (the official code: ``q = relevance``) or the paper's trade-off in [0, 1)
+            (``q = exp(theta / (2 (1 - theta)) * relevance)``).
+        text_from: the instruction's tokens: ``"after_image"`` (text after the first visual block: the
+            question and the template after it) or ``"all"`` (every text token of the sample, as OpenVINO's
+            port does).
+        spans, rounding: see :class:`_LanguageMethod`.
+    """
+
+    keep_ratio: float
+    theta: float | None = None
+    text_from: Literal["after_image", "all"] = "after_image"
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
+
+    def __post_init__(self) -> None:
+        _check_language_common("CDPruner", self)
+        check_literals("CDPruner", self, "text_from")
+        if self.theta is not None:
+            if isinstance(self.theta, bool) or not isinstance(self.theta, Real):
+                raise TypeError(f"CDPruner: theta must be a real number or None, got {self.theta!r}")
+            if not 0.0 <= float(self.theta) < 1.0:
+                raise ValueError(f"CDPruner: theta={self.theta!r} is outside the allowed range [0, 1)")
+            object.__setattr__(self, "theta", float(self.theta))
+
+
+@dataclass(frozen=True, slots=True)
+class VisionZip(_PreLLMMethod):
+    """VisionZip (Yang et al., CVPR 2025) at the LLM's input.
+
+    Each visual span keeps ``dominant`` tokens with the largest attention score in the vision tower and
+    ``contextual`` tokens made by merging the rest (:func:`ipcv.methods.visionzip.visionzip_merge`):
+    ``contextual = round(k * contextual_share)`` of the span's budget ``k``.
+
+    The score needs the tower's attention. Towers with a [CLS] token (official LLaVA: the [CLS] row)
+    are not wired here; on the Qwen2-VL / Qwen2.5-VL towers (no [CLS]) the score is the attention each
+    patch *receives*, averaged over the patches of its image / frame and summed over heads, in tower
+    block ``layer`` (the "column mean" surrogate for the [CLS] row; the authors' own Qwen2.5-VL release
+    could not be read here, see ``book/implementation.md``), summed over the 4 patches of each merge unit;
+    the merging metric is that block's keys (before the 2D rotary, averaged over heads and over the 4
+    patches). The tower recomputes that block's queries and keys once, with explicit softmax weights per
+    image / frame: ``~4 L D^2 + 2 sum(n^2) D`` extra FLOPs for ``L`` patches (counted by
+    :func:`ipcv.costs`), and the ``n x n`` weights of the largest image in memory.
+
+    Args:
+        keep_ratio: share of each visual span kept, in (0, 1].
+        contextual_share: share of the budget made of contextual tokens, in [0, 1) (official: 10 / 64).
+        layer: the tower block whose attention scores the patches, negative from the end (official: the
+            block whose output the projector reads, the last one: -1). Must be a full-attention block,
+            and with a vision-side method one that still sees every patch.
+        spans, rounding: see :class:`_LanguageMethod`.
+    """
+
+    keep_ratio: float
+    contextual_share: float = 10 / 64
+    layer: int = -1
+    spans: Spans = "each"
+    rounding: Rounding = "nearest"
+
+    def __post_init__(self) -> None:
+        _check_language_common("VisionZip", self)
+        share = self.contextual_share
+        if isinstance(share, bool) or not isinstance(share, Real) or not 0.0 <= float(share) < 1.0:
+            raise ValueError(f"VisionZip: contextual_share={share!r} is outside the allowed range [0, 1)")
+        object.__setattr__(self, "contextual_share", float(share))
+        check_int("VisionZip", "layer", self.layer)
