@@ -28,6 +28,7 @@ __all__ = ["compress", "compressed", "restore", "settings", "stats", "supported_
 Side = Literal["vision", "language"]
 _SETTINGS = "_ipcv_vision"
 _LANGUAGE = "_ipcv_language"
+_SCORES = "_ipcv_scores"  # the tower block whose attention a language-side VisionZip reads
 _subclasses: dict[tuple[type, object], type] = {}
 
 
@@ -110,10 +111,28 @@ def compress(model: nn.Module, vision: VisionMethod | None = None, language: Lan
         outer, decoder = _language_targets(model, adapter, language)
         language.check_depth(len(decoder.layers))
         check_decoder(decoder, type(model).__name__, language)
+    scores = getattr(language, "tower_layer", None)  # a pre-LLM method reading the tower's attention (VisionZip)
+    if scores is not None:
+        if not adapter.tower_scores:
+            families = tuple(a.family for a in ADAPTERS if a.tower_scores)
+            raise NotImplementedError(
+                f"language={language!r} needs the vision tower's attention, which ipcv computes for the towers of "
+                f"{families} only, got a {type(model).__name__} ({adapter.family})"
+            )
+        depth = adapter.depth(target)
+        if not -depth <= scores < depth:
+            raise ValueError(
+                f"language={language!r}: layer={scores} is outside the allowed range [{-depth}, {depth - 1}] for "
+                f"this tower ({depth} blocks)"
+            )
+        check_attention(target.config, type(model).__name__)
     restore(model)
-    if vision is not None:
+    if vision is not None or scores is not None:
         target.__class__ = _patched_class(type(target), adapter.forward)
+    if vision is not None:
         setattr(target, _SETTINGS, vision)
+    if scores is not None:
+        setattr(target, _SCORES, scores % adapter.depth(target))
     if reduced or language is not None:  # reduced: the outer call drops the unkept merge units
         outer, decoder = found if reduced else (outer, decoder)
         outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
@@ -143,6 +162,7 @@ def restore(model: nn.Module) -> nn.Module:
         )
     adapter, target = find(model)
     _unpatch(target, _SETTINGS)
+    target.__dict__.pop(_SCORES, None)
     found = adapter.locate_language(model)
     if found is not None:
         _unpatch(found[0])
@@ -206,7 +226,9 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
         def on_vision(module, args, kwargs):
             if _trace.active() is record and adapter.segments is not None:
                 segs = adapter.segments(module, args, kwargs)
-                record.vision.append(_trace.VisionCall(segs, getattr(module, _SETTINGS, None)))
+                record.vision.append(
+                    _trace.VisionCall(segs, getattr(module, _SETTINGS, None), getattr(module, _SCORES, None) is not None)
+                )
 
         def on_decoder(module, args, kwargs, output):
             # a patched decoder (LLM-side method, or a ViT-side output="reduced") records its own calls

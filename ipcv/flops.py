@@ -117,6 +117,14 @@ def vision_flops(model: nn.Module, seg_lengths: Sequence[int], settings: VisionM
     return encoder_flops(adapter.model_shape(model, target), seg_lengths, settings)
 
 
+def tower_score_flops(shape: EncoderShape, seg_lengths: Sequence[int]) -> int:
+    """The attention scores one tower block computes a second time for a pre-LLM method that reads them
+    (:class:`ipcv.VisionZip`): its queries and keys for every token (``2 L D 2D``) and the logits per
+    segment (``2 n^2 D``; softmax and sums not counted)."""
+    L, D = sum(seg_lengths), shape.dim
+    return 4 * L * D * D + 2 * D * sum(int(n) ** 2 for n in seg_lengths)
+
+
 # --- the language decoder (LLM-side methods) and the whole model ----------------------------------
 
 
@@ -209,7 +217,7 @@ def costs(model: nn.Module, stats: Trace, bytes_per_value: int = 2) -> Costs:
     vision, per_block = 0, [0] * shape.depth
     for call in stats.vision:
         count = encoder_flops(shape, call.seg_lengths, call.settings)
-        vision += count.total
+        vision += count.total + (tower_score_flops(shape, call.seg_lengths) if call.scored else 0)
         per_block = [a + b for a, b in zip(per_block, count.tokens_per_block)]
     decoder, kv, per_layer = 0, 0.0, []
     if adapter.language is not None and stats.decoder:

@@ -456,8 +456,8 @@ def sparsevlm_overhead(settings: SparseVLM, shape: DecoderShape, n: int, vis: in
 
 
 def random_overhead(settings: RandomKeep, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:
-    """Drawing the random subset: no multiply-adds (0; the permutation is an index operation)."""
-    return 0
+    """Drawing the random permutation: one random number per visual token (``vis``); no multiply-adds."""
+    return vis
 
 
 def pool_overhead(settings: Pool, shape: DecoderShape, n: int, vis: int, vis_after: int) -> int:

@@ -62,6 +62,7 @@ class VisionCall:
 
     seg_lengths: list[int]
     settings: object = None
+    scored: bool = False  # the tower also computed one block's attention scores (a language-side VisionZip)
 
 
 @dataclass

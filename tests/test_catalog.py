@@ -16,7 +16,10 @@ from ipcv.trace import DecoderRecord
 
 def test_every_registry_is_the_table():
     names = [m.name for m in catalog.METHODS]
-    assert names == ["IPCV", "ToMe", "ToFu", "DARTViT", "DART", "FastV", "V2Drop", "SparseVLM"]
+    assert names == [
+        "IPCV", "ToMe", "ToFu", "DARTViT", "DART", "FastV", "V2Drop", "SparseVLM",
+        "VisionZip", "DivPrune", "CDPruner", "RandomKeep", "Pool",
+    ]  # fmt: skip
     assert [n for n in ipcv.__all__ if n in names] == names  # ipcv.__all__ opens with the table, in its order
     assert all(getattr(ipcv, m.name) is m.settings for m in catalog.METHODS)
     for side in ("vision", "language"):
@@ -64,7 +67,11 @@ def test_every_language_method_is_counted_by_its_own_overhead(row):
     layers = settings.stage_layers()
     tokens = [[40]] * 24
     visual = [[32]] * layers[0] + [[16]] * (24 - layers[0])
-    record = DecoderRecord(row.name, tokens, visual, tokens, [[[16]]] * len(layers), list(layers), settings)
+    if layers[0] == 0:  # a pre-LLM method: its stage sees the unpruned prompt (40 tokens, 32 visual)
+        tokens, visual = [[24]] * 24, [[16]] * 24
+    record = DecoderRecord(
+        row.name, tokens, visual, tokens, [[[16]]] * len(layers), list(layers), settings, ([40], [32])
+    )
     assert decoder_overhead(shape, record) > 0
     assert decoder_overhead(shape, dataclasses.replace(record, settings=None)) == 0  # no LLM-side method ran
 
@@ -79,3 +86,20 @@ def test_darts_overhead_follows_its_own_pivots():
 def test_every_method_string_round_trips(row):
     settings = row.settings(0.35)
     assert parse_method(format_method(settings), row.side) == settings
+
+
+def test_pre_llm_overheads_are_their_own_work():
+    """DivPrune's distance matrix and CDPruner's kernel grow with the square of the visual tokens, the DPP's
+    Cholesky rows with the kept count; a stage at layer 0 is charged on the unpruned prompt."""
+    from ipcv.flops import decoder_overhead, tower_score_flops
+
+    shape = DecoderShape(layers=8, dim=64, mlp_dim=128, heads=4, kv_heads=2, head_dim=16, vocab=100)
+    div = language.divprune_overhead(ipcv.DivPrune(0.5), shape, 80, 64, 32)
+    assert div == 2 * 64 * 64 * 64 + 64 * 32
+    cdp = language.cdpruner_overhead(ipcv.CDPruner(0.5), shape, 80, 64, 32)
+    assert cdp == 2 * 64 * 64 * 64 + 2 * 64 * 16 * 64 + 64 * 32 * 32
+    assert language.pool_overhead(ipcv.Pool(0.25), shape, 80, 64, 16) == 64 * 64
+    record = DecoderRecord("DivPrune", [[48]] * 8, [[32]] * 8, [[48]] * 8, [[[32]]], [0], ipcv.DivPrune(0.5), ([80], [64]))
+    assert decoder_overhead(shape, record) == 2 * 64 * 64 * 64 + 64 * 32  # charged on the 64 visual tokens entering
+    enc = EncoderShape(depth=4, dim=32, mlp_dim=64, heads=4)
+    assert tower_score_flops(enc, [16, 4]) == 4 * 20 * 32 * 32 + 2 * 32 * (256 + 16)

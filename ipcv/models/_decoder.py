@@ -60,6 +60,9 @@ class DecoderFamily:
     output: ``decoder -> class`` of the decoder's own output (a mixture-of-experts decoder's carries
         ``router_logits``, which the outer model reads; the pruned layer loop leaves them None); None:
         ``BaseModelOutputWithPast``.
+    vision_scores: ``(outer, args, kwargs) -> (args, kwargs, (score [B, L], metric [B, L, d]) or None)``: the
+        tower's attention score and merging metric of each visual prompt position, for a language-side
+        :class:`ipcv.VisionZip` (see :data:`_VISION_SCORES`); None for a family whose tower gives none.
     """
 
     locate: Callable[[nn.Module], tuple[nn.Module, nn.Module] | None]
@@ -68,6 +71,7 @@ class DecoderFamily:
     positions: Callable[[torch.Tensor, torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor | None]]
     reduce: Callable[[nn.Module, tuple, dict], tuple[tuple, dict, torch.Tensor | None]] | None = None
     output: Callable[[nn.Module], type] | None = None  # decoder -> the output class its forward returns
+    vision_scores: Callable[[nn.Module, tuple, dict], tuple[tuple, dict, tuple | None]] | None = None
 
 
 @dataclass
@@ -347,12 +351,17 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
         drop = None
         if family.reduce is not None:
             args, kwargs, drop = family.reduce(self, args, kwargs)
+        scores = None
+        if family.vision_scores is not None:
+            args, kwargs, scores = family.vision_scores(self, args, kwargs)
         token = _SPANS.set(spans_of(self, args, kwargs))
         name = type(getattr(getattr(self, "visual", None), "_ipcv_vision", None)).__name__
         dropped = _DROP.set(None if drop is None else (drop, name))
+        scored = _VISION_SCORES.set(scores)
         try:
             return type(self)._ipcv_base.forward(self, *args, **kwargs)
         finally:
+            _VISION_SCORES.reset(scored)
             _DROP.reset(dropped)
             _SPANS.reset(token)
 

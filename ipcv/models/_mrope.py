@@ -166,3 +166,64 @@ def reduced_call(outer, args: tuple, kwargs: dict, units_key: str):
         drop[placeholders] = ~units.to(drop.device)  # row-major, the order masked_scatter fills them in
     kwargs["mm_encoder_outputs"] = encoded
     return (), kwargs, drop if bool(drop.any()) else None
+
+
+def scored_call(outer, args: tuple, kwargs: dict, keys: tuple[str, str]):
+    """A language-side VisionZip's tower scores, at the outer model's call.
+
+    If the tower was asked for VisionZip's scores (``_ipcv_scores``) and this call carries images or video
+    (``pixel_values*``, or ``mm_encoder_outputs`` as generate() pre-computes them), the features are computed
+    here once and handed on as ``mm_encoder_outputs``; the score and metric of every merge unit
+    (``keys``: the tower output's entries) are placed at their placeholders' prompt positions, in the order
+    ``masked_scatter`` fills them.
+
+    Returns: ``(args, kwargs, scores)`` with ``scores = (score [B, L] (NaN off the visual tokens), metric
+    [B, L, d])``, or None when the tower gives none in this call.
+    """
+    if getattr(getattr(outer, "visual", None), "_ipcv_scores", None) is None:
+        return args, kwargs, None
+    names = ("input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds")
+    kwargs = dict(zip(names, args)) | kwargs
+    encoded = dict(kwargs.get("mm_encoder_outputs") or {})
+    for kind, pixels, grid in (("image", "pixel_values", "image_grid_thw"),
+                               ("video", "pixel_values_videos", "video_grid_thw")):  # fmt: skip
+        if kwargs.get(pixels) is not None and encoded.get(kind) is None:
+            features = outer.get_image_features if kind == "image" else outer.get_video_features
+            encoded[kind] = features(kwargs.pop(pixels), kwargs.get(grid), return_dict=True)
+        kwargs.pop(pixels, None)
+    if not encoded:
+        return (), kwargs, None
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError(
+            "VisionZip: input_ids=None is not supported with images or video (the visual tokens' scores are "
+            "placed by their placeholder ids); pass input_ids"
+        )
+    config = outer.config
+    score = metric = None
+    for kind, token_id in (("image", config.image_token_id), ("video", config.video_token_id)):
+        out = encoded.get(kind)
+        if out is None:
+            continue
+        s = out.get(keys[0]) if hasattr(out, "get") else None
+        if s is None:
+            raise ValueError(
+                f"VisionZip: mm_encoder_outputs[{kind!r}] was not computed by this compressed model's tower (it "
+                "holds no attention scores); pass pixel values, or features from its get_image_features / "
+                "get_video_features"
+            )
+        m = out[keys[1]]
+        placeholders = input_ids == token_id
+        if int(placeholders.sum()) != s.numel():
+            raise ValueError(
+                f"VisionZip: {int(placeholders.sum())} {kind} placeholder tokens in input_ids, but the {kind} "
+                f"features have {s.numel()} tokens"
+            )
+        if score is None:
+            score = torch.full(input_ids.shape, float("nan"), device=s.device)
+            metric = torch.zeros(*input_ids.shape, m.shape[-1], device=m.device)
+        placeholders = placeholders.to(s.device)
+        score[placeholders] = s.float()
+        metric[placeholders] = m.float()
+    kwargs["mm_encoder_outputs"] = encoded
+    return (), kwargs, None if score is None else (score, metric)

@@ -92,6 +92,8 @@ class Adapter:
         (``cu_seqlens``), so the ``"varlen"`` kernel applies (:func:`ipcv.vision_attention`).
     reduced_output: a ViT-side baseline's ``output="reduced"`` is built for this family (the LLM receives
         only the kept merge units).
+    tower_scores: the tower can hand a language-side :class:`ipcv.VisionZip` its attention scores (the
+        tower is patched for it; ``compress`` refuses VisionZip on a family without).
     harness: how lmms-eval runs the family (None: not evaluated through lmms-eval).
     tower: the real-size tower the benchmarks time (None: not benchmarked).
     """
@@ -107,6 +109,7 @@ class Adapter:
     read_layer: Callable[[nn.Module], int | None] | None = None
     packs_segments: bool = False
     reduced_output: bool = False
+    tower_scores: bool = False
     harness: Harness | None = None
     tower: RealTower | None = None
 

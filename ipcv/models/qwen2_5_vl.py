@@ -25,14 +25,16 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
 from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
-from ..catalog import run_vision
 from ..shapes import EncoderShape
 from ..vision.sources import collect_sources
 from . import _mrope
 from ._decoder import DecoderFamily, language_adapter
 from .base import Adapter, Harness, RealTower, pop_output_flags
 from .configs import QWEN2_5_VL_7B_VISION
-from .qwen2_vl import UNITS_KEY, Windows, _TowerCall, random_inputs, reduced_units, vision_segments
+from .qwen2_vl import (
+    METRIC_KEY, SCORE_KEY, UNITS_KEY, Windows, _TowerCall, random_inputs, reduced_units, run_blocks, vision_segments,
+    visionzip_scores,
+)  # fmt: skip
 
 
 def image_order_source(source: torch.Tensor, window_index: torch.Tensor, unit: int) -> torch.Tensor:
@@ -67,10 +69,14 @@ def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **k
     call = _TowerCall(self, cu_seqlens, max_seqlen, pe, kwargs, qwen25.eager_attention_forward, windows)
     seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     with collect_sources() as sources:
-        hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
-    merged = self.merger(hidden_states)[torch.argsort(window_index)]
+        hidden_states = run_blocks(call, self, hidden_states, seg_lengths)
+    image_order = torch.argsort(window_index)
+    merged = self.merger(hidden_states)[image_order]
     out = BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=merged)
-    if getattr(self._ipcv_vision, "output", "full") == "reduced":
+    if call.capture_layer is not None:  # per merge unit in window order -> image order
+        score, metric = visionzip_scores(call, self, seg_lengths)
+        out[SCORE_KEY], out[METRIC_KEY] = score[image_order], metric[image_order]
+    if getattr(getattr(self, "_ipcv_vision", None), "output", "full") == "reduced":
         unit = self.spatial_merge_size**2
         source = image_order_source(sources[-1], window_index, unit) if sources else None
         out[UNITS_KEY] = reduced_units(source, seg_lengths, unit).to(hidden_states.device)
@@ -113,6 +119,7 @@ LANGUAGE = language_adapter(
     DecoderFamily(
         locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=_mrope.positions,
         reduce=partial(_mrope.reduced_call, units_key=UNITS_KEY),
+        vision_scores=partial(_mrope.scored_call, keys=(SCORE_KEY, METRIC_KEY)),
     )
 )  # fmt: skip
 
@@ -127,6 +134,7 @@ ADAPTER = Adapter(
     segments=vision_segments,
     packs_segments=True,
     reduced_output=True,
+    tower_scores=True,
     harness=Harness(
         "ipcv_qwen2_5_vl", "IPCVQwen2_5VL", "lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL", "chat", "qwen2_5_vl"
     ),

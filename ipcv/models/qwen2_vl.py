@@ -28,6 +28,7 @@ from ..vision import Plan
 from ..vision.sources import collect_sources
 from . import _mrope
 from ._attention import cumulative, nonempty_segments, segment_attention
+from ..methods.visionzip import column_attention
 from ._decoder import DecoderFamily, decoder_shape, language_adapter
 from .base import Adapter, Harness, RealTower, pop_output_flags
 from .configs import QWEN2_VL_7B_VISION
@@ -87,11 +88,15 @@ class _TowerCall:
         self.eager = eager
         self.windows: Windows | None = windows
         self._kept_inputs: dict[bool, tuple] = {}
+        self.capture_layer: int | None = None  # the block whose full-length input is kept (VisionZip)
+        self.captured: torch.Tensor | None = None
 
     def _windowed(self, layer: int) -> bool:
         return self.windows is not None and layer not in self.windows.full_blocks
 
     def full(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        if layer == self.capture_layer:  # VisionZip's scoring block: keep its (full-length) input
+            self.captured = h
         cu, max_len = (
             (self.windows.cu, self.windows.max_len) if self._windowed(layer) else (self.cu_seqlens, self.max_seqlen)
         )
@@ -189,6 +194,63 @@ class _TowerCall:
         return h + blk.mlp(blk.norm2(h))
 
 
+SCORE_KEY, METRIC_KEY = "ipcv_visionzip_score", "ipcv_visionzip_metric"
+"""Keys of VisionZip's ``[U]`` attention score and ``[U, d]`` merging metric per merge unit (LLM token), in
+image order, that a tower under a language-side VisionZip adds to its ``BaseModelOutputWithPooling``."""
+
+
+def run_blocks(call: _TowerCall, tower, h: torch.Tensor, seg_lengths: list[int]) -> torch.Tensor:
+    """All blocks of one tower call: under the vision-side method ``tower._ipcv_vision``, or every block on
+    the full sequence when there is none (the tower is patched only for a language-side VisionZip's
+    scores). ``call.capture_layer`` is set to VisionZip's scoring block when one is asked for."""
+    settings = getattr(tower, "_ipcv_vision", None)
+    layer = getattr(tower, "_ipcv_scores", None)
+    if layer is not None:
+        call.capture_layer = layer % len(tower.blocks)
+    if settings is None:
+        for i in range(len(tower.blocks)):
+            h = call.full(i, h)
+        return h
+    return run_vision(call, len(tower.blocks), h, seg_lengths, settings)
+
+
+def visionzip_scores(call: _TowerCall, tower, seg_lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's score and metric per merge unit of one tower call, in the tower's packed order.
+
+    The scoring block's queries and keys are recomputed from its full-length input (``call.captured``);
+    per image / frame, each patch's score is the attention it receives averaged over the queries and
+    summed over heads (:func:`ipcv.methods.visionzip.column_attention`), and the metric is its keys
+    before the rotary, averaged over heads. A merge unit sums its patches' scores and averages their
+    metrics. ValueError if the block did not see every patch (a vision-side method pruned before it) or
+    attends within windows."""
+    layer = call.capture_layer
+    if call.captured is None or call.captured.shape[0] != sum(seg_lengths):
+        raise ValueError(
+            f"VisionZip(layer={layer}): the vision-side method {type(getattr(tower, '_ipcv_vision', None)).__name__} does not run "
+            f"tower block {layer} on every patch, so its attention over the image is not there; choose a "
+            "VisionZip layer before the vision-side method's first reduced block (e.g. its prune_layer - 1)"
+        )
+    if call._windowed(layer):
+        raise ValueError(
+            f"VisionZip(layer={layer}): tower block {layer} attends within windows; use a full-attention block "
+            f"({sorted(call.windows.full_blocks)})"
+        )
+    blk = tower.blocks[layer]
+    attn = blk.attn
+    D, H = attn.dim, attn.num_heads
+    q, k, _ = attn.qkv(blk.norm1(call.captured)).view(-1, 3, H, D // H).unbind(1)
+    metric = k.float().mean(1)
+    cos, sin = call.pe
+    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    scores, start = [], 0
+    for n in seg_lengths:
+        scores.append(column_attention(q[start : start + n], k[start : start + n], attn.scaling))
+        start += n
+    unit = tower.spatial_merge_size**2
+    score = torch.cat(scores).view(-1, unit).sum(1)
+    return score, metric.view(-1, unit, metric.shape[-1]).mean(1)
+
+
 UNITS_KEY = "ipcv_units"
 """Key of the ``[U]`` bool mask of kept merge units (all images / frames of the call, in order) that a
 tower with ``output="reduced"`` adds to its ``BaseModelOutputWithPooling``."""
@@ -247,9 +309,11 @@ def tower_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **k
     call = _TowerCall(self, cu_seqlens, max_seqlen, position_embeddings, kwargs, qwen.eager_attention_forward)
     seg_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     with collect_sources() as sources:
-        hidden_states = run_vision(call, len(self.blocks), hidden_states, seg_lengths, self._ipcv_vision)
+        hidden_states = run_blocks(call, self, hidden_states, seg_lengths)
     out = BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
-    if getattr(self._ipcv_vision, "output", "full") == "reduced":
+    if call.capture_layer is not None:
+        out[SCORE_KEY], out[METRIC_KEY] = visionzip_scores(call, self, seg_lengths)
+    if getattr(getattr(self, "_ipcv_vision", None), "output", "full") == "reduced":
         units = reduced_units(sources[-1] if sources else None, seg_lengths, self.spatial_merge_size**2)
         out[UNITS_KEY] = units.to(hidden_states.device)
     return out
@@ -295,6 +359,7 @@ LANGUAGE = language_adapter(
     DecoderFamily(
         locate=_locate_language, layout=_mrope.layout, spans=_mrope.visual_spans, positions=_mrope.positions,
         reduce=partial(_mrope.reduced_call, units_key=UNITS_KEY),
+        vision_scores=partial(_mrope.scored_call, keys=(SCORE_KEY, METRIC_KEY)),
     )
 )  # fmt: skip
 
@@ -329,6 +394,7 @@ ADAPTER = Adapter(
     segments=vision_segments,
     packs_segments=True,
     reduced_output=True,
+    tower_scores=True,
     harness=Harness("ipcv_qwen2_vl", "IPCVQwen2VL", "lmms_eval.models.simple.qwen2_vl.Qwen2_VL", "simple", "qwen2_vl"),
     tower=RealTower(
         "vision_qwen2vl7b",

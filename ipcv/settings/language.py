@@ -507,3 +507,8 @@ class VisionZip(_PreLLMMethod):
             raise ValueError(f"VisionZip: contextual_share={share!r} is outside the allowed range [0, 1)")
         object.__setattr__(self, "contextual_share", float(share))
         check_int("VisionZip", "layer", self.layer)
+
+    @property
+    def tower_layer(self) -> int:
+        """The tower block whose attention the compressed model computes for VisionZip (``layer``)."""
+        return self.layer
