@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 
-from .settings import DART, IPCV, DARTViT, FastV, SparseVLM, ToFu, ToMe, V2Drop
+from .settings import DART, IPCV, CDPruner, DARTViT, DivPrune, FastV, Pool, RandomKeep, SparseVLM, ToFu, ToMe, V2Drop
+from .settings import VisionZip
 
 PROTOCOLS: tuple[str, ...] = ("paper", "official")
 
@@ -224,4 +225,64 @@ def paper_settings(table: str, setting: str, method: str, protocol: str = "paper
     return None, _llm(method, llm, protocol)
 
 
-__all__ = ["PROTOCOLS", "TABLES", "paper_rows", "paper_settings", "tofu_release_prune_layers"]
+# --- this project's 2026 comparison (not a table of the paper) ------------------------------------------
+
+MODERN_RATIOS: tuple[float, ...] = (0.35, 0.2, 0.1)
+"""The keep ratios of the 2026 comparison: 35 / 20 / 10 % of the tokens on the method's side."""
+PRE_LLM = ("VisionZip", "DivPrune", "CDPruner", "RandomKeep", "Pool")
+
+
+def pre_llm_method(method: str, keep: float, ipcv: IPCV | None = None):
+    """A pre-LLM method at ``keep`` with the library's defaults; behind ``ipcv``, VisionZip scores the tower
+    block before IPCV's first pruned one (its default, the last block, no longer sees every patch)."""
+    if method == "VisionZip":
+        return VisionZip(keep) if ipcv is None else VisionZip(keep, layer=ipcv.prune_layer - 1)
+    return {"DivPrune": DivPrune, "CDPruner": CDPruner, "RandomKeep": RandomKeep, "Pool": Pool}[method](keep)
+
+
+MODERN_DECODER_LAYERS = 28  # Qwen2-VL-7B-Instruct's decoder, the sweep's model
+
+
+def modern_not_run(ratios: tuple[float, ...] = MODERN_RATIOS) -> dict[str, str]:
+    """The settings :func:`modern_settings` leaves out, with the reason: V2Drop's and SparseVLM's
+    layer-averaged budget (their default) cannot go below ``3 / 28`` on a 28-layer decoder (layers 0-2 keep
+    every token), so they have no 10 % row."""
+    out = {}
+    for r in ratios:
+        for cls in (V2Drop, SparseVLM):
+            try:
+                cls(r).check_depth(MODERN_DECODER_LAYERS)
+            except ValueError as e:
+                out[f"{cls.__name__} {round(100 * r)}%"] = str(e)
+    return out
+
+
+def modern_settings(ratios: tuple[float, ...] = MODERN_RATIOS) -> list[tuple[str, object, object]]:
+    """``(name, vision, language)`` of every setting of this project's "2026 comparison" sweep (never the
+    paper's): vanilla; at each ratio every method of the library alone with its defaults (the ViT-side
+    ones with the output full length, the LLM-side and pre-LLM ones with the whole ViT; a budget a method
+    cannot reach on Qwen2-VL-7B is left out, see :func:`modern_not_run`); and IPCV in the ViT paired with
+    each pre-LLM method at its input, both at the ratio (``ViT r / LLM r``, as the paper's IPCV+DART rows).
+    ``name`` is ``"<method> <r %>"`` or ``"IPCV+<method> <r %>"``."""
+    out: list[tuple[str, object, object]] = [("vanilla", None, None)]
+    skipped = modern_not_run(ratios)
+    for r in ratios:
+        pct = f"{round(100 * r)}%"
+        for cls in (IPCV, ToMe, ToFu, DARTViT):
+            out.append((f"{cls.__name__} {pct}", cls(r), None))
+        for cls in (DART, FastV, V2Drop, SparseVLM):
+            if f"{cls.__name__} {pct}" not in skipped:
+                out.append((f"{cls.__name__} {pct}", None, cls(r)))
+        for m in PRE_LLM:
+            out.append((f"{m} {pct}", None, pre_llm_method(m, r)))
+        for m in PRE_LLM:
+            v = IPCV(r)
+            out.append((f"IPCV+{m} {pct}", v, pre_llm_method(m, r, v)))
+    return out
+
+
+__all__ = [
+    "MODERN_RATIOS", "PRE_LLM", "PROTOCOLS", "TABLES", "modern_not_run", "modern_settings", "paper_rows", "paper_settings",
+    "pre_llm_method",
+    "tofu_release_prune_layers",
+]  # fmt: skip

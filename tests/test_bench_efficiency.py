@@ -27,6 +27,7 @@ def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path, caps
         "SparseVLM | ViT 100% / LLM 5%": (None, ipcv.SparseVLM(0.05)),  # too deep for 4 layers: reported
     }
     monkeypatch.setattr(efficiency, "ratio_grid", lambda vit, llm: settings)
+    monkeypatch.setattr(efficiency, "pre_llm_grid", dict)  # the pre-LLM rows: see the test below
     monkeypatch.setenv("IPCV_PROGRESS", "lines")
     out = tmp_path / "eff.json"
     args = argparse.Namespace(repeats=1, new_tokens=3, only=None, dtype="fp32", attn="eager", out=out)
@@ -58,3 +59,9 @@ def test_efficiency_rows_and_figure1_on_a_tiny_model(monkeypatch, tmp_path, caps
     table = analysis.table4(bench).set_index(["setting", "method"])
     assert table.loc[("vit35_llm35", "IPCV"), "paper total %"] == pytest.approx(60.8)
     assert "IPCV at ViT 35 % / LLM 35 %" in analysis.findings(bench, table.reset_index(), "paper")
+
+
+def test_the_pre_llm_rows_of_the_efficiency_bench():
+    rows = efficiency.pre_llm_grid()
+    assert len(rows) == 5 * 3 and rows["DivPrune | ViT 100% / LLM 5%"] == (None, ipcv.DivPrune(0.05))
+    assert set(efficiency.selected(["Pool"])) == {"vanilla", *(f"Pool | ViT 100% / LLM {r}%" for r in (35, 20, 5))}

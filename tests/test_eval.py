@@ -640,3 +640,31 @@ def test_every_family_of_the_sweeps_has_a_wrapper():
     assert set(families) == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava"}  # the adapters' names
     ids = {h.model_id for h in families.values()}
     assert ids == {"ipcv_qwen2_vl", "ipcv_qwen2_5_vl", "ipcv_qwen3_vl", "ipcv_internvl3", "ipcv_llava"}
+
+
+def test_modern_sweep_is_this_projects_grid_and_its_dry_run_lists_every_cell(assets, tmp_path, capsys):
+    """``python -m ipcv.eval modern``: Table 1's tasks on Qwen2-VL-7B, every method at 35 / 20 / 10 % and IPCV
+    with each pre-LLM method (ipcv.presets.modern_settings; named as this project's sweep, not the paper's);
+    the dry run lists every cell."""
+    from ipcv import presets
+    from ipcv.eval.__main__ import main
+    from ipcv.eval.sweeps import IMAGE_TASKS, QWEN2_VL_7B, sweeps
+
+    sweep = sweeps()["modern"]
+    assert (sweep.model, sweep.tasks) == (QWEN2_VL_7B, tuple(IMAGE_TASKS.values()))
+    assert "not the paper's" in sweep.description
+    expected = presets.modern_settings()
+    assert [(s.name, s.vision, s.language) for s in sweep.settings] == [
+        (n, format_method(v), format_method(lang)) for n, v, lang in expected
+    ]
+    names = {s.name for s in sweep.settings}
+    for r in ("35%", "20%", "10%"):
+        assert {f"{m} {r}" for m in ("IPCV", "ToMe", "DART", "FastV", *presets.PRE_LLM)} <= names
+        assert {f"IPCV+{m} {r}" for m in presets.PRE_LLM} <= names
+    assert set(presets.modern_not_run()) == {"V2Drop 10%", "SparseVLM 10%"} and not names & {"V2Drop 10%"}
+    argv = ["modern", "--model", str(assets[0]), "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(tmp_path / "raw")]
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    n = len(sweep.settings)
+    assert f"[modern] {n * 9} cells ({n} settings x 9 tasks): {n * 9} to run" in out
+    assert len(_commands(out)) == n and "language=VisionZip:0.1:layer=2" in out

@@ -1,7 +1,7 @@
 """Table 4 and Figure 1 on the real Qwen2-VL architecture with random weights: whole ``generate`` calls.
 
 For every setting (vanilla, the ViT-side methods at 65/50/35/20 % paired with LLM-side DART at the same
-ratio, the LLM-side methods at 35/20/5 % with the whole ViT), one MMBench-like prompt (one 448x448
+ratio, the LLM-side and the pre-LLM methods at 35/20/5 % with the whole ViT), one MMBench-like prompt (one 448x448
 image, a short question) is answered with ``--new-tokens`` greedy tokens and measured the way
 ``python -m ipcv.eval`` measures a benchmark sample (:func:`ipcv.measure.measured_generate`): total
 latency, prefill latency (start of generate to the end of the first forward), time inside the vision
@@ -221,16 +221,31 @@ FULL_OUT = Path("data/bench/efficiency_qwen2vl2b_cpu.json")
 SUBSET_OUT = Path("data/bench/efficiency_qwen2vl2b_cpu_subset.json")
 
 
+def pre_llm_grid(llm=SETTINGS["llm"]) -> dict[str, tuple[object, object]]:
+    """The pre-LLM methods (VisionZip, DivPrune, CDPruner, RandomKeep, Pool) at the LLM-side ratios, with the
+    whole ViT, named like Table 4's LLM-side rows (this project's rows, not the paper's)."""
+    return {
+        f"{m} | ViT 100% / LLM {round(100 * r)}%": (None, ipcv.presets.pre_llm_method(m, r))
+        for r in llm
+        for m in ipcv.presets.PRE_LLM
+    }
+
+
+def grid() -> dict[str, tuple[object, object]]:
+    """Every setting of the bench: Table 4's (:func:`ratio_grid`) and the pre-LLM rows (:func:`pre_llm_grid`)."""
+    return ratio_grid(**SETTINGS) | pre_llm_grid()
+
+
 def selected(only: list[str] | None) -> dict[str, tuple[object, object]]:
-    """The settings to run: all of Table 4's, or vanilla and those whose name contains one of ``only``."""
-    settings = ratio_grid(**SETTINGS)
+    """The settings to run: all of :func:`grid`, or vanilla and those whose name contains one of ``only``."""
+    settings = grid()
     if only:
         settings = {k: v for k, v in settings.items() if k == "vanilla" or any(o in k for o in only)}
     return settings
 
 
 def validate(args: argparse.Namespace) -> None:
-    names = [n for n in ratio_grid(**SETTINGS) if n != "vanilla"]
+    names = [n for n in grid() if n != "vanilla"]
     unmatched = [o for o in args.only or () if not any(o in name for name in names)]
     if unmatched:
         methods = ", ".join(dict.fromkeys(n.split(" | ")[0] for n in names))

@@ -10,6 +10,8 @@ Table 4). Latency and FLOPs do not depend on weight values; no accuracy is impli
 from __future__ import annotations
 
 import argparse
+import re
+import time
 from pathlib import Path
 
 import torch
@@ -236,9 +238,35 @@ def runnable(settings: dict[str, tuple[object, object]]) -> tuple[dict[str, tupl
     return ok, refused
 
 
+def modern_grid(ratios=ipcv.presets.MODERN_RATIOS, paired: float = 0.35) -> dict[str, tuple[object, object]]:
+    """This project's 2026 comparison on the prefill bench: vanilla, each pre-LLM method alone at ``ratios``
+    (the whole ViT), and IPCV at ``paired`` in the ViT with each pre-LLM method at ``paired`` (rows of
+    :func:`ipcv.presets.modern_settings`), plus IPCV alone at ``paired`` for reference."""
+    rows = {name: (v, lang) for name, v, lang in ipcv.presets.modern_settings(tuple(ratios) + (paired,))}
+    pct = f"{round(100 * paired)}%"
+    keep = {"vanilla", f"IPCV {pct}"}
+    keep |= {f"{m} {round(100 * r)}%" for m in ipcv.presets.PRE_LLM for r in ratios}
+    keep |= {f"IPCV+{m} {pct}" for m in ipcv.presets.PRE_LLM}
+    return {name: rows[name] for name in rows if name in keep}
+
+
+def _grid(args: argparse.Namespace) -> dict[str, tuple[object, object]]:
+    if args.protocol == "ours":
+        grid = ratio_grid()
+    elif args.protocol == "modern":
+        grid = modern_grid()
+    else:
+        grid = protocol_settings(args.protocol)
+    only = getattr(args, "only", None)
+    if only:
+        pattern = re.compile(only)
+        grid = {name: s for name, s in grid.items() if name == "vanilla" or pattern.search(name)}
+    return grid
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
-    settings, refused = runnable(ratio_grid() if args.protocol == "ours" else protocol_settings(args.protocol))
+    settings, refused = runnable(_grid(args))
     note(f"prefill: building Qwen2-VL-2B ({args.dtype}, {args.attn}, random weights) for {len(settings)} settings")
     model = build_model(DTYPES[args.dtype], args.attn)
     kw = inputs(model, side=args.side)
@@ -252,6 +280,7 @@ def run(args: argparse.Namespace) -> dict:
 
     counts = {}
     times: dict[str, list[float]] = {name: [] for name in settings}
+    cpu_times: dict[str, list[float]] = {name: [] for name in settings}  # process CPU time: less load-sensitive
     with Progress(len(settings) * (1 + args.repeats), "prefill") as progress:
         for name, (vision, language) in settings.items():  # warm-up and the token counts of each setting
             progress.step(f"{name}: warm-up and token counts")
@@ -261,11 +290,14 @@ def run(args: argparse.Namespace) -> dict:
         for i in range(args.repeats):
             for name, s in settings.items():
                 progress.step(f"{name}: timed run {i + 1}/{args.repeats}")
+                cpu = time.process_time()
                 times[name].append(timed(lambda s=s: call(*s), device))
+                cpu_times[name].append(time.process_time() - cpu)
     ipcv.restore(model)
 
     rows = []
     base_t, base_f = (median(times["vanilla"]) if args.repeats else None), counts["vanilla"][0].total
+    base_cpu = median(cpu_times["vanilla"]) if args.repeats else None
     for name, (vision, language) in settings.items():
         c, rec = counts[name]
         t = median(times[name]) if args.repeats else None
@@ -277,6 +309,8 @@ def run(args: argparse.Namespace) -> dict:
                 median_s=t,
                 times_s=times[name],
                 time_ratio=t / base_t if t is not None else None,
+                cpu_s=cpu_times[name],
+                cpu_ratio=median(cpu_times[name]) / base_cpu if args.repeats else None,
                 tflops=c.total / 1e12,
                 vision_tflops=c.vision / 1e12,
                 decoder_tflops=c.decoder / 1e12,
@@ -292,7 +326,9 @@ def run(args: argparse.Namespace) -> dict:
     n_text = TEXT_BEFORE + TEXT_AFTER + 2
     grid = args.side // 14
     return {
-        "benchmark": "Qwen2-VL-2B prefill, vanilla vs the paper's ViT / LLM settings",
+        "benchmark": "Qwen2-VL-2B prefill, vanilla vs "
+        + ("this project's 2026 comparison (not the paper's)" if args.protocol == "modern" else "the paper's ViT / LLM settings"),
+        "only": getattr(args, "only", None),
         "weights": "random (architecture of Qwen/Qwen2-VL-2B-Instruct); no accuracy is implied",
         "model": {
             "text": {k: v for k, v in QWEN2_VL_2B_TEXT.items() if k != "rope_parameters"}
@@ -303,7 +339,8 @@ def run(args: argparse.Namespace) -> dict:
         "input": f"one {args.side}x{args.side} image ({grid * grid} patches, {grid * grid // 4} LLM visual tokens) "
         f"and {n_text} text tokens, batch 1",
         "measure": "one forward with an empty cache (prefill), logits of the last token; median of repeats, "
-        "timed interleaved across settings",
+        "timed interleaved across settings; wall time (median_s, time_ratio) and the process's CPU time "
+        "(cpu_s, cpu_ratio: less sensitive to other load on the machine)",
         "flops": "analytic (ipcv.costs): vision tower incl. patch embedding and merger, decoder layers with causal "
         "attention, the methods' own work, LM head for one token",
         "kv_cache": "after prefill, float16 (2 bytes per value, as Table 4), MB = 1e6 bytes",
@@ -317,14 +354,15 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"\n{'setting':<36} {'prefill s':>9} {'time %':>7} {'TFLOPs':>7} {'FLOP %':>7} {'KV MB':>6} "
+    print(f"\n{'setting':<36} {'prefill s':>9} {'time %':>7} {'CPU %':>6} {'TFLOPs':>7} {'FLOP %':>7} {'KV MB':>6} "
           f"{'LLM tokens l0 / last':>20}")  # fmt: skip
     for r in rows:
         tokens = r["decoder_tokens_per_layer"]
         timing = (
             f"{r['median_s']:>9.2f} {100 * r['time_ratio']:>6.1f}%"
+            + (f" {100 * r['cpu_ratio']:>5.1f}%" if r.get("cpu_ratio") is not None else f" {'-':>6}")
             if r["median_s"] is not None
-            else f"{'-':>9} {'-':>7}"
+            else f"{'-':>9} {'-':>7} {'-':>6}"
         )
         print(
             f"{r['setting']:<36} {timing} {r['tflops']:>7.3f} "
@@ -339,9 +377,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--protocol",
-        choices=("ours", "paper", "official"),
+        choices=("ours", "paper", "official", "modern"),
         default="ours",
-        help="ours: the library defaults at the paper's ratios; paper / official: Table 4's rows from ipcv.presets",
+        help="ours: the library defaults at the paper's ratios; paper / official: Table 4's rows from ipcv.presets; "
+        "modern: this project's 2026 comparison (the pre-LLM methods at 35/20/10 %%, IPCV 35 %% + each at 35 %%)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="REGEX",
+        help="run only the settings whose name matches this regular expression (vanilla always runs: the ratios "
+        "are to it), e.g. --only 'DivPrune|Pool'",
     )
     p.add_argument("--side", type=int, default=448, help="image side in pixels (a multiple of 28)")
     p.add_argument(
@@ -353,6 +399,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
+    if getattr(args, "only", None) is not None:
+        try:
+            re.compile(args.only)
+        except re.error as e:
+            raise UsageError(f"--only {args.only!r}: not a regular expression ({e})") from None
     if args.side < 28 or args.side % 28:
         raise UsageError(f"--side {args.side}: not allowed; use a multiple of 28 (>= 28), e.g. 448")
 

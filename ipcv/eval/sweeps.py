@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from .. import presets
 from ..method_strings import format_method, parse_method
 
-SWEEPS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5", "table6", "fig5", "qwen3vl8b")
+SWEEPS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5", "table6", "fig5", "qwen3vl8b", "modern")
 
 # paper column -> lmms-eval task
 IMAGE_TASKS: dict[str, str] = {
@@ -123,6 +123,17 @@ def _fig5(protocol: str) -> Sweep:
     return Sweep("fig5", "qwen2_vl", QWEN2_VL_7B, ("mmbench_en_dev",), tuple(settings), "Figure 5: sensitivity")
 
 
+def _modern() -> Sweep:
+    """This project's "2026 comparison" (not a table of the paper): Table 1's image tasks on Qwen2-VL-7B,
+    every method alone at 35 / 20 / 10 % and IPCV paired with each pre-LLM method
+    (:func:`ipcv.presets.modern_settings`, library defaults; the same in both protocols)."""
+    settings = tuple(
+        Setting(name, format_method(v), format_method(lang)) for name, v, lang in presets.modern_settings()
+    )
+    what = "2026 comparison (this project's sweep, not the paper's): every method at 35/20/10 %, IPCV + each pre-LLM"
+    return Sweep("modern", "qwen2_vl", QWEN2_VL_7B, tuple(IMAGE_TASKS.values()), settings, what)
+
+
 def _canonical(text: str) -> str:
 
     return format_method(parse_method(text, "vision"))
@@ -156,4 +167,5 @@ def sweeps(protocol: str = "paper") -> dict[str, Sweep]:
             description="Qwen3-VL-8B on Table 1's image tasks and settings (ipcv's sweep: the paper has no Qwen3-VL "
             "table, so nothing here is compared with a paper number)",
         ),  # fmt: skip
+        "modern": _modern(),
     }
