@@ -69,8 +69,10 @@ def compress(model: nn.Module, vision: VisionMethod | None = None, language: Lan
             ``ipcv.ToFu``, ``ipcv.DARTViT``): any vision row of :data:`ipcv.catalog.METHODS`.
         language: the LLM-side method, pruning visual tokens inside the language decoder at
             prefill: ``ipcv.DART``, ``ipcv.FastV``, ``ipcv.V2Drop``, ``ipcv.SparseVLM`` (any language row
-            of :data:`ipcv.catalog.METHODS`). Needs a model with a decoder; ``language=`` alone is the
-            paper's "ViT retain 100%" setting.
+            of :data:`ipcv.catalog.METHODS`), or a pre-LLM one pruning once at the decoder's input
+            (``ipcv.VisionZip``, ``ipcv.DivPrune``, ``ipcv.CDPruner``, ``ipcv.RandomKeep``, ``ipcv.Pool``; it
+            composes with a vision side: ``vision=ipcv.IPCV(0.5), language=ipcv.DivPrune(0.5)``). Needs a
+            model with a decoder; ``language=`` alone is the paper's "ViT retain 100%" setting.
     """
     if vision is None and language is None:
         raise ValueError(
