@@ -28,10 +28,11 @@ def _code(nb, skip_injected: bool = True) -> list[str]:
 
 METHOD_SECTIONS = ("01", "02", "03", "04", "05", "06")  # the paper's method, section by section
 EXPERIMENTS = ("07", "08")  # the paper's experiments: efficiency, accuracy
+BEYOND = ("09",)  # beyond the paper: the 2026 baselines
 
 
 def test_there_are_notebooks():
-    assert [p.stem[:2] for p in SOURCES] == [*METHOD_SECTIONS, *EXPERIMENTS]
+    assert [p.stem[:2] for p in SOURCES] == [*METHOD_SECTIONS, *EXPERIMENTS, *BEYOND]
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
@@ -41,7 +42,7 @@ def test_source_notebook_shape(path):
     assert "paper" in nb.cells[0].source.splitlines()[0], "the title names the paper section"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged `parameters`"
-    if path.stem[:2] in METHOD_SECTIONS:  # run on an encoder: the weights, device and images are parameters
+    if path.stem[:2] in METHOD_SECTIONS + BEYOND:  # run on an encoder: the weights, device and images are parameters
         assert {"model", "device", "dtype", "images", "image_size"} <= book.parameters_of(path)
     assert any(c.cell_type == "markdown" and c.source.startswith("## What we saw") for c in nb.cells)
     assert any(c.source.startswith("# NBVAL_CHECK_OUTPUT") for c in nb.cells if c.cell_type == "code")

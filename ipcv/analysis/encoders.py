@@ -95,6 +95,8 @@ class Encoder:
     prepare(images, names, size) -> :class:`Batch`. finish(final [L, D], batch): the tokens the
     downstream consumes (DINOv2: the final LayerNorm; Qwen2-VL: the 2x2 merger, ``[L/4, 3584]``).
     saliency(final [L, D], batch) -> ``[B, 1, H, W]``: a trained dense head, or None.
+    attention_inputs(block, h [B, N, D]) -> ``(q, k [B, heads, N, d], scaling)``: block ``block``'s queries and
+    keys for its input ``h`` (ViT families; None where not wired), for scores that read a block's attention.
     """
 
     model: nn.Module
@@ -106,6 +108,7 @@ class Encoder:
     saliency: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None
     patch_size: int = 14
     size_multiple: int = 14
+    attention_inputs: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor, float]] | None = None
 
     @property
     def encoder(self) -> nn.Module:
@@ -189,6 +192,17 @@ def vit_encoder(
     def finish(final, batch):
         return final_norm(final)
 
+    layers = model.encoder.layer if family == "dinov2" else model.vision_model.encoder.layers
+
+    def attention_inputs(block, h):
+        blk = layers[block]
+        norm, attn = (blk.norm1, blk.attention) if family == "dinov2" else (blk.layer_norm1, blk.self_attn)
+        heads = cfg.num_attention_heads
+        x = norm(h.to(device=next(blk.parameters()).device, dtype=next(blk.parameters()).dtype))
+        B, N, D = x.shape
+        q, k = (proj(x).view(B, N, heads, D // heads).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj))
+        return q, k, (D // heads) ** -0.5
+
     saliency = None
     if saliency_head is not None:
 
@@ -196,7 +210,7 @@ def vit_encoder(
             tokens = final_norm(final).view(len(batch.names), batch.seg_lengths[0], -1)[:, prefix:]
             return saliency_head(tokens.to(next(saliency_head.parameters()).dtype), grid_hw=batch.grids[0])
 
-    return Encoder(model, label, trained, family, prepare, finish, saliency, patch, patch)
+    return Encoder(model, label, trained, family, prepare, finish, saliency, patch, patch, attention_inputs)
 
 
 def dinov2_small(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Encoder:

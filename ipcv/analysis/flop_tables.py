@@ -67,3 +67,58 @@ def stabilized_block_flops(shape: EncoderShape, seg_lengths: Sequence[int], kept
         removed = sum(seg_lengths) - sum(kept)
         return block_flops(shape, seg_lengths, seg_lengths) - 2 * 2 * removed * shape.dim * shape.mlp_dim
     raise ValueError(f"queries={queries!r}: use 'kept' or 'all'")
+
+
+# --------------------------------------------------------------------------- the whole Qwen2-VL-2B at prefill
+
+#: text tokens around the image in the prefill bench's prompt (``ipcv.bench.prefill``: 15 + 10 + start / end)
+PREFILL_TEXT = 27
+
+
+def qwen2vl_2b(device: str | torch.device = "meta") -> nn.Module:
+    """Qwen2-VL-2B-Instruct's architecture (:mod:`ipcv.models.configs`: the 7B vision tower with a 1536-wide
+    merger, the 28-layer 1.5B decoder), random weights, on the meta device by default (shapes only)."""
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditionalGeneration
+
+    from ipcv.models.configs import QWEN2_VL_2B_TEXT, QWEN2_VL_2B_TOKENS, QWEN2_VL_7B_VISION
+
+    cfg = Qwen2VLConfig(
+        text_config=QWEN2_VL_2B_TEXT, vision_config=QWEN2_VL_7B_VISION | {"hidden_size": 1536}, **QWEN2_VL_2B_TOKENS
+    )
+    with torch.device(device):
+        return Qwen2VLForConditionalGeneration(cfg).eval()
+
+
+def model_shapes(model: nn.Module):
+    """``(EncoderShape, DecoderShape)`` of a whole model, as :func:`ipcv.costs` reads them."""
+    from ipcv.models.registry import find
+
+    adapter, tower = find(model)
+    return adapter.model_shape(model, tower), adapter.language.shape(adapter.language.locate(model)[1])
+
+
+def prefill_costs(
+    model: nn.Module, patches: int, visual: int, kept: int, vision=None, language=None, text: int = PREFILL_TEXT
+) -> dict[str, float]:
+    """Analytic prefill of one image of ``patches`` patches (``visual`` LLM tokens after the merger, of which
+    the LLM receives ``kept``) and ``text`` text tokens, batch 1, under ``vision`` (a ViT-side method or None)
+    and ``language`` (a pre-LLM method or None), by :mod:`ipcv.flops`' counts: the tower (patch embedding,
+    blocks, merger, the method's own work), a second attention score of one block for VisionZip, the pre-LLM
+    method's own work (its ``<method>_overhead``), the decoder's layers with causal attention and the LM head
+    for one token. The KV cache after prefill is in MB at 2 bytes per value.
+    Keys: vision_gflops, overhead_gflops (pre-LLM method's own work), decoder_gflops, gflops, kv_cache_mb."""
+    from ipcv.catalog import method_of
+    from ipcv.flops import decoder_layer_flops, encoder_flops, tower_score_flops
+
+    eshape, dshape = model_shapes(model)
+    tower = encoder_flops(eshape, [patches], vision).total
+    if language is not None and getattr(language, "tower_layer", None) is not None:
+        tower += tower_score_flops(eshape, [patches])
+    n = text + visual
+    overhead = 0 if language is None else method_of(language, "language").count(language, dshape, n, visual, kept)
+    tokens = text + kept
+    decoder = dshape.layers * decoder_layer_flops(dshape, tokens, tokens) + 2 * dshape.dim * dshape.vocab
+    kv = tokens * dshape.layers * 2 * dshape.kv_heads * dshape.head_dim * 2 / 1e6
+    return dict(vision_gflops=tower / 1e9, overhead_gflops=overhead / 1e9, decoder_gflops=decoder / 1e9,
+                gflops=(tower + overhead + decoder) / 1e9, kv_cache_mb=kv)  # fmt: skip

@@ -235,3 +235,90 @@ def copy_by_k(images: pd.DataFrame, trained: bool) -> dict[int, v.Verdict]:
                               f"all-token cosine, NGR − copy at k = {value}", trained)
         for value, t in k.groupby("value", sort=True)
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- 09 beyond the paper (pre-LLM methods)
+
+#: the two measures of notebook 09 and the smallest difference that counts (coverage is a cosine)
+PRE_LLM_MEASURES = {"coverage": ("coverage", COSINE), "share": ("saliency share", SHARE)}
+
+
+def _per_image_diff(a: pd.DataFrame, b: pd.DataFrame, value: str) -> dict[str, float]:
+    """Mean over keep ratios of ``a - b`` per image (rows matched on image and keep ratio)."""
+    m = a.merge(b, on=["image", "keep_ratio"], suffixes=("_a", "_b"))
+    return (m[f"{value}_a"] - m[f"{value}_b"]).groupby(m["image"], sort=False).mean().to_dict()
+
+
+#: methods whose kept patches do not depend on the tokens: behind IPCV they keep the same patches, so their
+#: saliency share is the same by construction and is not tested
+CONTENT_BLIND = ("RandomKeep", "Pool")
+
+
+def said(method: str) -> str:
+    """A method's name in a verdict's evidence."""
+    return "random" if method == "RandomKeep" else method
+
+
+def _rows(images: pd.DataFrame, method: str, paired: bool) -> pd.DataFrame:
+    return images[(images["pre_llm"] == method) & (images["ipcv"] == paired)]
+
+
+def pairing(images: pd.DataFrame, trained: bool) -> dict[str, dict[str, v.Verdict]]:
+    """IPCV + X carries more than X alone at equal kept tokens, per pre-LLM method X and measure (the
+    difference per image, averaged over the keep ratios; no share test for :data:`CONTENT_BLIND` methods).
+    images: notebook 09's per-image table."""
+    out = {}
+    for method in dict.fromkeys(m for m in images["pre_llm"] if m):
+        a, b = _rows(images, method, True), _rows(images, method, False)
+        out[method] = {
+            value: v.exceeds(_per_image_diff(a, b, value), threshold,
+                             f"{name}, IPCV + {said(method)} − {said(method)}", trained)
+            for value, (name, threshold) in PRE_LLM_MEASURES.items()
+            if images[value].notna().all() and not (value == "share" and method in CONTENT_BLIND)
+        }  # fmt: skip
+    return out
+
+
+def versus_random(images: pd.DataFrame, trained: bool, control: str = "RandomKeep") -> dict[str, dict[str, v.Verdict]]:
+    """Each pre-LLM method alone carries more than random selection at the same keep ratio, per measure."""
+    ref = _rows(images, control, False)
+    out = {}
+    for method in dict.fromkeys(m for m in images["pre_llm"] if m and m != control):
+        a = _rows(images, method, False)
+        out[method] = {
+            value: v.exceeds(_per_image_diff(a, ref, value), threshold, f"{name}, {said(method)} − random", trained)
+            for value, (name, threshold) in PRE_LLM_MEASURES.items()
+            if images[value].notna().all()
+        }
+    return out
+
+
+def _interpolate(points: pd.DataFrame, x: float, value: str) -> float | None:
+    pts = points.sort_values("gflops")
+    xs, ys = pts["gflops"].to_numpy(float), pts[value].to_numpy(float)
+    return float(np.interp(x, xs, ys)) if xs[0] <= x <= xs[-1] else None
+
+
+def at_equal_flops(
+    images: pd.DataFrame, ours: tuple[str, bool], theirs: tuple[str, bool], trained: bool, value: str = "coverage"
+) -> tuple[v.Verdict | None, list[float]]:
+    """``ours`` carries more than ``theirs`` at the same total FLOPs; each is ``(pre_llm, ipcv)`` naming rows of
+    the table (``("", True)``: IPCV alone). At each of our points whose cost their keep ratios span, theirs is
+    interpolated linearly in FLOPs; the difference per image is averaged over those points. Returns (verdict,
+    our keep ratios compared); the verdict is None when no point of ours lies in their range of cost (no
+    interpolation beyond it). images: notebook 09's per-image table with a ``gflops`` column."""
+    name, threshold = PRE_LLM_MEASURES[value]
+    a, b = _rows(images, *ours), _rows(images, *theirs)
+    diffs: dict[str, list[float]] = {}
+    ratios: list[float] = []
+    for (image, r), row in a.groupby(["image", "keep_ratio"], sort=False):
+        other = _interpolate(b[b["image"] == image], float(row["gflops"].iloc[0]), value)
+        if other is not None:
+            diffs.setdefault(image, []).append(float(row[value].iloc[0]) - other)
+            ratios.append(float(r))
+    if not diffs:
+        return None, []
+    per = {image: float(np.mean(d)) for image, d in diffs.items()}
+    row = lambda m, p: ("IPCV" + (f" + {said(m)}" if m else " alone")) if p else said(m)  # noqa: E731
+    test = v.exceeds(per, threshold, f"{name} at equal FLOPs, {row(*ours)} − {row(*theirs)}", trained)
+    return test, sorted(set(ratios), reverse=True)

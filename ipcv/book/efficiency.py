@@ -252,3 +252,31 @@ def gpu_findings(bench: dict) -> str:
             "timings mean nothing; the speed targets are for the GPU run."
         )
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- notebook 09: the 2026 comparison's prefill
+
+MODERN_BENCH = accuracy.DATA / "bench" / "prefill_qwen2vl2b_cpu_modern.json"
+
+
+def modern_prefill(path: str | Path = MODERN_BENCH) -> tuple[pd.DataFrame, str] | None:
+    """The measured prefill of ``python -m ipcv.bench prefill --protocol modern`` (None when the file is not in
+    ``data/bench``): per setting the median prefill time and its ratio to vanilla (wall and process CPU time),
+    the analytic TFLOPs and their ratio, the KV cache; and a caption naming the weights, device and input."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    bench = load(path)
+    rows = [
+        {"setting": r["setting"], "prefill s": r["median_s"],
+         "time %": None if r["time_ratio"] is None else 100 * r["time_ratio"],
+         "CPU time %": None if r.get("cpu_ratio") is None else 100 * r["cpu_ratio"],
+         "TFLOPs": r["tflops"], "FLOPs %": 100 * r["flop_ratio"], "KV MB": r["kv_cache_mb"]}
+        for r in bench["rows"]
+    ]  # fmt: skip
+    caption = (
+        f"{bench['benchmark']}; weights: {bench['weights']}; device: {bench['device']}; input: {bench['input']}; "
+        f"{bench['measure']}; {bench['repeats']} repeats, {bench['dtype']}, {bench['attention']} attention, "
+        f"measured {bench['date']}."
+    )
+    return pd.DataFrame(rows), caption

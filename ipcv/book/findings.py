@@ -511,3 +511,69 @@ def sensitivity(ctx: Context, sweeps: pd.DataFrame, defaults: Mapping[str, int],
             out.points.append("**Copy restore.** NGR against copying the nearest kept token at each $k$: "
                               f"**Not a result: random weights** ({fixed}).")  # fmt: skip
     return out
+
+
+def beyond(ctx: Context, images: pd.DataFrame, costs: pd.DataFrame, cost_model: str) -> Findings:
+    """Notebook 09: the pre-LLM methods alone and behind IPCV on the encoder's final tokens.
+    images: per image (method, pre_llm, ipcv, keep_ratio, image, tokens, coverage, share, gflops);
+    costs: :func:`ipcv.analysis.prellm.costs`."""
+    from ..analysis.prellm import LABELS
+
+    f = Findings(str(ctx))
+    trained = ctx.trained
+    ratios = sorted(set(images["keep_ratio"]), reverse=True)
+    mid = middle(ratios)
+    means = images.groupby(["pre_llm", "ipcv", "keep_ratio"], sort=False)[["coverage", "share"]].mean()
+    alone = [m for m in dict.fromkeys(images["pre_llm"]) if m]
+    at = {m: means.loc[(m, False, mid)] for m in alone}
+    best = max(at, key=lambda m: at[m]["coverage"])
+    f.points.append(
+        f"At equal kept tokens ({_share(mid)}), coverage of the unpruned tokens: "
+        + ", ".join(f"{LABELS[m]} {_f(at[m]['coverage'], 3)}" for m in alone)
+        + f"; the highest is {LABELS[best]}'s."
+        + (
+            " Saliency share kept: " + ", ".join(f"{LABELS[m]} {_f(at[m]['share'], 3)}" for m in alone) + "."
+            if images["share"].notna().all() else " (No saliency head: the share is not measured.)"
+        )
+    )  # fmt: skip
+    for m, tests in claims.versus_random(images, trained).items():
+        f.points.append(
+            f"{LABELS[m]} carries more than random selection at equal kept tokens (mean over ratios): "
+            + "; ".join(f"{value} {verdict.markdown()}" for value, verdict in tests.items())
+            + "."
+        )
+    for m, tests in claims.pairing(images, trained).items():
+        same = " (the same patches as alone by construction, so the same share)" if m in claims.CONTENT_BLIND else ""
+        f.points.append(f"IPCV + {LABELS[m]} carries more than {LABELS[m]} alone at equal kept tokens (mean over "
+                        "ratios): " + "; ".join(f"{value} {verdict.markdown()}" for value, verdict in tests.items())
+                        + same + ".")  # fmt: skip
+    priced = costs.set_index(["pre_llm", "ipcv", "keep_ratio"])["gflops"]
+    pairs = costs[(costs["pre_llm"] != "") & costs["ipcv"]]
+    lone = costs[(costs["pre_llm"] != "") & ~costs["ipcv"]]
+    saving = [1 - priced[(m, True, r)] / priced[(m, False, r)] for m, r in zip(pairs["pre_llm"], pairs["keep_ratio"])]
+    f.points.append(
+        f"Cost ({cost_model}): IPCV in the tower makes X's prefill {_span([100 * s for s in saving], 0)} % cheaper "
+        "at the same keep ratio, the tower being most of the cost; IPCV + X costs "
+        f"{_f(pairs['gflops'].min() / 1e3)}–{_f(pairs['gflops'].max() / 1e3)} TFLOPs over these ratios, X alone "
+        f"{_f(lone['gflops'].min() / 1e3)}–{_f(lone['gflops'].max() / 1e3)} TFLOPs."
+    )
+    apart = []
+    for m in alone:
+        verdict, compared = claims.at_equal_flops(images, (m, True), (m, False), trained)
+        if verdict is None:
+            apart.append(LABELS[m])
+            continue
+        f.points.append(_claim(f"IPCV + {LABELS[m]} carries more than {LABELS[m]} alone at equal FLOPs (coverage)",
+                               verdict))  # fmt: skip
+    if apart:
+        f.points.append(f"IPCV + X against X alone at equal FLOPs ({', '.join(apart)}): not compared, the costs "
+                        "of their keep ratios do not overlap and nothing is extrapolated.")  # fmt: skip
+    for m in alone:
+        verdict, compared = claims.at_equal_flops(images, ("", True), (m, False), trained)
+        if verdict is None:
+            f.points.append(f"IPCV alone against {LABELS[m]} at equal FLOPs: their costs do not overlap.")
+            continue
+        shown = ", ".join(_share(r) for r in compared)
+        f.points.append(_claim(f"IPCV alone (keep {shown} in the tower, every token restored) carries more than "
+                               f"{LABELS[m]} at equal FLOPs (coverage)", verdict))  # fmt: skip
+    return f

@@ -407,3 +407,34 @@ def pipeline(patches: int = 1024, settings=None) -> Figure:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=3, frameon=False)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- 09 the pre-LLM methods
+
+PRE_LLM_COLOURS = {"VisionZip": "#E69F00", "DivPrune": "#0072B2", "CDPruner": "#009E73", "RandomKeep": "#CC79A7",
+                   "Pool": "#D55E00", "": "#000000"}  # fmt: skip
+PRE_LLM_MARKERS = {"VisionZip": "s", "DivPrune": "^", "CDPruner": "D", "RandomKeep": "v", "Pool": "P", "": "o"}
+
+
+def pre_llm_costs(summary: pd.DataFrame, weights: str, cost_model: str) -> Figure:
+    """Coverage and saliency share (notebook 09) against total FLOPs: one curve per method alone (solid) and
+    behind IPCV (dashed, hollow), IPCV alone in black. summary: method, pre_llm, ipcv, keep_ratio, gflops,
+    coverage, share (means over images)."""
+    panels = [("coverage", "coverage of the unpruned tokens\n(mean best cosine)")]
+    if summary["share"].notna().all():
+        panels.append(("share", "saliency share kept"))
+    fig, axes = _stack(len(panels), 3.4)
+    for ax, (y, ylabel) in zip(axes, panels):
+        for name, part in summary.groupby("method", sort=False):
+            part = part.sort_values("gflops")
+            method, paired = part["pre_llm"].iloc[0], bool(part["ipcv"].iloc[0])
+            dashed = paired and method
+            ax.plot(part["gflops"] / 1e3, part[y], label=name, color=PRE_LLM_COLOURS[method],
+                    marker=PRE_LLM_MARKERS[method], ls="--" if dashed else "-", mfc="none" if dashed else None,
+                    ms=6, lw=1.4)  # fmt: skip
+        ax.set_xlabel(f"prefill TFLOPs, {cost_model}")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{weights}: points at keep 65 / 50 / 35 / 20 % (right to left)", fontsize=9)
+    fig.tight_layout()
+    legend_outside(axes[-1], where="below", ncol=2)
+    return fig
