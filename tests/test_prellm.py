@@ -157,3 +157,16 @@ def test_verdicts_follow_the_differences():
     verdict, ratios = claims.at_equal_flops(_table(0.02, 9.0), ("DivPrune", True), ("DivPrune", False), True)
     assert verdict.outcome == "yes" and ratios == [0.5, 0.2]
     assert claims.at_equal_flops(_table(0.02, 5.0), ("DivPrune", True), ("DivPrune", False), True) == (None, [])
+
+
+def test_the_measured_prefill_table_reads_a_bench_file(tmp_path):
+    """The reader of ``prefill --protocol modern``'s file, on the committed prefill bench (the same writer)."""
+    from ipcv.book import efficiency
+
+    source = paths.data_dir() / "bench" / "prefill_qwen2vl2b_cpu.json"
+    table, caption = efficiency.modern_prefill(source)
+    bench = json.loads(source.read_text())
+    assert table["setting"].tolist() == [r["setting"] for r in bench["rows"]]
+    assert table["FLOPs %"].iloc[0] == pytest.approx(100.0)
+    assert bench["weights"] in caption and bench["device"] in caption
+    assert efficiency.modern_prefill(tmp_path / "missing.json") is None
