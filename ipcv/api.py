@@ -32,10 +32,11 @@ _SCORES = "_ipcv_scores"  # the tower block whose attention a language-side Visi
 _subclasses: dict[tuple[type, object], type] = {}
 
 
-def _patched_class(cls: type, forward) -> type:
-    key = (cls, forward)
+def _patched_class(cls: type, forward, methods: tuple = ()) -> type:
+    key = (cls, forward, methods)
     if key not in _subclasses:
-        _subclasses[key] = type(f"IPCV{cls.__name__}", (cls,), {"forward": forward, "_ipcv_base": cls})
+        body = {"forward": forward, "_ipcv_base": cls, **dict(methods)}
+        _subclasses[key] = type(f"IPCV{cls.__name__}", (cls,), body)
     return _subclasses[key]
 
 
@@ -137,8 +138,11 @@ def compress(model: nn.Module, vision: VisionMethod | None = None, language: Lan
         setattr(target, _SCORES, scores % adapter.depth(target))
     if reduced or language is not None:  # reduced: the outer call drops the unkept merge units
         outer, decoder = found if reduced else (outer, decoder)
-        outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward)
+        outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward, adapter.language.outer_methods)
         decoder.__class__ = _patched_class(type(decoder), adapter.language.decoder_forward)
+    elif vision is not None and adapter.language is not None and adapter.language.outer_methods:
+        outer = adapter.locate_language(model)[0]  # hands the encoder what only the outer model sees
+        outer.__class__ = _patched_class(type(outer), adapter.language.outer_forward, adapter.language.outer_methods)
     if language is not None:
         setattr(decoder, _LANGUAGE, language)
     return model

@@ -4,9 +4,10 @@ applies it and its analytic count; every other list of methods is derived from :
 the benches), the FLOP counts (:mod:`ipcv.flops`), what :func:`ipcv.compress` accepts on each side.
 
 A vision-side runner has :func:`ipcv.vision.ipcv.run_ipcv`'s signature, ``(ops, depth, h, seg_lengths,
-settings, protected) -> h``, and its count ``(settings, seg_lengths, prefix, depth, dim, heads, tap_layers=())
--> (blocks, overhead)``; after every block the runner offers its full-length state to :mod:`ipcv.vision.taps`
-(the blocks a model reads besides the last, Qwen3-VL's DeepStack), and the count includes rebuilding them.
+settings, protected, expendable=None) -> h``, and its count ``(settings, seg_lengths, prefix, depth, dim,
+heads, tap_layers=()) -> (blocks, overhead)``; after every block the runner offers its full-length state to
+:mod:`ipcv.vision.taps` (the blocks a model reads besides the last, Qwen3-VL's DeepStack), and the count includes
+rebuilding them.
 A language-side runner selects the tokens of one pruning stage (``select_<method>`` in :mod:`ipcv.language`)
 and its count is the method's own work at one stage (``<method>_overhead``).
 A row without a count is refused here, at import: no method is ever counted as free.
@@ -111,10 +112,19 @@ def run_vision(
     seg_lengths: Sequence[int],
     settings: VisionMethod,
     protected: torch.Tensor | None = None,
+    expendable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run all ``depth`` blocks of one encoder call under the vision-side method ``settings``. Adapters call
-    this and never name a method."""
-    return method_of(settings, "vision").run(ops, depth, h, seg_lengths, settings, protected)
+    this and never name a method.
+
+    ``protected``: ``[L]`` bool, tokens never pruned nor counted (CLS). ``expendable``: ``[L]`` bool, tokens
+    the caller discards after the encoder (AnyRes padding that ``unpad_image`` trims): IPCV (its score and random
+    rules) and DART-ViT remove them before any other token of their segment, within the same budget; ToMe / ToFu
+    keep their official matching (see each runner)."""
+    row = method_of(settings, "vision")
+    if expendable is None:
+        return row.run(ops, depth, h, seg_lengths, settings, protected)
+    return row.run(ops, depth, h, seg_lengths, settings, protected, expendable=expendable)
 
 
 def run_language(ops: language.DecoderOps, h: torch.Tensor, slots: language.Slots, settings: LanguageMethod):

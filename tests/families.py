@@ -6,6 +6,8 @@ with their prompt batches and the hand count of what each batch holds.
 - Qwen3-VL (16-px patches, a learned position table, DeepStack taps, interleaved mRoPE): :func:`tiny_qwen3_vl`;
 - InternVL (``-hf`` classes, a CLS token per tile): :func:`tiny_internvl`;
 - LLaVA (a CLIP or SigLIP tower read at an inner layer, a Llama decoder): :func:`tiny_llava`;
+- LLaVA-OneVision / LLaVA-NeXT (AnyRes crops, unpadding, newlines; OneVision's video and multi-image):
+  :func:`tiny_anyres`;
 - ViT-style encoders (DINOv2, CLIP vision, SigLIP vision): :func:`tiny_vit`.
 
 :data:`FAMILIES` lists the four multimodal families as :class:`Family` records: the model the tests that
@@ -31,6 +33,10 @@ from transformers import (
     InternVLForConditionalGeneration,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen3VLConfig,
@@ -533,7 +539,147 @@ LLAVA = Family(
     new_tokens=4,
 )
 
-FAMILIES = [QWEN2_VL, QWEN2_5_VL, QWEN3_VL, INTERNVL, LLAVA]
+
+# --- LLaVA-OneVision / LLaVA-NeXT (AnyRes) ------------------------------------------------------------------
+
+ANYRES_IMAGE, ANYRES_VIDEO = 250, 251
+ANYRES_CROP, ANYRES_PATCH, ANYRES_DEPTH, ANYRES_LAYERS = 32, 8, 6, 4  # 4x4 = 16 patches per crop
+ANYRES_SIDE = ANYRES_CROP // ANYRES_PATCH
+# OneVision: grids up to 4x4 crops (its anyres_max_9 downsample then applies); NeXT: its five default shapes
+OV_PINPOINTS = [[32 * i, 32 * j] for i in range(1, 5) for j in range(1, 5)]
+NEXT_PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
+# family -> image (H, W) -> (crops, LLM tokens, trimmed tokens per crop), by hand from the processor's
+# arithmetic (unpad_image's new side is int(round(x, 7)), truncated):
+#   (40, 70), NeXT: grid 64x64 = 2x2 crops, features 8x8; new height int(40 * 8 / 70) = 4, pad 2: rows 2..5
+#             kept, 16 + 4 * (8 + 1) = 52 tokens; each detail crop loses 2 rows of 4
+#   (40, 70), OneVision: grid 64x96 = 2x3 crops, features 8x12; new height int(40 * 12 / 70) = 6, pad 1:
+#             16 + 6 * (12 + 1) = 94 tokens; each detail crop loses 1 row of 4
+#   (12, 90), both: grid 32x96 = 1x3 crops, features 4x12; new height int(12 * 12 / 90) = 1, pad 1: rows 1..2
+#             kept (the slice keeps 4 - 2 * 1), 16 + 2 * 13 = 42 tokens; each crop loses 2 rows of 4
+#   (100, 120), OneVision: grid 128x128 = 4x4 crops, features 16x16; new height int(100 * 16 / 120) = 13, pad 1:
+#             14 rows; sqrt(14 * 16 / (9 * 16)) = 1.247 > 1.1: downsampled to 11 x 12: 16 + 11 * 13 = 159 tokens;
+#             the top and bottom rows of crops lose 1 row of 4 each
+ANYRES_IMAGES = {
+    "llava_onevision": {
+        (40, 70): (7, 94, [0] + [4] * 6),
+        (12, 90): (4, 42, [0, 8, 8, 8]),
+        (100, 120): (17, 159, [0] + [4] * 4 + [0] * 8 + [4] * 4),
+    },
+    "llava_next": {(40, 70): (5, 52, [0, 8, 8, 8, 8]), (12, 90): (4, 42, [0, 8, 8, 8])},
+}
+FRAME_TOKENS = 4  # 4x4 pooled 2x2
+
+
+def tiny_anyres(family="llava_onevision", tower=None, attn="sdpa", feature_layer=None, seed=0):
+    """A tiny LLaVA-OneVision (SigLIP tower, strategy "full", layer -1) or LLaVA-NeXT (CLIP tower, "default",
+    layer -2), crops of 32 px in 8-px patches, a Llama decoder."""
+    onevision = family == "llava_onevision"
+    tower = tower or ("siglip" if onevision else "clip")
+    vision = dict(
+        model_type=f"{tower}_vision_model", hidden_size=32, num_hidden_layers=ANYRES_DEPTH, num_attention_heads=4,
+        intermediate_size=64, image_size=ANYRES_CROP, patch_size=ANYRES_PATCH,
+    )  # fmt: skip
+    if tower == "siglip":
+        vision["vision_use_head"] = False  # as OneVision's config
+    text = dict(
+        model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=ANYRES_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
+        pad_token_id=PAD,
+    )  # fmt: skip
+    common = dict(vision_config=vision, text_config=text, image_token_index=ANYRES_IMAGE)
+    if feature_layer is not None:
+        common["vision_feature_layer"] = feature_layer
+    if onevision:
+        cfg = LlavaOnevisionConfig(**common, video_token_index=ANYRES_VIDEO, image_grid_pinpoints=OV_PINPOINTS)
+        cls = LlavaOnevisionForConditionalGeneration
+    else:
+        cfg = LlavaNextConfig(**common, image_grid_pinpoints=NEXT_PINPOINTS)
+        cls = LlavaNextForConditionalGeneration
+    for c in (cfg, cfg.vision_config, cfg.text_config):
+        c._attn_implementation = attn
+    torch.manual_seed(seed)
+    m = cls(cfg).eval()
+    with torch.no_grad():  # random init barely moves the residual stream: make blocks and layers matter
+        for name, p in m.named_parameters():
+            if p.dim() > 1 and "embed_tokens" not in name:
+                p.normal_(0, 0.2 if "vision_tower" in name else 0.08)
+    return m
+
+
+def anyres_prompts(*samples, family="llava_onevision", seed=3):
+    """Left-padded batch; each sample a list of items: ``("image", (H, W))`` (tiled when it is the sample's only
+    image, else OneVision's multi-image path: one crop) or ``("video", frames)``."""
+    g = torch.Generator().manual_seed(seed)
+    rows, images, sizes, counts, videos = [], [], [], [], []
+    for i, items in enumerate(samples):
+        ids = [1, 5]
+        n_images = sum(kind == "image" for kind, _ in items)
+        tiled = n_images == 1
+        for kind, what in items:
+            if kind == "image":
+                crops, tokens, _ = ANYRES_IMAGES[family].get(tuple(what), (1, 0, None))
+                if not tiled:
+                    crops, tokens = 1, ANYRES_SIDE**2 + 1
+                images.append(torch.randn(crops, 3, ANYRES_CROP, ANYRES_CROP, generator=g))
+                sizes.append(list(what))
+                ids += [ANYRES_IMAGE] * tokens + [6]
+            else:
+                videos.append(torch.randn(what, 3, ANYRES_CROP, ANYRES_CROP, generator=g))
+                ids += [ANYRES_VIDEO] * (what * FRAME_TOKENS + 1) + [6]
+        counts.append(n_images)
+        rows.append(ids + [8] * i + [7])
+    L = max(len(r) for r in rows)
+    ids = torch.tensor([[PAD] * (L - len(r)) + r for r in rows])
+    mask = (torch.arange(L) >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
+    kw = dict(input_ids=ids, attention_mask=mask)
+    if images:
+        most = max(x.shape[0] for x in images)
+        kw["pixel_values"] = torch.stack([torch.cat([x, x.new_zeros(most - x.shape[0], *x.shape[1:])]) for x in images])
+        kw["image_sizes"] = torch.tensor(sizes)
+        if family == "llava_onevision":
+            kw["batch_num_images"] = torch.tensor([c for c in counts if c])
+    if videos:
+        kw["pixel_values_videos"] = torch.stack(videos)
+    return kw
+
+
+def anyres_case(*samples, family="llava_onevision") -> Case:
+    """An AnyRes batch and its hand count: an image is one span of its LLM tokens (:data:`ANYRES_IMAGES`, or
+    16 + 1 untiled), a video frame one span of 4 (the video's newline with its last frame); the tower runs the
+    images' crops in one call (16 patches each, CLIP's CLS on top), then the frames in another."""
+    prefix = 0 if family == "llava_onevision" else 1
+    spans, crops, frames = [], [], []
+    for items in samples:
+        tiled = sum(kind == "image" for kind, _ in items) == 1
+        sample = []
+        for kind, what in items:
+            if kind == "image":
+                n, tokens, _ = ANYRES_IMAGES[family][tuple(what)] if tiled else (1, ANYRES_SIDE**2 + 1, None)
+                sample.append(tokens)
+                crops += [ANYRES_SIDE**2 + prefix] * n
+            else:
+                sample += [FRAME_TOKENS] * (what - 1) + [FRAME_TOKENS + 1]
+                frames += [ANYRES_SIDE**2 + prefix] * what
+        spans.append(sample)
+    return Case(anyres_prompts(*samples, family=family), spans, [c for c in (crops, frames) if c])
+
+
+LLAVA_ONEVISION = Family(
+    "llava_onevision",
+    tiny_anyres,
+    {  # sample 0: one image, 7 crops, unpadded; sample 1: two images, one crop each
+        "padded": anyres_case([("image", (40, 70))], [("image", (40, 70)), ("image", (12, 90))]),
+        "video": anyres_case([("video", 3)]),
+    },
+    prefix=0,
+    new_tokens=4,
+)
+# OneVision, one image of 17 crops, unpadded then downsampled (anyres_max_9); LLaVA-NeXT: a padded batch of two
+# tiled images, 5 + 4 crops (tests/test_llava_onevision.py)
+OV_DOWNSAMPLED = anyres_case([("image", (100, 120))])
+NEXT_PADDED = anyres_case([("image", (40, 70))], [("image", (12, 90))], family="llava_next")
+
+FAMILIES = [QWEN2_VL, QWEN2_5_VL, QWEN3_VL, INTERNVL, LLAVA, LLAVA_ONEVISION]
 BY_NAME = {f.name: f for f in FAMILIES}
 
 

@@ -30,12 +30,13 @@ def masked_attention(q, k, v, seg_q, seg_k, scale):
 
 def reference_ipcv(
     block, h0, seg, depth, keep_ratio, lp, n_as, k, reintegrate=True, scope="segment", protected=None,
-    taps=None, tap_mode="ngr",
+    taps=None, tap_mode="ngr", expendable=None,
 ):  # fmt: skip
     """IPCV on a packed sequence.
 
     block(layer, x [n, D], rows LongTensor) -> the layer's output for x (all rows queries, attention
-    within segments of those rows); h0: [L, D] input of block 0; seg: [L] segment id per token.
+    within segments of those rows); h0: [L, D] input of block 0; seg: [L] segment id per token;
+    expendable: [L] bool or None, tokens ranked after every other one of their segment (AnyRes padding).
     taps: a dict whose keys are blocks whose full-length output is read (Qwen3-VL's DeepStack); filled with
     that output, removed tokens rebuilt by eq. 5 at it (tap_mode "ngr") or frozen at lp ("frozen").
     Returns (output [L, D], keep indices, per-segment kept counts).
@@ -44,6 +45,7 @@ def reference_ipcv(
     L = h0.shape[0]
     rows = torch.arange(L)
     protected = torch.zeros(L, dtype=torch.bool) if protected is None else protected
+    expendable = torch.zeros(L, dtype=torch.bool) if expendable is None else expendable
     h = h0
     for layer in range(lp):
         h_prev = h
@@ -58,7 +60,7 @@ def reference_ipcv(
     for g in groups:
         prot = [int(i) for i in g if protected[i]]
         free = [int(i) for i in g if not protected[i]]
-        free.sort(key=lambda i: -score[i])
+        free.sort(key=lambda i: (bool(expendable[i]), -score[i]))
         budget = release_budget if scope == "global" else keep_budget
         keep += prot + free[: budget(len(free), keep_ratio)]
     keep = sorted(keep)

@@ -637,9 +637,13 @@ def test_every_family_of_the_sweeps_has_a_wrapper():
 
     families = plugin.harnesses()
     assert {s.family for s in sweeps().values()} <= set(families)
-    assert set(families) == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava"}  # the adapters' names
+    # one vocabulary: the adapters' names
+    assert set(families) == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "llava_onevision", "llava_next"}
     ids = {h.model_id for h in families.values()}
-    assert ids == {"ipcv_qwen2_vl", "ipcv_qwen2_5_vl", "ipcv_qwen3_vl", "ipcv_internvl3", "ipcv_llava"}
+    assert ids == {
+        "ipcv_qwen2_vl", "ipcv_qwen2_5_vl", "ipcv_qwen3_vl", "ipcv_internvl3", "ipcv_llava", "ipcv_llava_onevision",
+        "ipcv_llava_next",
+    }  # fmt: skip
 
 
 def test_modern_sweep_is_this_projects_grid_and_its_dry_run_lists_every_cell(assets, tmp_path, capsys):
@@ -662,7 +666,15 @@ def test_modern_sweep_is_this_projects_grid_and_its_dry_run_lists_every_cell(ass
         assert {f"{m} {r}" for m in ("IPCV", "ToMe", "DART", "FastV", *presets.PRE_LLM)} <= names
         assert {f"IPCV+{m} {r}" for m in presets.PRE_LLM} <= names
     assert set(presets.modern_not_run()) == {"V2Drop 10%", "SparseVLM 10%"} and not names & {"V2Drop 10%"}
-    argv = ["modern", "--model", str(assets[0]), "--store", str(tmp_path / "r.jsonl"), "--raw-dir", str(tmp_path / "raw")]
+    argv = [
+        "modern",
+        "--model",
+        str(assets[0]),
+        "--store",
+        str(tmp_path / "r.jsonl"),
+        "--raw-dir",
+        str(tmp_path / "raw"),
+    ]
     assert main([*argv, "--dry-run"]) == 0
     out = capsys.readouterr().out
     n = len(sweep.settings)

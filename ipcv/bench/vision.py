@@ -3,7 +3,8 @@
 ``--family``: every family whose adapter names a real-size tower (:attr:`ipcv.models.base.Adapter.tower`):
 qwen2_vl (Qwen2-VL-7B's tower), qwen2_5_vl (Qwen2.5-VL-7B's, window attention), qwen3_vl (Qwen3-VL-8B's, full
 attention, DeepStack taps 8/16/24), internvl (InternViT-300M of
-InternVL3-1B/2B/8B, one 448x448 tile = 1024 patches + CLS per tile).
+InternVL3-1B/2B/8B, one 448x448 tile = 1024 patches + CLS per tile), llava_onevision (SigLIP-so400m of
+LLaVA-OneVision-7B, 26 blocks, one 384x384 crop = 729 patches).
 Latency and FLOPs do not depend on weight values, so random weights at the real architecture give
 a real speed measurement (and no accuracy: none is reported). Settings are timed interleaved
 (vanilla, keep 0.65, 0.5, ... then again) so that slow drift of the machine hits all alike. Beside

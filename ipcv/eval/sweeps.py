@@ -13,7 +13,18 @@ from dataclasses import dataclass, replace
 from .. import presets
 from ..method_strings import format_method, parse_method
 
-SWEEPS: tuple[str, ...] = ("table1", "table2", "table3", "table4", "table5", "table6", "fig5", "qwen3vl8b", "modern")
+SWEEPS: tuple[str, ...] = (
+    "table1",
+    "table2",
+    "table3",
+    "table4",
+    "table5",
+    "table6",
+    "fig5",
+    "qwen3vl8b",
+    "modern",
+    "llava_onevision_7b",
+)
 
 # paper column -> lmms-eval task
 IMAGE_TASKS: dict[str, str] = {
@@ -70,6 +81,7 @@ QWEN2_VL_7B = "Qwen/Qwen2-VL-7B-Instruct"
 INTERNVL3_38B = "OpenGVLab/InternVL3-38B-hf"
 # ipcv's own sweeps on models the paper did not run (named for the model, never as a paper table)
 QWEN3_VL_8B = "Qwen/Qwen3-VL-8B-Instruct"
+LLAVA_ONEVISION_7B = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,19 @@ def _modern() -> Sweep:
     return Sweep("modern", "qwen2_vl", QWEN2_VL_7B, tuple(IMAGE_TASKS.values()), settings, what)
 
 
+def _on_model(table: str, tasks, protocol: str, name: str, family: str, model: str, what: str) -> Sweep:
+    """``table``'s rows (each method's settings in ``protocol``) on a model the paper did not run: the ViT-side
+    baselines with ``output="full"`` (their reduced output is built for the mRoPE families only); the settings
+    carry no paper table, so nothing is read as the paper's."""
+    settings = []
+    for setting, method in presets.paper_rows(table):
+        vision, language = presets.paper_settings(table, setting, method, protocol)
+        if vision is not None and vision.reduces_output:
+            vision = replace(vision, output="full")
+        settings.append(Setting(f"{setting}/{method}", format_method(vision), format_method(language)))
+    return Sweep(name, family, model, tuple(tasks), tuple(settings), what)
+
+
 def _canonical(text: str) -> str:
 
     return format_method(parse_method(text, "vision"))
@@ -166,6 +191,16 @@ def sweeps(protocol: str = "paper") -> dict[str, Sweep]:
             name="qwen3vl8b",
             description="Qwen3-VL-8B on Table 1's image tasks and settings (ipcv's sweep: the paper has no Qwen3-VL "
             "table, so nothing here is compared with a paper number)",
+        ),
+        "llava_onevision_7b": _on_model(
+            "table1",
+            image,
+            protocol,
+            "llava_onevision_7b",
+            "llava_onevision",
+            LLAVA_ONEVISION_7B,
+            "Table 1's settings and tasks on LLaVA-OneVision-7B (not in the paper; ViT-side baselines with full "
+            "output)",
         ),  # fmt: skip
         "modern": _modern(),
     }

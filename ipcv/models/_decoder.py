@@ -339,8 +339,9 @@ def decoder_shape(text_model: nn.Module) -> DecoderShape:
     )  # fmt: skip
 
 
-def language_adapter(family: DecoderFamily) -> LanguageAdapter:
-    """The :class:`LanguageAdapter` of a family: its outer and decoder forwards, built once."""
+def language_adapter(family: DecoderFamily, outer_methods: tuple = ()) -> LanguageAdapter:
+    """The :class:`LanguageAdapter` of a family: its outer and decoder forwards, built once
+    (``outer_methods``: see :attr:`LanguageAdapter.outer_methods`)."""
 
     def spans_of(outer, args, kwargs):
         return partial(family.spans, family.layout(outer, args, kwargs))
@@ -528,4 +529,5 @@ def language_adapter(family: DecoderFamily) -> LanguageAdapter:
         shape=decoder_shape,
         record_plain=_record_hook,
         observe_outer=observe_outer,
+        outer_methods=tuple(outer_methods),
     )

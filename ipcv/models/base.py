@@ -25,6 +25,9 @@ class LanguageAdapter:
         decoder call into the active trace (a forward hook of :func:`ipcv.stats`).
     observe_outer: ``(outer) -> hook handles`` that let ``record_plain`` see where the visual tokens
         of an uncompressed call are (installed by :func:`ipcv.stats` for the duration of its block).
+    outer_methods: ``(name, function)`` pairs the patched outer class also replaces; when there are any,
+        the outer model is patched whenever either side is compressed (they hand the encoder what only the
+        outer model sees, e.g. LLaVA-NeXT's ``image_sizes``; they must compute what the originals compute).
     """
 
     locate: Callable[[nn.Module], tuple[nn.Module, nn.Module] | None]
@@ -33,6 +36,7 @@ class LanguageAdapter:
     shape: Callable[[nn.Module], DecoderShape]
     record_plain: Callable
     observe_outer: Callable[[nn.Module], list]
+    outer_methods: tuple[tuple[str, Callable], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ INTERNVIT_300M = dict(
     patch_size=[14, 14], norm_type="layer_norm", use_qk_norm=False, layer_scale_init_value=0.1,
     use_absolute_position_embeddings=True, use_mean_pooling=True, hidden_act="gelu",
 )  # fmt: skip
+# llava-hf/llava-onevision-qwen2-7b-ov-hf vision_config: SigLIP-so400m-patch14-384 without its last block
+SIGLIP_SO400M_OV = dict(
+    hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16, image_size=384,
+    patch_size=14, num_channels=3, vision_use_head=False, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+)  # fmt: skip
 # Qwen/Qwen2-VL-2B-Instruct config.json (text part and token ids); its vision tower is the 7B one
 # with a 1536-wide merger output
 QWEN2_VL_2B_TEXT = dict(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import internvl, llava, qwen2_5_vl, qwen2_vl, qwen3_vl, vit
+from . import internvl, llava, llava_anyres, qwen2_5_vl, qwen2_vl, qwen3_vl, vit
 from .base import Adapter
 
 ADAPTERS: list[Adapter] = [
@@ -20,6 +20,7 @@ ADAPTERS: list[Adapter] = [
     qwen3_vl.ADAPTER,
     internvl.ADAPTER,
     *llava.ADAPTERS,
+    *llava_anyres.ADAPTERS,
     *vit.ADAPTERS,
 ]
 

@@ -154,7 +154,11 @@ def _scaled(blk: nn.Module, name: str | None, x: torch.Tensor) -> torch.Tensor:
     return scale * x if isinstance(scale, torch.Tensor) else scale(x)
 
 
-def _make_forward(spec: _Spec):
+def _make_forward(spec: _Spec, expendable=None):
+    """The compressed forward of an encoder with ``spec``'s layers. ``expendable``: ``(B, N, device) -> [B*N]
+    bool or None``, the tokens of this call its caller discards after the encoder (pruned first, see
+    :func:`ipcv.catalog.run_vision`); None: none."""
+
     def encoder_forward(self, hidden_states=None, attention_mask=None, inputs_embeds=None, **kwargs):
         """Forward of a compressed ViT encoder: ``[B, N, D]`` in, ``[B, N, D]`` out (full length).
 
@@ -181,7 +185,8 @@ def _make_forward(spec: _Spec):
             states = {0: h}
             out = h.reshape(B * N, D)
             if capture.layer > 0:
-                out = run_vision(call, capture.layer, out, [N] * B, settings, protected.flatten())
+                dropped = None if expendable is None else expendable(B, N, h.device)
+                out = run_vision(call, capture.layer, out, [N] * B, settings, protected.flatten(), dropped)
             states[capture.layer] = out.view(B, N, D)
             for layer in range(capture.layer, len(layers)):  # after the layer read: full length, as before
                 out = call.full(layer, out)

@@ -46,6 +46,7 @@ def dart_select(
     seg_lengths: Sequence[int],
     protected: torch.Tensor | None,
     settings: DARTViT,
+    expendable: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Kept rows (sorted) and kept count per segment (protected included) of DART-ViT: protected tokens
     always, and of the others :func:`dart_vit_counts` by :func:`dart_keep`, per segment
@@ -53,7 +54,9 @@ def dart_select(
     pivots are visited in the official order (:func:`ipcv.methods.dart.official_order`) of their
     packed positions.
 
-    Args: h ``[L, D]`` states at the pruning block; scores ``[L]`` pivot scores.
+    Args: h ``[L, D]`` states at the pruning block; scores ``[L]`` pivot scores; expendable ``[L]`` bool or
+    None: tokens the caller discards, removed first (same budget): DART's choice runs over the others when
+    they fill the budget, else they are all kept and DART chooses the rest among the expendable ones.
     """
     L = h.shape[0]
     prot = torch.zeros(L, dtype=torch.bool, device=h.device) if protected is None else protected
@@ -69,14 +72,27 @@ def dart_select(
         free = (~prot[a:b]).nonzero().flatten() + a
         k = dart_vit_counts(settings, free.numel())
         per = per_pivot4(free.numel(), settings.keep_ratio, settings.pivots) if official and k < free.numel() else None
-        local = dart_keep(
-            h[free], scores[free], k, settings.pivots, positions=free if official else None, per_pivot=per
-        )
-        keeps.append(torch.cat([prot[a:b].nonzero().flatten() + a, free[local]]).sort().values)
+        if expendable is not None and bool(expendable[free].any()):
+            chosen = _keep_real_first(h, scores, free, expendable[free], k, settings, official, per)
+        else:
+            positions = free if official else None
+            chosen = free[dart_keep(h[free], scores[free], k, settings.pivots, positions=positions, per_pivot=per)]
+        keeps.append(torch.cat([prot[a:b].nonzero().flatten() + a, chosen]).sort().values)
     keep = torch.cat(keeps).sort().values
     bounds = torch.tensor(list(seg_lengths), device=h.device).cumsum(0)
     counts = torch.bincount(torch.bucketize(keep, bounds, right=True), minlength=len(seg_lengths)).tolist()
     return keep, counts
+
+
+def _keep_real_first(h, scores, free, trimmed, k: int, settings: DARTViT, official: bool, per) -> torch.Tensor:
+    """``k`` rows of ``free`` (a segment's unprotected rows), the ``trimmed`` ones last (see :func:`dart_select`)."""
+    real, spare = free[~trimmed], free[trimmed]
+    if real.numel() >= k:
+        positions = real if official else None
+        local = dart_keep(h[real], scores[real], k, settings.pivots, positions=positions, per_pivot=per)
+        return real[local]
+    rest = dart_keep(h[spare], scores[spare], k - real.numel(), settings.pivots) if k > real.numel() else spare[:0]
+    return torch.cat([real, spare[rest] if rest.numel() else spare[:0]])
 
 
 def run_dart_vit(
@@ -86,6 +102,7 @@ def run_dart_vit(
     seg_lengths: Sequence[int],
     settings: DARTViT,
     protected: torch.Tensor | None = None,
+    expendable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run all ``depth`` blocks of one call under DART-ViT.
 
@@ -97,7 +114,8 @@ def run_dart_vit(
     finally every pruned token gets a copy of its closest kept token (same
     segment; any segment with ``scope="global"``), Euclidean on the states at lp.
 
-    Args: as :func:`ipcv.vision.ipcv.run_ipcv`. Returns: ``[L, D]`` full length, original order.
+    Args: as :func:`ipcv.vision.ipcv.run_ipcv` (``expendable``: see :func:`dart_select`). Returns: ``[L, D]``
+    full length, original order.
     """
     seg = [int(n) for n in seg_lengths]
     lp = settings.prune_layer
@@ -114,7 +132,7 @@ def run_dart_vit(
         taps.offer(layer, lambda h=h: h)
     rotated = {"rotated": True} if settings.metric == "rotated_keys" else {}
     keys = ops.keys(lp - 1, h_prev, **rotated) if settings.key_layer == "previous" else ops.keys(lp, h, **rotated)
-    keep, counts = dart_select(h, pivot_scores(keys), seg, protected, settings)
+    keep, counts = dart_select(h, pivot_scores(keys), seg, protected, settings, expendable)
     rem = complement(keep, h.shape[0])
     nearest = find_neighbors(h, keep, rem, seg, counts, neighbors=1, scope=settings.scope)
     # the blocks' attention segments: exact, or as the authors' code cuts them (frame_bounds="release")

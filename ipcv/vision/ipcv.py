@@ -41,12 +41,16 @@ def run_ipcv(
     seg_lengths: Sequence[int],
     settings: IPCV,
     protected: torch.Tensor | None = None,
+    expendable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run all ``depth`` blocks of one call under IPCV.
 
     Args:
         h: ``[L, D]`` packed input of block 0. seg_lengths: attention segments (sum L).
         protected: ``[L]`` bool, tokens never pruned nor counted (CLS), or None.
+        expendable: ``[L]`` bool, tokens the caller discards after the encoder, or None: ranked below every
+            other token of their segment (eq. 2 keeps them last; same budget), then reconstructed like any
+            removed token.
     Returns: ``[L, D]`` output of the last block, full length, original order.
     """
     lp, n_as = settings.prune_layer, settings.stabilize_layers
@@ -60,7 +64,7 @@ def run_ipcv(
     record = _trace.active()
     device = h.device
     with _trace.section("score", device):
-        keep, keep_counts, scores = _select(settings, h, h_prev, seg_lengths, protected, record is not None)
+        keep, keep_counts, scores = _select(settings, h, h_prev, seg_lengths, protected, record is not None, expendable)
     if keep.numel() == h.shape[0]:  # nothing removed: IPCV is the identity here, run the plain blocks
         for layer in range(lp, depth):
             h = ops.full(layer, h)
@@ -98,16 +102,26 @@ def run_ipcv(
         return scatter_tokens(h_keep, h_rem, keep, rem)  # eq. 10
 
 
-def _select(settings: IPCV, h, h_prev, seg_lengths: list[int], protected, traced: bool):
+def _select(settings: IPCV, h, h_prev, seg_lengths: list[int], protected, traced: bool, expendable=None):
     """Eq. 2 under ``settings.selection``: kept rows, kept count per segment, and eq. 1's scores (computed for
-    the other rules only when a trace records them; None otherwise)."""
+    the other rules only when a trace records them; None otherwise). ``expendable`` tokens are ranked last
+    (:func:`demote`) by the score and random rules; the diversity rule does not take them."""
     scores = feature_difference_scores(h, h_prev) if settings.selection == "difference" or traced else None  # eq. 1
     if settings.selection == "diversity":
         keep, counts = farthest_point_select(h, seg_lengths, settings.keep_ratio, settings.scope, protected)
         return keep, counts, scores
     rank = scores if settings.selection == "difference" else random_scores(h.shape[0], settings.seed, h.device)
+    if expendable is not None:
+        rank = demote(rank, expendable)
     keep, counts = select_tokens(rank, seg_lengths, settings.keep_ratio, settings.scope, protected)
     return keep, counts, scores
+
+
+def demote(scores: torch.Tensor, expendable: torch.Tensor) -> torch.Tensor:
+    """``scores`` ``[L]`` with the ``expendable`` tokens below every other token (non-negative scores, eq. 1),
+    in their own order among themselves."""
+    scores = scores.float()
+    return torch.where(expendable, scores - (scores.max() + 1), scores)
 
 
 def _record_state(record: _trace.Trace | None, layer: int, h_keep: torch.Tensor) -> None:

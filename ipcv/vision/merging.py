@@ -200,6 +200,7 @@ def run_merging(
     seg_lengths: Sequence[int],
     settings: ToMe | ToFu,
     protected: torch.Tensor | None = None,
+    expendable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run all ``depth`` blocks of one call under ToMe or ToFu.
 
@@ -208,7 +209,9 @@ def run_merging(
     (with ``log(size)`` logit bias once tokens have merged, if ``proportional_attention``), the
     merge of this block, ``ops.mlp_part``.
 
-    Args: as :func:`ipcv.vision.ipcv.run_ipcv`. Returns: ``[L, D]`` full length, original order.
+    Args: as :func:`ipcv.vision.ipcv.run_ipcv`; ``expendable`` (tokens the caller discards) does not change the
+    matching: ToMe / ToFu merge by their official rule, the trimmed tokens competing as any other (see the
+    book's differences page). Returns: ``[L, D]`` full length, original order.
     """
     seg = [int(n) for n in seg_lengths]
     L = h.shape[0]
