@@ -22,8 +22,8 @@ SWEEPS: tuple[str, ...] = (
     "table6",
     "fig5",
     "qwen3vl8b",
-    "modern",
     "llava_onevision_7b",
+    "modern",
 )
 
 # paper column -> lmms-eval task
