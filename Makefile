@@ -74,9 +74,13 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
 	$(VLLM_PY) -c "import ipcv.serving.vllm_models, transformers; print('ipcv on transformers', transformers.__version__)"
 	touch $@
 
+# the vLLM tests (their own venv) run beside the main suite: they fill the end of its run, when one worker is left
+# on the last slow module; their output follows the main suite's, and either failing fails the target
 test: setup venv-vllm
-	$(PY) -m pytest -q $(XDIST) $(NBVAL) tests
-	$(MAKE) --no-print-directory test-vllm
+	@rm -f .test-vllm.log; $(MAKE) --no-print-directory test-vllm > .test-vllm.log 2>&1 & vllm=$$!; \
+	$(PY) -m pytest -q $(XDIST) $(NBVAL) tests; main=$$?; \
+	wait $$vllm; rc=$$?; echo "--- the vLLM tests (.venv-vllm, tests/vllm):"; cat .test-vllm.log; \
+	[ $$main -eq 0 ] && [ $$rc -eq 0 ]
 
 # the vLLM plugin's tests, in .venv-vllm (tests/conftest.py leaves tests/vllm/ out of the main venv's runs)
 test-vllm: venv-vllm
