@@ -13,8 +13,21 @@ from .budgets import keep_count
 from .catalog import METHODS
 from .flops import costs
 from .settings import (
-    DART, IPCV, CDPruner, DARTViT, DivPrune, FastV, LanguageMethod, Pool, RandomKeep, SparseVLM, ToFu, ToMe, V2Drop,
-    VisionMethod, VisionZip,
+    DART,
+    IPCV,
+    CDPruner,
+    DARTViT,
+    DivPrune,
+    FastV,
+    LanguageMethod,
+    Pool,
+    RandomKeep,
+    SparseVLM,
+    ToFu,
+    ToMe,
+    V2Drop,
+    VisionMethod,
+    VisionZip,
 )  # fmt: skip
 from .trace import trace
 

@@ -233,7 +233,9 @@ def stats(model: nn.Module) -> Iterator[_trace.Trace]:
             if _trace.active() is record and adapter.segments is not None:
                 segs = adapter.segments(module, args, kwargs)
                 record.vision.append(
-                    _trace.VisionCall(segs, getattr(module, _SETTINGS, None), getattr(module, _SCORES, None) is not None)
+                    _trace.VisionCall(
+                        segs, getattr(module, _SETTINGS, None), getattr(module, _SCORES, None) is not None
+                    )
                 )
 
         def on_decoder(module, args, kwargs, output):

@@ -24,8 +24,21 @@ import torch
 
 from . import language
 from .settings import (
-    DART, IPCV, CDPruner, DARTViT, DivPrune, FastV, LanguageMethod, Pool, RandomKeep, SparseVLM, ToFu, ToMe, V2Drop,
-    VisionMethod, VisionZip,
+    DART,
+    IPCV,
+    CDPruner,
+    DARTViT,
+    DivPrune,
+    FastV,
+    LanguageMethod,
+    Pool,
+    RandomKeep,
+    SparseVLM,
+    ToFu,
+    ToMe,
+    V2Drop,
+    VisionMethod,
+    VisionZip,
 )  # fmt: skip
 from .vision import BlockOps, dart_vit, merging
 from .vision import ipcv as ipcv_schedule

@@ -31,11 +31,11 @@ import torch
 
 from . import trace as _trace
 from .budgets import dart_per_pivot, progressive_counts
+from .methods.cdpruner import cdpruner_keep
 from .methods.dart import dart_keep, pivot_scores
+from .methods.divprune import divprune_keep
 from .methods.fastv import attention_probs, last_token_scores
 from .methods.ipcv import feature_difference_scores
-from .methods.cdpruner import cdpruner_keep
-from .methods.divprune import divprune_keep
 from .methods.pool import pool_cells, pool_states
 from .methods.random_keep import random_keep
 from .methods.sparsevlm import rater_scores, recycle, recycled_clusters
@@ -401,7 +401,9 @@ def select_pool(ops: DecoderOps, settings: Pool, stage: int, layer: int, h, h_pr
     return Selection(keep, replace)
 
 
-def select_visionzip(ops: DecoderOps, settings: VisionZip, stage: int, layer: int, h, h_prev, slots: Slots) -> Selection:
+def select_visionzip(
+    ops: DecoderOps, settings: VisionZip, stage: int, layer: int, h, h_prev, slots: Slots
+) -> Selection:
     """VisionZip: per unit, the dominant tokens by the tower's attention score and the contextual tokens
     (target + mean of the tokens merged into it, at the target's slot) (:func:`visionzip_merge`)."""
     keep, replace = [], []

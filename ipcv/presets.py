@@ -26,8 +26,21 @@ from __future__ import annotations
 
 import math
 
-from .settings import DART, IPCV, CDPruner, DARTViT, DivPrune, FastV, Pool, RandomKeep, SparseVLM, ToFu, ToMe, V2Drop
-from .settings import VisionZip
+from .settings import (
+    DART,
+    IPCV,
+    CDPruner,
+    DARTViT,
+    DivPrune,
+    FastV,
+    Pool,
+    RandomKeep,
+    SparseVLM,
+    ToFu,
+    ToMe,
+    V2Drop,
+    VisionZip,
+)
 
 PROTOCOLS: tuple[str, ...] = ("paper", "official")
 
@@ -282,7 +295,8 @@ def modern_settings(ratios: tuple[float, ...] = MODERN_RATIOS) -> list[tuple[str
 
 
 __all__ = [
-    "MODERN_RATIOS", "PRE_LLM", "PROTOCOLS", "TABLES", "modern_not_run", "modern_settings", "paper_rows", "paper_settings",
+    "MODERN_RATIOS", "PRE_LLM", "PROTOCOLS", "TABLES", "modern_not_run", "modern_settings", "paper_rows",
+    "paper_settings",
     "pre_llm_method",
     "tofu_release_prune_layers",
 ]  # fmt: skip

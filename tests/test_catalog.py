@@ -99,7 +99,9 @@ def test_pre_llm_overheads_are_their_own_work():
     cdp = language.cdpruner_overhead(ipcv.CDPruner(0.5), shape, 80, 64, 32)
     assert cdp == 2 * 64 * 64 * 64 + 2 * 64 * 16 * 64 + 64 * 32 * 32
     assert language.pool_overhead(ipcv.Pool(0.25), shape, 80, 64, 16) == 64 * 64
-    record = DecoderRecord("DivPrune", [[48]] * 8, [[32]] * 8, [[48]] * 8, [[[32]]], [0], ipcv.DivPrune(0.5), ([80], [64]))
+    record = DecoderRecord(
+        "DivPrune", [[48]] * 8, [[32]] * 8, [[48]] * 8, [[[32]]], [0], ipcv.DivPrune(0.5), ([80], [64])
+    )
     assert decoder_overhead(shape, record) == 2 * 64 * 64 * 64 + 64 * 32  # charged on the 64 visual tokens entering
     enc = EncoderShape(depth=4, dim=32, mlp_dim=64, heads=4)
     assert tower_score_flops(enc, [16, 4]) == 4 * 20 * 32 * 32 + 2 * 32 * (256 + 16)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from families import BY_NAME, FAMILIES, QWEN2_VL, check_kept
 
 import ipcv
-from ipcv.models import registry
 from ipcv.methods import cdpruner, divprune, pool, random_keep, visionzip
+from ipcv.models import registry
 
 # --- plain transcriptions of the official rules ---------------------------------------------------
 
@@ -238,7 +238,9 @@ def test_pool_feeds_the_cell_means_at_the_top_left_positions():
     model, kw = _qwen(), QWEN2_VL.cases["single"].kw
     seen = []
     layer0 = model.model.language_model.layers[0]
-    hook = layer0.register_forward_pre_hook(lambda m, a, k: seen.append((a[0], k["position_embeddings"])), with_kwargs=True)
+    hook = layer0.register_forward_pre_hook(
+        lambda m, a, k: seen.append((a[0], k["position_embeddings"])), with_kwargs=True
+    )
     try:
         with torch.no_grad():
             model(**kw)
@@ -290,7 +292,10 @@ def test_ipcv_in_the_vit_with_each_pre_llm_method(family_name, name):
     v = ipcv.IPCV(0.5, prune_layer=3, stabilize_layers=2, neighbors=3)
     lang = pre_llm(0.5)[name]
     if name == "VisionZip":
-        with ipcv.compressed(model, vision=v, language=lang), pytest.raises(ValueError, match="does not run tower block 5"):
+        with (
+            ipcv.compressed(model, vision=v, language=lang),
+            pytest.raises(ValueError, match="does not run tower block 5"),
+        ):
             model(**c.kw)
         lang = ipcv.VisionZip(0.5, layer=2)
     with torch.no_grad(), ipcv.compressed(model, vision=v, language=lang):

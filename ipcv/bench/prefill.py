@@ -327,7 +327,11 @@ def run(args: argparse.Namespace) -> dict:
     grid = args.side // 14
     return {
         "benchmark": "Qwen2-VL-2B prefill, vanilla vs "
-        + ("this project's 2026 comparison (not the paper's)" if args.protocol == "modern" else "the paper's ViT / LLM settings"),
+        + (
+            "this project's 2026 comparison (not the paper's)"
+            if args.protocol == "modern"
+            else "the paper's ViT / LLM settings"
+        ),
         "only": getattr(args, "only", None),
         "weights": "random (architecture of Qwen/Qwen2-VL-2B-Instruct); no accuracy is implied",
         "model": {

@@ -7,7 +7,8 @@ import torch
 
 
 def random_keep(n: int, k: int, seed: int, span: int = 0) -> torch.Tensor:
-    """``k`` of ``n`` indices, uniformly without replacement, increasing. A CPU ``torch.Generator`` is seeded with ``seed`` and the span's number ``span`` in its sample
+    """``k`` of ``n`` indices, uniformly without replacement, increasing. A CPU ``torch.Generator`` is seeded with
+    ``seed`` and the span's number ``span`` in its sample
     (``seed * 1_000_003 + span``), so the same prompt gives the same kept set on every call, device and batch
     position, and two images of one prompt get different draws."""
     if not 0 <= k <= n:

@@ -32,7 +32,15 @@ from ._decoder import DecoderFamily, language_adapter
 from .base import Adapter, Harness, RealTower, pop_output_flags
 from .configs import QWEN2_5_VL_7B_VISION
 from .qwen2_vl import (
-    METRIC_KEY, SCORE_KEY, UNITS_KEY, Windows, _TowerCall, random_inputs, reduced_units, run_blocks, vision_segments,
+    METRIC_KEY,
+    SCORE_KEY,
+    UNITS_KEY,
+    Windows,
+    _TowerCall,
+    random_inputs,
+    reduced_units,
+    run_blocks,
+    vision_segments,
     visionzip_scores,
 )  # fmt: skip
 

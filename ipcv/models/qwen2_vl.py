@@ -23,12 +23,12 @@ from transformers.utils.generic import is_flash_attention_requested
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
 from ..catalog import run_vision
+from ..methods.visionzip import column_attention
 from ..shapes import EncoderShape
 from ..vision import Plan
 from ..vision.sources import collect_sources
 from . import _mrope
 from ._attention import cumulative, nonempty_segments, segment_attention
-from ..methods.visionzip import column_attention
 from ._decoder import DecoderFamily, decoder_shape, language_adapter
 from .base import Adapter, Harness, RealTower, pop_output_flags
 from .configs import QWEN2_VL_7B_VISION
@@ -226,7 +226,8 @@ def visionzip_scores(call: _TowerCall, tower, seg_lengths: list[int]) -> tuple[t
     layer = call.capture_layer
     if call.captured is None or call.captured.shape[0] != sum(seg_lengths):
         raise ValueError(
-            f"VisionZip(layer={layer}): the vision-side method {type(getattr(tower, '_ipcv_vision', None)).__name__} does not run "
+            f"VisionZip(layer={layer}): the vision-side method "
+            f"{type(getattr(tower, '_ipcv_vision', None)).__name__} does not run "
             f"tower block {layer} on every patch, so its attention over the image is not there; choose a "
             "VisionZip layer before the vision-side method's first reduced block (e.g. its prune_layer - 1)"
         )
