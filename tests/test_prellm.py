@@ -170,3 +170,7 @@ def test_the_measured_prefill_table_reads_a_bench_file(tmp_path):
     assert table["FLOPs %"].iloc[0] == pytest.approx(100.0)
     assert bench["weights"] in caption and bench["device"] in caption
     assert efficiency.modern_prefill(tmp_path / "missing.json") is None
+    once = tmp_path / "once.json"
+    once.write_text(json.dumps({**bench, "repeats": 1}))
+    assert efficiency.modern_prefill(once)[1].startswith("Timed 1 time(s) per setting: the time columns are single")
+    assert not caption.startswith("Timed") or bench["repeats"] < efficiency.FEW_REPEATS

@@ -259,6 +259,10 @@ def gpu_findings(bench: dict) -> str:
 MODERN_BENCH = accuracy.DATA / "bench" / "prefill_qwen2vl2b_cpu_modern.json"
 
 
+# fewer timed runs than this and the measured prefill table leads with a warning that its times are single samples
+FEW_REPEATS = 3
+
+
 def modern_prefill(path: str | Path = MODERN_BENCH) -> tuple[pd.DataFrame, str] | None:
     """The measured prefill of ``python -m ipcv.bench prefill --protocol modern`` (None when the file is not in
     ``data/bench``): per setting the median prefill time and its ratio to vanilla (wall and process CPU time),
@@ -279,4 +283,9 @@ def modern_prefill(path: str | Path = MODERN_BENCH) -> tuple[pd.DataFrame, str] 
         f"{bench['measure']}; {bench['repeats']} repeats, {bench['dtype']}, {bench['attention']} attention, "
         f"measured {bench['date']}."
     )
+    if bench["repeats"] < FEW_REPEATS:  # one noisy sample per setting: say so first, not at the caption's far end
+        caption = (
+            f"Timed {bench['repeats']} time(s) per setting: the time columns are single samples; "
+            "read FLOPs % and KV MB (analytic).\n" + caption
+        )
     return pd.DataFrame(rows), caption
